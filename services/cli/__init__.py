@@ -1,0 +1,1 @@
+"""The ``tunefleet`` command: the embedded stack, API keys, the tiny model and the demo."""

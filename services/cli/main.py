@@ -1,0 +1,105 @@
+"""The ``tunefleet`` command line."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import warnings
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from shared.db import create_pool
+from shared.settings import Settings
+
+from .embedded import EmbeddedPostgres
+from .stack import Stack, migrate_all
+
+warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
+
+app = typer.Typer(help="TuneFleet: fine-tune open LLMs on rented GPUs.", no_args_is_help=True)
+keys = typer.Typer(help="API keys.")
+app.add_typer(keys, name="keys")
+console = Console()
+
+
+async def _new_key(database_url: str, user: str, *, only_if_none: bool = False) -> str | None:
+    from services.gateway.users import create_api_key, has_any_key
+
+    pool = await create_pool(database_url)
+    try:
+        if only_if_none and await has_any_key(pool):
+            return None
+        return await create_api_key(pool, user)
+    finally:
+        await pool.close()
+
+
+def _wait_for_signal() -> None:
+    received: list[int] = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda s, _f: received.append(s))
+    while not received:
+        signal.pause()
+
+
+@app.command()
+def up() -> None:
+    """Start NATS and PostgreSQL (embedded unless TUNEFLEET_NATS_URL / TUNEFLEET_DATABASE_URL are set)
+    and every service; Ctrl-C stops them all. Data stays in TUNEFLEET_HOME."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s up %(levelname)s %(message)s")
+    logging.getLogger("pgserver").setLevel(logging.WARNING)
+    stack = Stack(Settings())
+    try:
+        with console.status("starting TuneFleet…"):
+            stack.up()
+        key = asyncio.run(_new_key(stack.settings.require_database_url(), "admin", only_if_none=True))
+        console.print(f"[bold green]TuneFleet is up[/] at {stack.gateway_url} (data in {stack.settings.home})")
+        console.print(f"API docs: {stack.gateway_url}/docs")
+        if key:
+            console.print(f"First API key (user admin), shown once: [bold]{key}[/]")
+        console.print("Press Ctrl-C to stop.", highlight=False)
+        _wait_for_signal()
+    finally:
+        console.print("stopping…")
+        stack.stop()
+        console.print("stopped.")
+
+
+@keys.command("create")
+def keys_create(user: str = typer.Option(..., "--user", help="User name; created when new.")) -> None:
+    """Print a new API key for USER."""
+    settings = Settings()
+    postgres = None if settings.database_url else EmbeddedPostgres(settings.home / "postgres").start()
+    url = settings.database_url or postgres.url
+    try:
+        asyncio.run(migrate_all(url))
+        key = asyncio.run(_new_key(url, user))
+    finally:
+        if postgres is not None:
+            postgres.stop()
+    typer.echo(key)
+
+
+@app.command("tiny-model")
+def tiny_model(out_dir: Path = typer.Argument(..., help="Folder to write the model and tokenizer into.")) -> None:
+    """Write a small random Llama-style model with a locally trained tokenizer (nothing is downloaded)."""
+    from trainer.tiny_model import build_tiny_model
+
+    path = build_tiny_model(str(out_dir))
+    console.print(f"tiny model written to {path}")
+
+
+@app.command()
+def demo(steps: int = typer.Option(40, help="Training steps."),
+         keep_running: bool = typer.Option(False, help="Leave the stack up at the end until Ctrl-C.")) -> None:
+    """Build a tiny model and data, start the stack, train on `local`, follow it, and ask the model."""
+    from .demo import run_demo
+
+    raise typer.Exit(run_demo(steps=steps, keep_running=keep_running, console=console))
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,138 @@
+"""``tunefleet up``: infrastructure (embedded unless pointed elsewhere), migrations, then every service
+as its own process; stopped in reverse order on SIGINT or SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from shared import subjects
+from shared.db import apply_migrations, create_pool
+from shared.settings import Settings
+
+from .embedded import EmbeddedNats, EmbeddedPostgres
+
+log = logging.getLogger(__name__)
+
+OWNERS = ("gateway", "scheduler", "provider_local", "metrics_ingest", "model_registry")
+#: The gateway stops taking work first; the provider stops its trainers while ingest still takes their
+#: last metrics and the scheduler can still read its reports later from the stream.
+STOP_ORDER = ("gateway", "provider_local", "scheduler", "model_registry", "metrics_ingest")
+
+
+def secret_key(home: Path) -> str:
+    """The data folder's secret key, made on first use and readable by its owner only."""
+    path = home / "secret_key"
+    if not path.exists():
+        home.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_urlsafe(48))
+    return path.read_text().strip()
+
+
+async def migrate_all(database_url: str) -> None:
+    pool = await create_pool(database_url)
+    try:
+        await apply_migrations(pool, *OWNERS)
+    finally:
+        await pool.close()
+
+
+@dataclass
+class Stack:
+    settings: Settings
+    nats: EmbeddedNats | None = None
+    postgres: EmbeddedPostgres | None = None
+    processes: dict[str, subprocess.Popen] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def gateway_url(self) -> str:
+        return f"http://{self.settings.gateway_host}:{self.settings.gateway_port}"
+
+    def start_infrastructure(self) -> None:
+        home = self.settings.home
+        home.mkdir(parents=True, exist_ok=True)
+        nats_url = self.settings.nats_url
+        if not nats_url:
+            port = int(os.environ.get("TUNEFLEET_NATS_PORT", "4222"))
+            self.nats = EmbeddedNats(home / "nats", port=port).start()
+            nats_url = self.nats.url
+        database_url = self.settings.database_url
+        if not database_url:
+            self.postgres = EmbeddedPostgres(home / "postgres").start()
+            database_url = self.postgres.url
+        key = self.settings.secret_key.get_secret_value() if self.settings.secret_key else secret_key(home)
+        self.env = {**os.environ, "TUNEFLEET_HOME": str(home), "TUNEFLEET_NATS_URL": nats_url,
+                    "TUNEFLEET_DATABASE_URL": database_url, "TUNEFLEET_SECRET_KEY": key,
+                    "TUNEFLEET_GATEWAY_PORT": str(self.settings.gateway_port),
+                    "TUNEFLEET_INGEST_PORT": str(self.settings.ingest_port)}
+        self.settings = Settings(home=home, nats_url=nats_url, database_url=database_url, secret_key=key,
+                                 gateway_host=self.settings.gateway_host, gateway_port=self.settings.gateway_port,
+                                 ingest_host=self.settings.ingest_host, ingest_port=self.settings.ingest_port)
+
+    async def migrate(self) -> None:
+        await migrate_all(self.settings.require_database_url())
+
+    def start_services(self) -> None:
+        logs = self.settings.home / "logs"
+        logs.mkdir(exist_ok=True)
+        for service in subjects.SERVICES:
+            with open(logs / f"{service}.log", "ab") as logfile:
+                self.processes[service] = subprocess.Popen(
+                    [sys.executable, "-m", f"services.{service}"], env=self.env, stdout=logfile,
+                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+
+    def wait_ready(self, timeout: float = 90.0) -> None:
+        deadline = time.monotonic() + timeout
+        last = "not reachable"
+        while time.monotonic() < deadline:
+            for name, proc in self.processes.items():
+                if proc.poll() is not None:
+                    raise RuntimeError(f"service {name} exited with code {proc.returncode}; see "
+                                       f"{self.settings.home / 'logs' / (name + '.log')}")
+            try:
+                r = httpx.get(f"{self.gateway_url}/healthz", timeout=2)
+                if r.status_code == 200:
+                    return
+                last = f"waiting for {', '.join(r.json()['not_ready'])}"
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.25)
+        raise TimeoutError(f"the stack was not ready after {timeout:.0f}s ({last})")
+
+    def up(self) -> None:
+        self.start_infrastructure()
+        asyncio.run(self.migrate())
+        self.start_services()
+        self.wait_ready()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Gateway first (no new work), the provider before the scheduler (its last reports are stored)."""
+        for service in STOP_ORDER:
+            proc = self.processes.get(service)
+            if proc is None or proc.poll() is not None:
+                continue
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                log.warning("%s did not stop in %.0fs; killing it", service, timeout)
+                proc.kill()
+                proc.wait()
+        self.processes.clear()
+        if self.postgres:
+            self.postgres.stop()
+        if self.nats:
+            self.nats.stop()

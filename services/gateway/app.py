@@ -1,0 +1,50 @@
+"""The gateway's FastAPI application. Clients are made in the lifespan and kept on app.state."""
+
+from __future__ import annotations
+
+import asyncio
+from contextlib import asynccontextmanager
+
+import nats
+from fastapi import FastAPI
+from opentelemetry.sdk.trace import TracerProvider
+
+from shared.bus import Bus, ensure_streams
+from shared.db import apply_migrations, create_pool
+from shared.service import make_broker
+from shared.settings import Settings
+
+from .deploying import run_relay
+from .errors import install_error_handlers
+from .routes import configurations, datasets, deploy, events, health, jobs, metrics, models
+from .tracing import install_tracing
+
+
+def create_app(settings: Settings, tracer_provider: TracerProvider | None = None) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        pool = await create_pool(settings.require_database_url(), min_size=settings.db_pool_min,
+                                 max_size=settings.db_pool_max)
+        await apply_migrations(pool, "gateway")
+        await ensure_streams(settings.require_nats_url())
+        broker = make_broker(settings, "gateway", tracer_provider)
+        await broker.start()
+        nc = await nats.connect(settings.require_nats_url(), name="tunefleet-gateway-live")
+        relay = asyncio.create_task(run_relay(pool, Bus(broker)), name="outbox-relay")
+        app.state.settings, app.state.pool, app.state.broker, app.state.nc = settings, pool, broker, nc
+        try:
+            yield
+        finally:
+            relay.cancel()
+            await nc.drain()
+            await broker.stop()
+            await pool.close()
+
+    app = FastAPI(title="TuneFleet", version="0.1.0", lifespan=lifespan,
+                  description="Fine-tune open LLMs on rented GPUs. Every route but /healthz needs "
+                              "'Authorization: Bearer <api key>'.")
+    install_error_handlers(app)
+    install_tracing(app, tracer_provider)
+    for module in (health, configurations, datasets, deploy, jobs, events, metrics, models):
+        app.include_router(module.router)
+    return app

@@ -1,0 +1,124 @@
+"""Turning a deploy request into a durable DeployRequested command (outbox first, then publish)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+
+from shared.bus import Bus
+from shared.config import METHOD_FORMATS, DataFormat, TrainingConfig
+from shared.dataformats import DatasetError, validate_file
+from shared.errors import ConfigIncompatible, NotFound, ValidationFailed
+from shared.events import DeployRequested
+
+log = logging.getLogger(__name__)
+
+RELAY_AFTER_S = 5.0
+
+
+@dataclass(frozen=True)
+class ResolvedData:
+    path: str
+    format: DataFormat
+    rows: int
+
+
+async def load_configuration(pool: asyncpg.Pool, user_id: str, configuration_id: str) -> TrainingConfig:
+    try:
+        uuid.UUID(configuration_id)
+    except ValueError as exc:
+        raise ValidationFailed(f"configuration_id {configuration_id!r} is not a valid id",
+                               field="configuration_id") from exc
+    raw = await pool.fetchval("SELECT config FROM configurations WHERE id = $1 AND user_id = $2",
+                              configuration_id, user_id)
+    if raw is None:
+        raise NotFound(f"configuration {configuration_id} not found; create it with "
+                       "POST /api/training/configurations", field="configuration_id")
+    return TrainingConfig.model_validate(raw)
+
+
+async def resolve_data(pool: asyncpg.Pool, user_id: str, config: TrainingConfig) -> ResolvedData:
+    """Find the data set a configuration names and check that its method can train on it."""
+    if config.data.dataset_id:
+        try:
+            uuid.UUID(config.data.dataset_id)
+            row = await pool.fetchrow("SELECT path, format, rows FROM datasets WHERE id = $1 AND user_id = $2",
+                                      config.data.dataset_id, user_id)
+        except ValueError:
+            row = None
+        if row is None:
+            raise ValidationFailed(f"data.dataset_id {config.data.dataset_id!r} is not one of your data sets; "
+                                   "upload one with POST /api/training/datasets", field="data.dataset_id")
+        data = ResolvedData(row["path"], DataFormat(row["format"]), row["rows"])
+    else:
+        data = await asyncio.to_thread(_check_train_path, config)
+    if config.data.format and config.data.format is not data.format:
+        raise ConfigIncompatible(f"data.format is {config.data.format.value} but the data set is "
+                                 f"{data.format.value}; drop data.format or upload matching data",
+                                 field="data.format")
+    method = config.training.method
+    if data.format not in METHOD_FORMATS[method]:
+        fits = ", ".join(sorted(f.value for f in METHOD_FORMATS[method]))
+        raise ConfigIncompatible(
+            f"training.method {method.value} cannot train on {data.format.value} data; it needs {fits} data "
+            f"(for {data.format.value} data use training.method "
+            f"{'sft' if data.format is not DataFormat.PREFERENCE else 'dpo'})", field="training.method")
+    return data
+
+
+def _check_train_path(config: TrainingConfig) -> ResolvedData:
+    path = Path(config.data.train_path or "").expanduser()
+    if not path.is_file():
+        raise ValidationFailed(f"data.train_path {str(path)!r} is not a readable file on the gateway's "
+                               "machine; upload the file instead", field="data.train_path")
+    try:
+        summary = validate_file(str(path), config.data.format)
+    except (DatasetError, UnicodeDecodeError) as exc:
+        raise ValidationFailed(f"data.train_path: {exc}", field="data.train_path") from exc
+    return ResolvedData(str(path.resolve()), summary.format, summary.rows)
+
+
+async def request_deploy(pool: asyncpg.Pool, bus: Bus, *, user_id: str, provider: str, config: TrainingConfig,
+                         configuration_id: str | None, budget_limit: float | None,
+                         provider_options: dict) -> DeployRequested:
+    data = await resolve_data(pool, user_id, config)
+    cmd = DeployRequested(
+        job_id=str(uuid.uuid4()), user_id=user_id, provider=provider, config_id=configuration_id,
+        config=config, dataset_path=data.path, dataset_format=data.format, dataset_rows=data.rows,
+        provider_options=provider_options, budget_limit_usd=budget_limit)
+    await pool.execute(
+        "INSERT INTO deploy_requests (job_id, user_id, provider, message) VALUES ($1, $2, $3, $4)",
+        cmd.job_id, user_id, provider, cmd.model_dump(mode="json"))
+    try:
+        await bus.publish(cmd)
+    except Exception:  # the relay publishes it later; the request is accepted all the same
+        log.warning("publishing deploy of job %s failed; the outbox relay will retry", cmd.job_id)
+    else:
+        await pool.execute("UPDATE deploy_requests SET published_at = now() WHERE job_id = $1", cmd.job_id)
+    return cmd
+
+
+async def relay_outbox(pool: asyncpg.Pool, bus: Bus) -> int:
+    """Publish accepted deploys whose first publish failed. Returns how many were sent."""
+    rows = await pool.fetch(
+        """SELECT job_id, message FROM deploy_requests
+           WHERE published_at IS NULL AND created_at < now() - make_interval(secs => $1)
+           ORDER BY created_at LIMIT 100""", RELAY_AFTER_S)
+    for row in rows:
+        await bus.publish(DeployRequested.model_validate(row["message"]))
+        await pool.execute("UPDATE deploy_requests SET published_at = now() WHERE job_id = $1", row["job_id"])
+    return len(rows)
+
+
+async def run_relay(pool: asyncpg.Pool, bus: Bus, interval: float = RELAY_AFTER_S) -> None:
+    while True:
+        try:
+            await relay_outbox(pool, bus)
+        except Exception:
+            log.warning("outbox relay pass failed; retrying in %.0fs", interval, exc_info=True)
+        await asyncio.sleep(interval)

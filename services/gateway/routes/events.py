@@ -1,0 +1,48 @@
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+
+import orjson
+from fastapi import APIRouter, Request
+from sse_starlette.sse import EventSourceResponse
+
+from shared import subjects
+from shared.states import JobStatus
+
+from ..deps import CurrentUser, PoolDep
+from .jobs import job_public
+
+router = APIRouter(prefix="/api/training/jobs", tags=["events"])
+
+
+@router.get("/{job_id}/events")
+async def job_events(job_id: uuid.UUID, request: Request, user: CurrentUser, pool: PoolDep) -> EventSourceResponse:
+    """Server-sent events: first ``snapshot`` (the job as GET returns it), then ``status``, ``metrics`` and
+    ``predictions`` as they happen. The stream ends after the job's final status."""
+    snapshot = await job_public(pool, user, str(job_id))
+    nc = request.app.state.nc
+    queue: asyncio.Queue = asyncio.Queue(maxsize=10_000)
+
+    async def on_message(msg) -> None:
+        if not queue.full():
+            queue.put_nowait(msg)
+
+    sub = await nc.subscribe(subjects.job_all(str(job_id)), cb=on_message)
+
+    async def stream() -> AsyncIterator[dict]:
+        try:
+            yield {"event": "snapshot", "data": snapshot.model_dump_json()}
+            if JobStatus(snapshot.status).is_terminal:
+                return
+            while True:
+                msg = await queue.get()
+                kind = msg.subject.rsplit(".", 1)[-1]
+                yield {"event": kind, "data": msg.data.decode()}
+                if kind == "status" and JobStatus(orjson.loads(msg.data)["status"]).is_terminal:
+                    return
+        finally:
+            await sub.unsubscribe()
+
+    return EventSourceResponse(stream(), ping=15)

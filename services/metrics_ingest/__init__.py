@@ -1,0 +1,1 @@
+"""Metrics ingest: takes the trainer's batches over HTTP, stores them once, and fans them out live."""

@@ -1,0 +1,1 @@
+"""The model registry: turns each completed job into a registered model."""

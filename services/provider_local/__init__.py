@@ -1,0 +1,1 @@
+"""The local provider: runs the trainer as a subprocess of this machine from a job bundle."""

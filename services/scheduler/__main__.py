@@ -1,0 +1,6 @@
+from shared.service import run_service
+
+from .subscribers import wire
+
+if __name__ == "__main__":
+    run_service("scheduler", owns=("scheduler",), wire=wire)

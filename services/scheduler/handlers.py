@@ -1,0 +1,135 @@
+"""Scheduler handlers: plain functions of a message and named dependencies."""
+
+from __future__ import annotations
+
+import logging
+from typing import Protocol
+
+from shared.events import (
+    DeployRequested,
+    JobStatusChanged,
+    Message,
+    ProvisionJob,
+    StopRequested,
+    TerminateJob,
+    WorkloadPhase,
+    WorkloadReported,
+)
+from shared.ids import derived_id
+from shared.jobspec import TrainerResult
+from shared.states import JobStatus
+
+from .repository import JobRepository, Transition
+
+log = logging.getLogger(__name__)
+
+MAX_ATTEMPTS = 3
+
+PHASE_STATUS: dict[WorkloadPhase, JobStatus] = {
+    WorkloadPhase.PROVISIONING: JobStatus.PROVISIONING,
+    WorkloadPhase.RUNNING: JobStatus.RUNNING,
+    WorkloadPhase.SUCCEEDED: JobStatus.COMPLETED,
+    WorkloadPhase.FAILED: JobStatus.FAILED,
+    WorkloadPhase.STOPPED: JobStatus.STOPPED,
+    WorkloadPhase.PREEMPTED: JobStatus.PREEMPTED,
+}
+
+
+class Publisher(Protocol):
+    async def publish(self, message: Message) -> None: ...
+
+
+async def _announce(t: Transition, *, jobs: JobRepository, bus: Publisher) -> None:
+    job = await jobs.get(t.job_id)
+    terminal = t.status.is_terminal
+    await bus.publish(JobStatusChanged(
+        event_id=t.status_event_id, job_id=t.job_id, user_id=job["user_id"], provider=job["provider"],
+        previous=t.previous, status=t.status, reason=t.reason,
+        config=job["config"] if terminal else None,
+        dataset_rows=job["dataset_rows"] if terminal else None,
+        result=TrainerResult.model_validate(job["result"]) if terminal and job["result"] else None,
+        cost_usd=job["cost_usd"],
+    ))
+
+
+async def _provision(job_id: str, *, jobs: JobRepository, bus: Publisher) -> None:
+    job = await jobs.get(job_id)
+    await bus.publish(ProvisionJob(
+        event_id=derived_id(job_id, "provision", job["attempt"]), job_id=job_id, provider=job["provider"],
+        attempt=job["attempt"], config=job["config"], dataset_path=job["dataset_path"],
+        dataset_format=job["dataset_format"], provider_options=job["provider_options"],
+    ))
+
+
+async def handle_deploy_requested(cmd: DeployRequested, *, jobs: JobRepository, bus: Publisher) -> None:
+    transition = await jobs.create(cmd)
+    await _announce(transition, jobs=jobs, bus=bus)
+    job = await jobs.get(cmd.job_id)
+    if JobStatus(job["status"]) is JobStatus.QUEUED and not job["stop_requested"]:
+        await _provision(cmd.job_id, jobs=jobs, bus=bus)
+
+
+async def handle_stop_requested(cmd: StopRequested, *, jobs: JobRepository, bus: Publisher) -> None:
+    job = await jobs.get(cmd.job_id)
+    if job is None or JobStatus(job["status"]).is_terminal:
+        return
+    await jobs.mark_stop_requested(cmd.job_id)
+    if JobStatus(job["status"]) in (JobStatus.QUEUED, JobStatus.PREEMPTED):
+        t = await jobs.transition(cmd.job_id, JobStatus.STOPPED, source_event_id=cmd.event_id,
+                                  occurred_at=cmd.occurred_at, reason=cmd.reason)
+        if t is not None:
+            await _announce(t, jobs=jobs, bus=bus)
+    # A provision command may already be on its way: the provider is told to end whatever it started.
+    await bus.publish(TerminateJob(event_id=derived_id(cmd.job_id, "terminate", cmd.event_id),
+                                   job_id=cmd.job_id, provider=job["provider"], reason=cmd.reason))
+
+
+async def handle_workload_reported(evt: WorkloadReported, *, jobs: JobRepository, bus: Publisher) -> None:
+    job = await jobs.get(evt.job_id)
+    if job is None:
+        log.warning("report for unknown job %s from %s", evt.job_id, evt.provider)
+        return
+    if evt.attempt != job["attempt"]:
+        log.info("ignoring report of attempt %s for job %s (now at %s)", evt.attempt, evt.job_id, job["attempt"])
+        return
+    await jobs.observe(evt.job_id, log_tail=evt.log_tail, cost_usd=evt.cost_usd)
+    current = JobStatus(job["status"])
+    if current.is_terminal:
+        if evt.phase in (WorkloadPhase.PROVISIONING, WorkloadPhase.RUNNING):
+            await bus.publish(TerminateJob(event_id=derived_id(evt.job_id, "terminate-late", evt.event_id),
+                                           job_id=evt.job_id, provider=evt.provider,
+                                           reason=f"job already {current.value}"))
+        return
+    new = PHASE_STATUS[evt.phase]
+    if new is JobStatus.FAILED and job["stop_requested"]:
+        new = JobStatus.STOPPED
+    if new is current:
+        return
+    reason = evt.message or (evt.result.error_message if evt.result else None)
+    result = evt.result.model_dump(mode="json") if evt.result else None
+    t = await jobs.transition(evt.job_id, new, source_event_id=evt.event_id, occurred_at=evt.occurred_at,
+                              reason=reason, result=result)
+    if t is None:
+        log.info("job %s: %s -> %s not allowed, ignored", evt.job_id, current.value, new.value)
+        return
+    await _announce(t, jobs=jobs, bus=bus)
+    if t.status is JobStatus.PREEMPTED:
+        await _requeue(evt, job_attempt=job["attempt"], stop_requested=job["stop_requested"], jobs=jobs, bus=bus)
+
+
+async def _requeue(evt: WorkloadReported, *, job_attempt: int, stop_requested: bool,
+                   jobs: JobRepository, bus: Publisher) -> None:
+    """A preempted job goes back to the queue for another attempt, up to MAX_ATTEMPTS."""
+    if stop_requested:
+        new, reason, bump = JobStatus.STOPPED, "stopped while preempted", False
+    elif job_attempt >= MAX_ATTEMPTS:
+        new, reason, bump = JobStatus.FAILED, f"preempted {job_attempt} times; giving up", False
+    else:
+        new, reason, bump = JobStatus.QUEUED, f"retrying after preemption (attempt {job_attempt + 1})", True
+    t = await jobs.transition(evt.job_id, new, source_event_id=derived_id(evt.event_id, "requeue"),
+                              occurred_at=evt.occurred_at, reason=reason, bump_attempt=bump)
+    if t is None:
+        return
+    await _announce(t, jobs=jobs, bus=bus)
+    if t.status is JobStatus.QUEUED:
+        await _provision(evt.job_id, jobs=jobs, bus=bus)

@@ -1,0 +1,99 @@
+"""The scheduler's tables: jobs and their history."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+import asyncpg
+
+from shared.events import DeployRequested
+from shared.ids import derived_id
+from shared.states import JobStatus, can_transition
+
+
+@dataclass(frozen=True)
+class Transition:
+    """A status change that was recorded (now or by an earlier delivery of the same event)."""
+
+    job_id: str
+    previous: JobStatus | None
+    status: JobStatus
+    reason: str | None
+    status_event_id: str
+
+
+class JobRepository:
+    def __init__(self, pool: asyncpg.Pool):
+        self.pool = pool
+
+    async def create(self, cmd: DeployRequested) -> Transition:
+        """Create the job as queued; a redelivered command returns the transition recorded the first time."""
+        status_event_id = derived_id(cmd.job_id, "status", JobStatus.QUEUED, 1)
+        async with self.pool.acquire() as conn, conn.transaction():
+            inserted = await conn.fetchval(
+                """INSERT INTO jobs (id, user_id, provider, name, config_id, config, dataset_path,
+                                     dataset_format, dataset_rows, provider_options, budget_limit_usd, status)
+                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 'queued')
+                   ON CONFLICT (id) DO NOTHING RETURNING id""",
+                cmd.job_id, cmd.user_id, cmd.provider, cmd.config.name, cmd.config_id,
+                cmd.config.model_dump(mode="json"), cmd.dataset_path, cmd.dataset_format.value,
+                cmd.dataset_rows, cmd.provider_options, cmd.budget_limit_usd)
+            if inserted is not None:
+                await conn.execute(
+                    """INSERT INTO job_history (job_id, previous, status, reason, source_event_id,
+                                                status_event_id, occurred_at)
+                       VALUES ($1, NULL, 'queued', 'deploy requested', $2, $3, $4)""",
+                    cmd.job_id, cmd.event_id, status_event_id, cmd.occurred_at)
+        return Transition(cmd.job_id, None, JobStatus.QUEUED, "deploy requested", status_event_id)
+
+    async def get(self, job_id: str) -> asyncpg.Record | None:
+        return await self.pool.fetchrow("SELECT * FROM jobs WHERE id = $1", job_id)
+
+    async def transition(self, job_id: str, new: JobStatus, *, source_event_id: str, occurred_at: datetime,
+                         reason: str | None = None, result: dict | None = None,
+                         bump_attempt: bool = False) -> Transition | None:
+        """Apply ``new`` if the state machine allows it. Returns the transition, also when this source
+        event was applied before (so its status event can be published again), or None when refused."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            seen = await conn.fetchrow(
+                "SELECT previous, status, reason, status_event_id FROM job_history WHERE source_event_id = $1",
+                source_event_id)
+            if seen is not None:
+                return Transition(job_id, seen["previous"] and JobStatus(seen["previous"]),
+                                  JobStatus(seen["status"]), seen["reason"], seen["status_event_id"])
+            row = await conn.fetchrow("SELECT status, attempt FROM jobs WHERE id = $1 FOR UPDATE", job_id)
+            if row is None:
+                return None
+            current = JobStatus(row["status"])
+            if not can_transition(current, new):
+                return None
+            attempt = row["attempt"] + 1 if bump_attempt else row["attempt"]
+            status_event_id = derived_id(job_id, "status", new, attempt, source_event_id)
+            await conn.execute(
+                """UPDATE jobs SET status = $2, status_reason = $3, attempt = $4, updated_at = now(),
+                       result = COALESCE($5, result),
+                       started_at = CASE WHEN $2 = 'running' AND started_at IS NULL THEN now() ELSE started_at END,
+                       finished_at = CASE WHEN $2 IN ('completed', 'failed', 'stopped', 'budget_exceeded')
+                                          THEN now() ELSE finished_at END
+                   WHERE id = $1""",
+                job_id, new.value, reason, attempt, result)
+            await conn.execute(
+                """INSERT INTO job_history (job_id, previous, status, reason, source_event_id,
+                                            status_event_id, occurred_at)
+                   VALUES ($1, $2, $3, $4, $5, $6, $7)""",
+                job_id, current.value, new.value, reason, source_event_id, status_event_id, occurred_at)
+        return Transition(job_id, current, new, reason, status_event_id)
+
+    async def observe(self, job_id: str, *, log_tail: str | None, cost_usd: float | None) -> None:
+        """Record what a provider saw, whatever the state: the log tail and the cost so far."""
+        await self.pool.execute(
+            """UPDATE jobs SET log_tail = COALESCE($2, log_tail), cost_usd = COALESCE($3, cost_usd),
+                   updated_at = now() WHERE id = $1""",
+            job_id, log_tail, cost_usd)
+
+    async def mark_stop_requested(self, job_id: str) -> None:
+        await self.pool.execute("UPDATE jobs SET stop_requested = true, updated_at = now() WHERE id = $1", job_id)
+
+    async def history(self, job_id: str) -> list[asyncpg.Record]:
+        return await self.pool.fetch("SELECT * FROM job_history WHERE job_id = $1 ORDER BY id", job_id)

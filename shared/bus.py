@@ -1,0 +1,80 @@
+"""NATS helpers: JetStream streams created idempotently, and publishing with a de-duplication id."""
+
+from __future__ import annotations
+
+import logging
+
+import nats
+from faststream import AckPolicy
+from faststream.nats import ConsumerConfig, JStream, NatsBroker, PullSub
+from nats.js.api import RetentionPolicy, StorageType, StreamConfig
+from nats.js.errors import NotFoundError
+
+from shared import subjects
+from shared.events import Message
+
+log = logging.getLogger(__name__)
+
+#: How long JetStream remembers a Nats-Msg-Id to drop a duplicate publish.
+DUPLICATE_WINDOW_S = 120.0
+
+STREAM_CONFIGS = [
+    StreamConfig(name=subjects.COMMANDS_STREAM, subjects=subjects.COMMANDS_SUBJECTS,
+                 retention=RetentionPolicy.LIMITS, storage=StorageType.FILE,
+                 max_age=7 * 24 * 3600, duplicate_window=DUPLICATE_WINDOW_S),
+    StreamConfig(name=subjects.EVENTS_STREAM, subjects=subjects.EVENTS_SUBJECTS,
+                 retention=RetentionPolicy.LIMITS, storage=StorageType.FILE,
+                 max_age=7 * 24 * 3600, duplicate_window=DUPLICATE_WINDOW_S),
+]
+
+COMMANDS = JStream(subjects.COMMANDS_STREAM, declare=False)
+EVENTS = JStream(subjects.EVENTS_STREAM, declare=False)
+
+
+async def ensure_streams(nats_url: str) -> None:
+    """Create or update TuneFleet's streams; safe to call from every service at every start."""
+    nc = await nats.connect(nats_url, connect_timeout=5)
+    try:
+        js = nc.jetstream()
+        for config in STREAM_CONFIGS:
+            try:
+                await js.stream_info(config.name)
+                await js.update_stream(config)
+            except NotFoundError:
+                await js.add_stream(config)
+    finally:
+        await nc.close()
+
+
+async def publish(broker: NatsBroker, message: Message) -> None:
+    """Publish to JetStream and wait for the server's acknowledgement (the message is then durable)."""
+    stream = subjects.COMMANDS_STREAM if message.subject.startswith(
+        tuple(s.rstrip(">") for s in subjects.COMMANDS_SUBJECTS)) else subjects.EVENTS_STREAM
+    await broker.publish(
+        message.model_dump(mode="json"),
+        subject=message.subject,
+        headers={"Nats-Msg-Id": message.event_id},
+        stream=stream,
+        timeout=10,
+    )
+
+
+class Bus:
+    """The one thing handlers need of NATS: publish a message and know it is stored."""
+
+    def __init__(self, broker: NatsBroker):
+        self.broker = broker
+
+    async def publish(self, message: Message) -> None:
+        await publish(self.broker, message)
+
+
+def durable_consumer(durable: str) -> dict:
+    """Subscriber keyword arguments for a durable pull consumer, shared by every copy of a service
+    (so N copies split the work), that acks after the handler and redelivers when it raises."""
+    return {
+        "durable": durable,
+        "pull_sub": PullSub(batch_size=16, timeout=1.0),
+        "ack_policy": AckPolicy.NACK_ON_ERROR,
+        "config": ConsumerConfig(ack_wait=60, max_deliver=20),
+    }

@@ -1,0 +1,142 @@
+"""The TrainingConfig a person submits: model, data, training (with LoRA and quantization), predictions.
+
+Pydantic-only, so the trainer can import it alone. Validation messages name the field and the fix.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+class Method(StrEnum):
+    SFT = "sft"
+    DPO = "dpo"
+    ORPO = "orpo"
+    RLHF = "rlhf"
+
+
+class DataFormat(StrEnum):
+    TEXT = "text"
+    CHAT = "chat"
+    INSTRUCTION = "instruction"
+    PREFERENCE = "preference"
+
+
+#: Which data formats each method can train on.
+METHOD_FORMATS: dict[Method, frozenset[DataFormat]] = {
+    Method.SFT: frozenset({DataFormat.TEXT, DataFormat.CHAT, DataFormat.INSTRUCTION}),
+    Method.DPO: frozenset({DataFormat.PREFERENCE}),
+    Method.ORPO: frozenset({DataFormat.PREFERENCE}),
+    Method.RLHF: frozenset({DataFormat.CHAT, DataFormat.INSTRUCTION, DataFormat.PREFERENCE}),
+}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelSection(_Strict):
+    base_model: str = Field(min_length=1, description="Hub id or local path of the base model.")
+    revision: str | None = Field(default=None, description="Hub revision (branch, tag or commit).")
+    trust_remote_code: bool = False
+    max_seq_length: int = Field(default=512, ge=16, le=131072)
+
+
+class DataSection(_Strict):
+    dataset_id: str | None = Field(default=None, description="Id returned by the data set upload.")
+    train_path: str | None = Field(default=None, description="Path of a JSONL file the trainer can read.")
+    format: DataFormat | None = Field(default=None, description="Detected from the data when unset.")
+    eval_split: float = Field(default=0.1, ge=0.0, lt=0.9)
+    max_samples: int | None = Field(default=None, ge=1)
+    shuffle_seed: int = 42
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DataSection:
+        if not self.dataset_id and not self.train_path:
+            raise ValueError("set data.dataset_id (from POST /api/training/datasets) or data.train_path")
+        if self.dataset_id and self.train_path:
+            raise ValueError("set only one of data.dataset_id and data.train_path")
+        return self
+
+
+class LoraSection(_Strict):
+    enabled: bool = True
+    r: int = Field(default=16, ge=1, le=1024)
+    alpha: int = Field(default=32, ge=1, le=4096)
+    dropout: float = Field(default=0.05, ge=0.0, lt=1.0)
+    target_modules: list[str] | Literal["all-linear"] | None = Field(
+        default=None, description="None picks the architecture's attention projections."
+    )
+    bias: Literal["none", "all", "lora_only"] = "none"
+
+
+class QuantizationSection(_Strict):
+    bits: Literal[4, 8] | None = Field(default=None, description="4 or 8 for QLoRA through bitsandbytes.")
+    quant_type: Literal["nf4", "fp4"] = "nf4"
+    compute_dtype: Literal["float32", "float16", "bfloat16"] = "bfloat16"
+    double_quant: bool = True
+
+
+class TrainingSection(_Strict):
+    method: Method = Method.SFT
+    epochs: float = Field(default=1.0, gt=0, le=1000)
+    max_steps: int | None = Field(default=None, ge=1, description="Overrides epochs when set.")
+    batch_size: int = Field(default=4, ge=1, le=4096)
+    gradient_accumulation_steps: int = Field(default=1, ge=1, le=4096)
+    learning_rate: float = Field(default=2e-4, gt=0, lt=1)
+    lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "linear"
+    warmup_ratio: float = Field(default=0.0, ge=0, lt=1)
+    warmup_steps: int = Field(default=0, ge=0)
+    weight_decay: float = Field(default=0.0, ge=0, lt=1)
+    optimizer: Literal["adamw_torch", "paged_adamw_32bit", "sgd"] = "adamw_torch"
+    max_grad_norm: float = Field(default=1.0, gt=0)
+    gradient_checkpointing: bool = False
+    bf16: bool = False
+    fp16: bool = False
+    seed: int = 42
+    logging_steps: int = Field(default=1, ge=1)
+    eval_steps: int | None = Field(default=None, ge=1, description="Evaluate every N steps; else per epoch.")
+    save_steps: int | None = Field(default=None, ge=1, description="Checkpoint every N steps; else per epoch.")
+    beta: float = Field(default=0.1, gt=0, description="DPO/ORPO preference strength.")
+    lora: LoraSection = LoraSection()
+    quantization: QuantizationSection = QuantizationSection()
+
+    @model_validator(mode="after")
+    def _precision(self) -> TrainingSection:
+        if self.bf16 and self.fp16:
+            raise ValueError("training.bf16 and training.fp16 are both true: choose one")
+        if self.quantization.bits and not self.lora.enabled:
+            raise ValueError("training.quantization.bits needs training.lora.enabled=true (QLoRA trains adapters)")
+        return self
+
+
+class PredictionsSection(_Strict):
+    enabled: bool = True
+    sample_count: int = Field(default=3, ge=0, le=100)
+    frequency: Literal["epoch", "eval", "steps"] = "epoch"
+    step_interval: int | None = Field(default=None, ge=1)
+    max_new_tokens: int = Field(default=32, ge=1, le=4096)
+    temperature: float = Field(default=0.7, ge=0.0, le=5.0)
+    top_p: float = Field(default=0.9, gt=0.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _interval(self) -> PredictionsSection:
+        if self.frequency == "steps" and not self.step_interval:
+            raise ValueError("predictions.frequency='steps' needs predictions.step_interval (e.g. 50)")
+        return self
+
+
+class TrainingConfig(_Strict):
+    name: str = Field(default="fine-tune", min_length=1, max_length=200)
+    model: ModelSection
+    data: DataSection
+    training: TrainingSection = TrainingSection()
+    predictions: PredictionsSection = PredictionsSection()
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return v.strip()

@@ -1,0 +1,136 @@
+"""JSONL data set formats: detection, per-line validation and statistics.
+
+Used by the gateway on upload and by the trainer when it reads ``data.train_path``.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from shared.config import DataFormat
+
+_ROLES = {"system", "user", "assistant", "tool"}
+MAX_REPORTED_ERRORS = 20
+
+
+class DatasetError(ValueError):
+    """The file is not a valid data set; ``errors`` lists (line number, problem)."""
+
+    def __init__(self, errors: list[tuple[int, str]]):
+        self.errors = errors
+        first = "; ".join(f"line {n}: {msg}" for n, msg in errors[:3])
+        more = f" (and {len(errors) - 3} more)" if len(errors) > 3 else ""
+        super().__init__(first + more)
+
+
+def detect_format(row: dict) -> DataFormat | None:
+    if "messages" in row:
+        return DataFormat.CHAT
+    if {"prompt", "chosen", "rejected"} <= row.keys():
+        return DataFormat.PREFERENCE
+    if "instruction" in row and "output" in row:
+        return DataFormat.INSTRUCTION
+    if "text" in row:
+        return DataFormat.TEXT
+    return None
+
+
+def _nonempty_str(row: dict, key: str) -> str | None:
+    value = row.get(key)
+    if not isinstance(value, str):
+        return f'"{key}" must be a string, got {type(value).__name__}'
+    if not value.strip():
+        return f'"{key}" is empty'
+    return None
+
+
+def check_row(row: dict, fmt: DataFormat) -> str | None:
+    """Return the problem with one row, or None when it is valid for ``fmt``."""
+    if fmt is DataFormat.TEXT:
+        return _nonempty_str(row, "text")
+    if fmt is DataFormat.INSTRUCTION:
+        if "input" in row and not isinstance(row["input"], str):
+            return '"input" must be a string when present'
+        return _nonempty_str(row, "instruction") or _nonempty_str(row, "output")
+    if fmt is DataFormat.PREFERENCE:
+        return _nonempty_str(row, "prompt") or _nonempty_str(row, "chosen") or _nonempty_str(row, "rejected")
+    messages = row.get("messages")
+    if not isinstance(messages, list) or not messages:
+        return '"messages" must be a non-empty list of {"role", "content"} objects'
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or m.get("role") not in _ROLES:
+            return f'messages[{i}].role must be one of {sorted(_ROLES)}'
+        if not isinstance(m.get("content"), str):
+            return f"messages[{i}].content must be a string"
+    if messages[-1]["role"] != "assistant":
+        return 'the last message must have role "assistant" (the reply to learn)'
+    return None
+
+
+def row_length(row: dict, fmt: DataFormat) -> int:
+    if fmt is DataFormat.TEXT:
+        return len(row["text"])
+    if fmt is DataFormat.INSTRUCTION:
+        return len(row["instruction"]) + len(row.get("input", "")) + len(row["output"])
+    if fmt is DataFormat.PREFERENCE:
+        return len(row["prompt"]) + max(len(row["chosen"]), len(row["rejected"]))
+    return sum(len(m["content"]) for m in row["messages"])
+
+
+@dataclass
+class DatasetSummary:
+    format: DataFormat
+    rows: int
+    stats: dict = field(default_factory=dict)
+
+
+def validate_lines(lines: Iterable[bytes | str], expected: DataFormat | None = None) -> DatasetSummary:
+    """Check every line; raise DatasetError naming the line numbers and problems."""
+    errors: list[tuple[int, str]] = []
+    fmt = expected
+    lengths: list[int] = []
+    for number, raw in enumerate(lines, start=1):
+        text = raw.decode("utf-8", errors="strict") if isinstance(raw, bytes) else raw
+        if not text.strip():
+            continue
+        try:
+            row = json.loads(text)
+        except json.JSONDecodeError as exc:
+            errors.append((number, f"not valid JSON ({exc.msg} at column {exc.colno})"))
+        else:
+            if not isinstance(row, dict):
+                errors.append((number, "each line must be a JSON object"))
+            else:
+                if fmt is None:
+                    fmt = detect_format(row)
+                if fmt is None:
+                    errors.append((number, 'unknown format: expected "text", "messages", '
+                                           '"instruction"/"output" or "prompt"/"chosen"/"rejected"'))
+                elif problem := check_row(row, fmt):
+                    errors.append((number, f"{problem} (format {fmt.value})"))
+                else:
+                    lengths.append(row_length(row, fmt))
+        if len(errors) >= MAX_REPORTED_ERRORS:
+            break
+    if errors:
+        raise DatasetError(errors)
+    if fmt is None or not lengths:
+        raise DatasetError([(0, "the file holds no rows")])
+    return DatasetSummary(
+        format=fmt,
+        rows=len(lengths),
+        stats={
+            "chars_total": sum(lengths),
+            "chars_mean": round(statistics.fmean(lengths), 1),
+            "chars_min": min(lengths),
+            "chars_max": max(lengths),
+        },
+    )
+
+
+def validate_file(path: str, expected: DataFormat | None = None) -> DatasetSummary:
+    with open(path, "rb") as f:
+        return validate_lines(f, expected)

@@ -1,0 +1,81 @@
+"""One error hierarchy with stable codes.
+
+The gateway maps these to HTTP in one place; subscribers nack what is ``transient`` and
+acknowledge-and-report what is permanent.
+"""
+
+from __future__ import annotations
+
+
+class TuneFleetError(Exception):
+    """Base of every error TuneFleet raises on purpose."""
+
+    code = "internal"
+    http_status = 500
+    transient = False
+
+    def __init__(self, message: str, *, field: str | None = None, details: dict | None = None):
+        super().__init__(message)
+        self.message = message
+        self.field = field
+        self.details = details or {}
+
+    def to_dict(self) -> dict:
+        body = {"code": self.code, "message": self.message}
+        if self.field:
+            body["field"] = self.field
+        if self.details:
+            body["details"] = self.details
+        return body
+
+
+class ValidationFailed(TuneFleetError):
+    code = "validation_failed"
+    http_status = 422
+
+
+class DatasetInvalid(ValidationFailed):
+    code = "dataset_invalid"
+
+
+class ConfigIncompatible(ValidationFailed):
+    code = "config_incompatible"
+
+
+class NotFound(TuneFleetError):
+    code = "not_found"
+    http_status = 404
+
+
+class Unauthorized(TuneFleetError):
+    code = "unauthorized"
+    http_status = 401
+
+
+class Conflict(TuneFleetError):
+    code = "conflict"
+    http_status = 409
+
+
+class IllegalTransition(Conflict):
+    code = "illegal_transition"
+
+
+class PayloadTooLarge(TuneFleetError):
+    code = "payload_too_large"
+    http_status = 413
+
+
+class ServiceUnavailable(TuneFleetError):
+    code = "service_unavailable"
+    http_status = 503
+    transient = True
+
+
+class ProviderError(TuneFleetError):
+    code = "provider_error"
+    http_status = 502
+
+
+class ProvisioningFailed(ProviderError):
+    code = "provisioning_failed"

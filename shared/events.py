@@ -1,0 +1,187 @@
+"""Commands (imperative) and events (past tense) that travel over NATS.
+
+Each is a frozen pydantic model whose envelope fields come first: ``event_id`` (also the JetStream
+``Nats-Msg-Id``, so a re-published message is dropped by the server), ``occurred_at``, ``job_id``
+and ``schema_version``.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from shared import subjects
+from shared.config import DataFormat, TrainingConfig
+from shared.jobspec import TrainerResult
+from shared.states import JobStatus
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore")
+    SCHEMA_VERSION: ClassVar[int] = 1
+
+    event_id: str = Field(default_factory=lambda: str(uuid.uuid4()))
+    occurred_at: datetime = Field(default_factory=_now)
+    job_id: str
+    schema_version: int = 1
+
+    @property
+    def subject(self) -> str:  # pragma: no cover - every subclass defines it
+        raise NotImplementedError
+
+
+# Commands ---------------------------------------------------------------------------------------
+
+class DeployRequested(Message):
+    user_id: str
+    provider: str
+    config_id: str | None = None
+    config: TrainingConfig
+    dataset_path: str
+    dataset_format: DataFormat
+    dataset_rows: int
+    provider_options: dict[str, Any] = Field(default_factory=dict)
+    budget_limit_usd: float | None = None
+
+    @property
+    def subject(self) -> str:
+        return subjects.DEPLOY_REQUESTED
+
+
+class StopRequested(Message):
+    user_id: str
+    reason: str = "stopped by user"
+
+    @property
+    def subject(self) -> str:
+        return subjects.STOP_REQUESTED
+
+
+class ProvisionJob(Message):
+    """Start the workload of one attempt. The provider composes the JobSpec for its own file layout."""
+
+    provider: str
+    attempt: int = 1
+    config: TrainingConfig
+    dataset_path: str
+    dataset_format: DataFormat
+    provider_options: dict[str, Any] = Field(default_factory=dict)
+    resume_from_checkpoint: str | None = None
+
+    @property
+    def subject(self) -> str:
+        return subjects.provision(self.provider)
+
+
+class TerminateJob(Message):
+    provider: str
+    reason: str
+
+    @property
+    def subject(self) -> str:
+        return subjects.terminate(self.provider)
+
+
+# Events -----------------------------------------------------------------------------------------
+
+class WorkloadPhase(StrEnum):
+    PROVISIONING = "provisioning"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    STOPPED = "stopped"
+    PREEMPTED = "preempted"
+
+
+class WorkloadReported(Message):
+    """A provider's observation of one job's workload, already mapped to a phase."""
+
+    provider: str
+    attempt: int = 1
+    phase: WorkloadPhase
+    message: str | None = None
+    exit_code: int | None = None
+    log_tail: str | None = None
+    result: TrainerResult | None = None
+    cost_usd: float | None = None
+
+    @property
+    def subject(self) -> str:
+        return subjects.workload_reported(self.provider)
+
+
+class JobStatusChanged(Message):
+    user_id: str
+    provider: str
+    previous: JobStatus | None
+    status: JobStatus
+    reason: str | None = None
+    config: TrainingConfig | None = None
+    dataset_rows: int | None = None
+    result: TrainerResult | None = None
+    cost_usd: float | None = None
+
+    @property
+    def subject(self) -> str:
+        return subjects.job_status(self.job_id)
+
+
+class MetricPoint(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    step: int
+    epoch: float | None = None
+    values: dict[str, float]
+    recorded_at: datetime | None = None
+
+
+class PredictionRecord(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    step: int
+    epoch: float | None = None
+    sample_index: int
+    prompt: str
+    generated: str
+    expected: str
+
+
+class MetricsAppended(Message):
+    metrics: list[MetricPoint]
+
+    @property
+    def subject(self) -> str:
+        return subjects.job_metrics(self.job_id)
+
+
+class PredictionsAppended(Message):
+    predictions: list[PredictionRecord]
+
+    @property
+    def subject(self) -> str:
+        return subjects.job_predictions(self.job_id)
+
+
+class ModelRegistered(Message):
+    model_id: str
+    user_id: str
+    name: str
+    base_model: str
+    adapter_path: str | None
+    method: str
+    lora_r: int | None
+    lora_alpha: int | None
+    final_loss: float | None
+    training_seconds: float | None
+    dataset_rows: int | None
+    cost_usd: float | None
+
+    @property
+    def subject(self) -> str:
+        return subjects.MODEL_REGISTERED

@@ -1,0 +1,116 @@
+"""What every service process does around its handlers: logging, tracing, the pool, migrations,
+streams, the broker, a health responder, and a clean stop on SIGINT/SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+import asyncpg
+from faststream.nats import NatsBroker
+from faststream.nats.opentelemetry import NatsTelemetryMiddleware
+from opentelemetry.sdk.trace import TracerProvider
+
+from shared import subjects
+from shared.bus import ensure_streams
+from shared.db import apply_migrations, create_pool
+from shared.settings import Settings
+from shared.telemetry import setup_tracing
+
+log = logging.getLogger(__name__)
+
+
+def configure_logging(settings: Settings, service: str) -> None:
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format=f"%(asctime)s {service} %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def make_broker(settings: Settings, service: str, tracer_provider: TracerProvider | None = None) -> NatsBroker:
+    return NatsBroker(
+        settings.require_nats_url(),
+        name=f"tunefleet-{service}",
+        middlewares=[NatsTelemetryMiddleware(tracer_provider=tracer_provider)],
+        graceful_timeout=settings.stop_grace_seconds,
+        log_level=logging.DEBUG,
+    )
+
+
+def add_health_responder(broker: NatsBroker, service: str) -> None:
+    @broker.subscriber(subjects.health(service), include_in_schema=False)
+    async def _health() -> dict:
+        return {"service": service, "ready": True}
+
+
+@dataclass
+class ServiceContext:
+    settings: Settings
+    broker: NatsBroker
+    pool: asyncpg.Pool
+    tracer_provider: TracerProvider | None = None
+    background: list[asyncio.Task] = field(default_factory=list)
+
+
+@asynccontextmanager
+async def service_resources(service: str, settings: Settings, *, owns: tuple[str, ...] = (),
+                            tracer_provider: TracerProvider | None = None) -> AsyncIterator[ServiceContext]:
+    """Pool, migrations of the tables ``owns`` names, streams, and an unstarted broker."""
+    pool = await create_pool(settings.require_database_url(), min_size=settings.db_pool_min,
+                             max_size=settings.db_pool_max)
+    try:
+        await apply_migrations(pool, *owns)
+        await ensure_streams(settings.require_nats_url())
+        broker = make_broker(settings, service, tracer_provider)
+        yield ServiceContext(settings=settings, broker=broker, pool=pool, tracer_provider=tracer_provider)
+    finally:
+        await pool.close()
+
+
+async def wait_for_stop_signal() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+
+@dataclass
+class Hooks:
+    """What a service does once its broker runs, and before it stops."""
+
+    after_start: Callable[[], Awaitable[None]] | None = None
+    before_stop: Callable[[], Awaitable[None]] | None = None
+
+
+def run_service(service: str, owns: tuple[str, ...],
+                wire: Callable[[ServiceContext], Awaitable[Hooks | None]]) -> None:
+    """Run one subscriber service until SIGINT/SIGTERM. ``wire`` registers subscribers on ctx.broker."""
+    settings = Settings()
+    configure_logging(settings, service)
+    tracer_provider = setup_tracing(service, settings)
+
+    async def main() -> None:
+        async with service_resources(service, settings, owns=owns, tracer_provider=tracer_provider) as ctx:
+            hooks = await wire(ctx) or Hooks()
+            add_health_responder(ctx.broker, service)
+            await ctx.broker.start()
+            if hooks.after_start is not None:
+                await hooks.after_start()
+            log.info("%s ready", service)
+            try:
+                await wait_for_stop_signal()
+            finally:
+                log.info("%s stopping", service)
+                if hooks.before_stop is not None:
+                    await hooks.before_stop()
+                for task in ctx.background:
+                    task.cancel()
+                await ctx.broker.stop()
+        tracer_provider.shutdown()
+
+    asyncio.run(main())

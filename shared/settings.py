@@ -1,0 +1,71 @@
+"""One Settings object, read from ``TUNEFLEET_*`` environment variables."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _default_home() -> Path:
+    return Path.home() / ".tunefleet"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TUNEFLEET_", extra="ignore")
+
+    home: Path = Field(default_factory=_default_home, description="Data folder of the embedded stack.")
+    nats_url: str | None = Field(default=None, description="External NATS; embedded when unset.")
+    database_url: str | None = Field(default=None, description="External PostgreSQL; embedded when unset.")
+    secret_key: SecretStr | None = Field(default=None, description="Signs per-job tokens.")
+
+    gateway_host: str = "127.0.0.1"
+    gateway_port: int = 8000
+    ingest_host: str = "127.0.0.1"
+    ingest_port: int = 8001
+    ingest_public_url: str | None = Field(default=None, description="URL the trainer reaches ingest at.")
+
+    max_upload_mb: int = 512
+    db_pool_min: int = 1
+    db_pool_max: int = 5
+
+    otel_exporter: str = Field(default="none", description="none | console | otlp")
+    otel_endpoint: str | None = None
+    log_level: str = "INFO"
+
+    trainer_python: str | None = Field(default=None, description="Python that runs local trainers.")
+    stop_grace_seconds: float = 20.0
+
+    @property
+    def datasets_dir(self) -> Path:
+        return self.home / "datasets"
+
+    @property
+    def jobs_dir(self) -> Path:
+        return self.home / "jobs"
+
+    @property
+    def ingest_url(self) -> str:
+        return self.ingest_public_url or f"http://{self.ingest_host}:{self.ingest_port}"
+
+    def require_database_url(self) -> str:
+        if not self.database_url:
+            raise RuntimeError("TUNEFLEET_DATABASE_URL is not set (tunefleet up sets it for its services)")
+        return self.database_url
+
+    def require_nats_url(self) -> str:
+        if not self.nats_url:
+            raise RuntimeError("TUNEFLEET_NATS_URL is not set (tunefleet up sets it for its services)")
+        return self.nats_url
+
+    def require_secret_key(self) -> str:
+        if self.secret_key is None:
+            raise RuntimeError("TUNEFLEET_SECRET_KEY is not set (tunefleet up creates one in its data folder)")
+        return self.secret_key.get_secret_value()
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

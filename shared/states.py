@@ -1,0 +1,40 @@
+"""Job states and the transitions allowed between them."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class JobStatus(StrEnum):
+    QUEUED = "queued"
+    PROVISIONING = "provisioning"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    STOPPED = "stopped"
+    BUDGET_EXCEEDED = "budget_exceeded"
+    PREEMPTED = "preempted"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in TERMINAL
+
+
+TERMINAL = frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.STOPPED, JobStatus.BUDGET_EXCEEDED})
+
+_S = JobStatus
+ALLOWED: dict[JobStatus, frozenset[JobStatus]] = {
+    _S.QUEUED: frozenset({_S.PROVISIONING, _S.RUNNING, _S.FAILED, _S.STOPPED}),
+    _S.PROVISIONING: frozenset({_S.RUNNING, _S.COMPLETED, _S.FAILED, _S.STOPPED, _S.PREEMPTED,
+                                _S.BUDGET_EXCEEDED}),
+    _S.RUNNING: frozenset({_S.COMPLETED, _S.FAILED, _S.STOPPED, _S.PREEMPTED, _S.BUDGET_EXCEEDED}),
+    _S.PREEMPTED: frozenset({_S.QUEUED, _S.FAILED, _S.STOPPED}),
+    _S.COMPLETED: frozenset(),
+    _S.FAILED: frozenset(),
+    _S.STOPPED: frozenset(),
+    _S.BUDGET_EXCEEDED: frozenset(),
+}
+
+
+def can_transition(current: JobStatus, new: JobStatus) -> bool:
+    return new in ALLOWED[current]

@@ -1,0 +1,61 @@
+"""Every NATS subject, stream and durable consumer name, written once."""
+
+from __future__ import annotations
+
+PREFIX = "tunefleet"
+
+# Commands
+DEPLOY_REQUESTED = f"{PREFIX}.deploy.requested"
+STOP_REQUESTED = f"{PREFIX}.stop.requested"
+
+
+def provision(provider: str) -> str:
+    return f"{PREFIX}.provision.{provider}"
+
+
+def terminate(provider: str) -> str:
+    return f"{PREFIX}.terminate.{provider}"
+
+
+# Events
+def workload_reported(provider: str) -> str:
+    return f"{PREFIX}.workload.{provider}.reported"
+
+
+WORKLOAD_REPORTED_ANY = f"{PREFIX}.workload.*.reported"
+
+
+def job_status(job_id: str) -> str:
+    return f"{PREFIX}.job.{job_id}.status"
+
+
+JOB_STATUS_ANY = f"{PREFIX}.job.*.status"
+
+
+def job_metrics(job_id: str) -> str:
+    return f"{PREFIX}.job.{job_id}.metrics"
+
+
+def job_predictions(job_id: str) -> str:
+    return f"{PREFIX}.job.{job_id}.predictions"
+
+
+def job_all(job_id: str) -> str:
+    return f"{PREFIX}.job.{job_id}.>"
+
+
+MODEL_REGISTERED = f"{PREFIX}.model.registered"
+
+
+def health(service: str) -> str:
+    """Core NATS request/reply subject each service answers while it is ready."""
+    return f"{PREFIX}.health.{service}"
+
+
+# JetStream streams: commands are work for one service; events are facts for anyone.
+COMMANDS_STREAM = "TUNEFLEET_COMMANDS"
+COMMANDS_SUBJECTS = [f"{PREFIX}.deploy.>", f"{PREFIX}.stop.>", f"{PREFIX}.provision.>", f"{PREFIX}.terminate.>"]
+EVENTS_STREAM = "TUNEFLEET_EVENTS"
+EVENTS_SUBJECTS = [f"{PREFIX}.job.>", f"{PREFIX}.workload.>", f"{PREFIX}.model.>"]
+
+SERVICES = ("gateway", "scheduler", "provider_local", "metrics_ingest", "model_registry")

@@ -1,0 +1,42 @@
+"""Shared fixtures: a real PostgreSQL (pgserver) for the session, a fresh database and a fresh NATS
+server with JetStream for each test that asks for them."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+import warnings
+from pathlib import Path
+
+import pytest
+
+from services.cli.embedded import EmbeddedNats, EmbeddedPostgres, free_port
+from shared.settings import Settings
+
+warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
+logging.getLogger("pgserver").setLevel(logging.WARNING)
+
+
+@pytest.fixture(scope="session")
+def postgres(tmp_path_factory) -> EmbeddedPostgres:
+    server = EmbeddedPostgres(tmp_path_factory.mktemp("pg") / "data").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def database_url(postgres: EmbeddedPostgres) -> str:
+    return postgres.create_database(f"t_{uuid.uuid4().hex[:12]}")
+
+
+@pytest.fixture
+def nats_url(tmp_path: Path) -> str:
+    server = EmbeddedNats(tmp_path / "nats", port=free_port()).start()
+    yield server.url
+    server.stop()
+
+
+@pytest.fixture
+def settings(tmp_path: Path, database_url: str, nats_url: str) -> Settings:
+    return Settings(home=tmp_path / "home", nats_url=nats_url, database_url=database_url,
+                    secret_key="test-secret-key-0123456789", ingest_port=free_port(), stop_grace_seconds=5)

@@ -1,0 +1,103 @@
+"""Services run in this process against the real NATS and PostgreSQL of the test."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+import httpx
+import nats
+import pytest
+from opentelemetry.sdk.trace import TracerProvider
+
+from services.cli.stack import migrate_all
+from services.gateway.app import create_app
+from services.gateway.users import create_api_key
+from shared.db import create_pool
+from shared.service import Hooks, ServiceContext, add_health_responder, service_resources
+from shared.settings import Settings
+
+Wire = Callable[[ServiceContext], Awaitable[Hooks | None]]
+
+
+@asynccontextmanager
+async def running_service(name: str, wire: Wire, settings: Settings,
+                          tracer_provider: TracerProvider | None = None) -> AsyncIterator[ServiceContext]:
+    async with service_resources(name, settings, owns=(name,), tracer_provider=tracer_provider) as ctx:
+        hooks = await wire(ctx) or Hooks()
+        add_health_responder(ctx.broker, name)
+        await ctx.broker.start()
+        if hooks.after_start:
+            await hooks.after_start()
+        try:
+            yield ctx
+        finally:
+            if hooks.before_stop:
+                await hooks.before_stop()
+            await ctx.broker.stop()
+
+
+@asynccontextmanager
+async def gateway_client(settings: Settings,
+                         tracer_provider: TracerProvider | None = None) -> AsyncIterator[httpx.AsyncClient]:
+    app = create_app(settings, tracer_provider)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
+            yield client
+
+
+@pytest.fixture
+async def migrated(settings: Settings) -> Settings:
+    await migrate_all(settings.require_database_url())
+    return settings
+
+
+@pytest.fixture
+async def pool(migrated: Settings):
+    p = await create_pool(migrated.require_database_url())
+    yield p
+    await p.close()
+
+
+@pytest.fixture
+async def api_key(pool) -> str:
+    return await create_api_key(pool, "alice")
+
+
+@pytest.fixture
+async def other_key(pool) -> str:
+    return await create_api_key(pool, "bob")
+
+
+class Recorder:
+    """Collects every message on a subject pattern, from a plain NATS subscription."""
+
+    def __init__(self):
+        self.messages: list = []
+
+    async def wait_for(self, predicate, timeout: float = 20.0):
+        async def poll():
+            while True:
+                for m in self.messages:
+                    if predicate(m):
+                        return m
+                await asyncio.sleep(0.02)
+
+        return await asyncio.wait_for(poll(), timeout)
+
+
+@pytest.fixture
+async def recorder(nats_url: str):
+    nc = await nats.connect(nats_url)
+    rec = Recorder()
+
+    async def on_msg(msg):
+        import orjson
+
+        rec.messages.append((msg.subject, orjson.loads(msg.data)))
+
+    await nc.subscribe("tunefleet.>", cb=on_msg)
+    yield rec
+    await nc.close()
