@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field
 
 from shared.config import DataFormat, TrainingConfig
@@ -20,7 +22,7 @@ class JobSpec(BaseModel):
     dataset_format: DataFormat
     output_dir: str
     ingest_url: str | None = Field(default=None, description="Base URL of metrics_ingest; None disables.")
-    ingest_token: str | None = Field(default=None, description="Per-job bearer token for metrics_ingest.")
+    ingest_token: str | None = Field(default=None, repr=False, description="Per-job bearer token for metrics_ingest.")
     resume_from_checkpoint: str | None = None
 
     @classmethod
@@ -34,7 +36,7 @@ class TrainerResult(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    status: str  # "completed" | "failed" | "interrupted"
+    status: Literal["completed", "failed", "interrupted"]
     error_type: str | None = None
     error_message: str | None = None
     traceback: str | None = None

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 import warnings
 from pathlib import Path
 
@@ -15,7 +14,7 @@ from shared.db import create_pool
 from shared.settings import Settings
 
 from .embedded import EmbeddedPostgres
-from .stack import Stack, migrate_all
+from .stack import Stack, migrate_all, wait_for_signal
 
 warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
 
@@ -37,14 +36,6 @@ async def _new_key(database_url: str, user: str, *, only_if_none: bool = False) 
         await pool.close()
 
 
-def _wait_for_signal() -> None:
-    received: list[int] = []
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda s, _f: received.append(s))
-    while not received:
-        signal.pause()
-
-
 @app.command()
 def up() -> None:
     """Start NATS and PostgreSQL (embedded unless TUNEFLEET_NATS_URL / TUNEFLEET_DATABASE_URL are set)
@@ -61,7 +52,7 @@ def up() -> None:
         if key:
             console.print(f"First API key (user admin), shown once: [bold]{key}[/]")
         console.print("Press Ctrl-C to stop.", highlight=False)
-        _wait_for_signal()
+        wait_for_signal()
     finally:
         console.print("stopping…")
         stack.stop()

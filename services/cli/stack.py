@@ -41,6 +41,15 @@ def secret_key(home: Path) -> str:
     return path.read_text().strip()
 
 
+def wait_for_signal() -> None:
+    """Block until SIGINT or SIGTERM."""
+    received: list[int] = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda s, _f: received.append(s))
+    while not received:
+        signal.pause()
+
+
 async def migrate_all(database_url: str) -> None:
     pool = await create_pool(database_url)
     try:

@@ -77,3 +77,8 @@ async def predictions(pool: asyncpg.Pool, job_id: str, *, epoch: int | None, lim
 
 async def models(pool: asyncpg.Pool, user_id: str) -> list[asyncpg.Record]:
     return await pool.fetch("SELECT * FROM models WHERE user_id = $1 ORDER BY created_at DESC", user_id)
+
+
+async def model_id_for_job(pool: asyncpg.Pool, job_id: str) -> str | None:
+    found = await pool.fetchval("SELECT id FROM models WHERE job_id = $1", job_id)
+    return str(found) if found else None

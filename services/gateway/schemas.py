@@ -63,6 +63,7 @@ class JobPublic(BaseModel):
     cost_usd: float = 0.0
     budget_limit_usd: float | None = None
     result: dict[str, Any] | None = None
+    model_id: str | None = Field(default=None, description="The registered model, once there is one.")
     history: list[dict[str, Any]] = Field(default_factory=list)
 
 

@@ -37,8 +37,20 @@ class IngestAck(BaseModel):
     duplicate: bool
 
 
+def job_auth(request: Request, job_id: uuid.UUID, authorization: Annotated[str | None, Header()] = None) -> str:
+    """The job id of the path, once the bearer token proves the caller is that job's trainer."""
+    scheme, _, token = (authorization or "").partition(" ")
+    secret = request.app.state.settings.require_secret_key()
+    if scheme.lower() != "bearer" or not token or not verify_job_token(secret, str(job_id), token):
+        raise HTTPException(401, "a valid job token is required (Authorization: Bearer <job token>)")
+    return str(job_id)
+
+
+JobId = Annotated[str, Depends(job_auth)]
+
+
 def create_app(settings: Settings) -> FastAPI:
-    secret = settings.require_secret_key()
+    settings.require_secret_key()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -60,19 +72,14 @@ def create_app(settings: Settings) -> FastAPI:
             await pool.close()
 
     app = FastAPI(title="TuneFleet metrics ingest", lifespan=lifespan)
-
-    def job_auth(job_id: uuid.UUID, authorization: Annotated[str | None, Header()] = None) -> str:
-        scheme, _, token = (authorization or "").partition(" ")
-        if scheme.lower() != "bearer" or not token or not verify_job_token(secret, str(job_id), token):
-            raise HTTPException(401, "a valid job token is required (Authorization: Bearer <job token>)")
-        return str(job_id)
+    app.state.settings = settings
 
     @app.get("/healthz")
     async def healthz() -> dict:
         return {"ready": True}
 
     @app.post("/v1/jobs/{job_id}/batches", response_model=IngestAck)
-    async def ingest(request: Request, job_id: Annotated[str, Depends(job_auth)]) -> IngestAck:
+    async def ingest(request: Request, job_id: JobId) -> IngestAck:
         length = int(request.headers.get("content-length") or 0)
         if length > MAX_BATCH_BYTES:
             raise HTTPException(413, f"batch of {length} bytes is over {MAX_BATCH_BYTES}; send smaller batches")

@@ -78,6 +78,7 @@ async def test_redelivered_and_late_messages_change_nothing(migrated, pool, reco
         await publish(broker, cmd)
         # The same command again under a new message id: the job is not created twice.
         await publish(broker, cmd.model_copy(update={"event_id": str(uuid.uuid4())}))
+        await wait_status(pool, job_id, "queued")
         await publish(broker, report(job_id, WorkloadPhase.RUNNING))
         await wait_status(pool, job_id, "running")
         await publish(broker, report(job_id, WorkloadPhase.FAILED, message="boom"))
@@ -101,6 +102,7 @@ async def test_stop_of_a_queued_job_and_of_a_running_one(migrated, pool, recorde
         await wait_status(pool, queued, "stopped")
 
         await publish(broker, deploy(running))
+        await wait_status(pool, running, "queued")
         await publish(broker, report(running, WorkloadPhase.RUNNING))
         await wait_status(pool, running, "running")
         await publish(broker, StopRequested(job_id=running, user_id="alice"))
@@ -120,6 +122,7 @@ async def test_preempted_job_is_queued_again_with_a_new_attempt(migrated, pool, 
         broker = NatsBroker(nats_url)
         await broker.start()
         await publish(broker, deploy(job_id))
+        await wait_status(pool, job_id, "queued")
         await publish(broker, report(job_id, WorkloadPhase.RUNNING))
         await wait_status(pool, job_id, "running")
         await publish(broker, report(job_id, WorkloadPhase.PREEMPTED, message="spot reclaimed"))

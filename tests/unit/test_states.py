@@ -1,3 +1,5 @@
+import itertools
+
 import pytest
 
 from shared.states import ALLOWED, TERMINAL, JobStatus, can_transition
@@ -5,7 +7,7 @@ from shared.states import ALLOWED, TERMINAL, JobStatus, can_transition
 
 def test_happy_path_is_allowed():
     path = [JobStatus.QUEUED, JobStatus.PROVISIONING, JobStatus.RUNNING, JobStatus.COMPLETED]
-    assert all(can_transition(a, b) for a, b in zip(path, path[1:], strict=False))
+    assert all(can_transition(a, b) for a, b in itertools.pairwise(path))
 
 
 @pytest.mark.parametrize("terminal", sorted(TERMINAL))

@@ -40,6 +40,7 @@ async def job_public(pool: PoolDep, user: str, job_id: str) -> JobPublic:
         finished_at=row.get("finished_at"), progress=_progress(row, latest), latest_metrics=latest,
         logs_tail=row.get("log_tail"), cost_usd=row.get("cost_usd") or 0.0,
         budget_limit_usd=row.get("budget_limit_usd"), result=row.get("result"),
+        model_id=await queries.model_id_for_job(pool, job_id) if row.get("status") == JobStatus.COMPLETED else None,
         history=await queries.history(pool, job_id) if "status" in row else [],
     )
 

@@ -1,0 +1,177 @@
+"""The gateway's HTTP API in this process, against real NATS and PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+from shared import subjects
+
+from .conftest import gateway_client
+
+INSTRUCTION_ROWS = [{"instruction": f"Say {i}", "output": str(i)} for i in range(8)]
+PREFERENCE_ROWS = [{"prompt": "p", "chosen": "good", "rejected": "bad"}] * 4
+
+
+def jsonl(rows) -> bytes:
+    return "\n".join(json.dumps(r) for r in rows).encode()
+
+
+def auth(key: str) -> dict:
+    return {"Authorization": f"Bearer {key}"}
+
+
+async def upload(client, key, rows, name="data.jsonl"):
+    return await client.post("/api/training/datasets", headers=auth(key), files={"file": (name, jsonl(rows))})
+
+
+def config_for(dataset_id: str, **training) -> dict:
+    return {"name": "demo", "model": {"base_model": "/models/tiny"}, "data": {"dataset_id": dataset_id},
+            "training": training}
+
+
+async def test_every_route_but_health_needs_a_key(migrated, api_key):
+    async with gateway_client(migrated) as client:
+        for method, path in [("GET", "/api/models"), ("POST", "/api/training/configurations"),
+                             ("GET", f"/api/training/jobs/{uuid.uuid4()}"),
+                             ("GET", f"/api/training/metrics/{uuid.uuid4()}")]:
+            r = await client.request(method, path)
+            assert r.status_code == 401, path
+            assert "Authorization: Bearer" in r.json()["detail"]["message"]
+        r = await client.get("/api/models", headers=auth("tf_wrong"))
+        assert r.status_code == 401
+        r = await client.get("/api/models", headers=auth(api_key))
+        assert r.status_code == 200 and r.json() == []
+        health = await client.get("/healthz")
+        assert health.status_code == 503  # no other service runs in this test
+        assert set(health.json()["not_ready"]) == {"scheduler", "provider_local", "metrics_ingest", "model_registry"}
+
+
+async def test_dataset_upload_reports_format_rows_and_stats(migrated, api_key):
+    async with gateway_client(migrated) as client:
+        r = await upload(client, api_key, INSTRUCTION_ROWS)
+        assert r.status_code == 201, r.text
+        body = r.json()
+        assert body["format"] == "instruction" and body["rows"] == 8
+        assert body["stats"]["chars_max"] >= body["stats"]["chars_min"] > 0
+        uuid.UUID(body["id"])
+
+
+async def test_bad_dataset_gets_422_naming_the_line(migrated, api_key):
+    bad = jsonl(INSTRUCTION_ROWS[:2]) + b'\n{"instruction": "x"}\nnot json\n'
+    async with gateway_client(migrated) as client:
+        r = await client.post("/api/training/datasets", headers=auth(api_key), files={"file": ("bad.jsonl", bad)})
+    assert r.status_code == 422
+    detail = r.json()["detail"]
+    assert detail["code"] == "dataset_invalid"
+    assert {"line": 3, "problem": detail["details"]["errors"][0]["problem"]} == detail["details"]["errors"][0]
+    assert "output" in detail["details"]["errors"][0]["problem"]
+    assert detail["details"]["errors"][1]["line"] == 4
+    assert "line 3" in detail["message"]
+
+
+async def test_configuration_errors_name_the_field(migrated, api_key):
+    async with gateway_client(migrated) as client:
+        r = await client.post("/api/training/configurations", headers=auth(api_key),
+                              json=config_for("x", lora={"r": 0}))
+        assert r.status_code == 422
+        fields = [e["field"] for e in r.json()["detail"]["errors"]]
+        assert "training.lora.r" in fields
+        r = await client.post("/api/training/configurations", headers=auth(api_key),
+                              json=config_for(str(uuid.uuid4())))
+        assert r.status_code == 422
+        assert r.json()["detail"]["field"] == "data.dataset_id"
+
+
+async def test_configuration_round_trip_and_isolation(migrated, api_key, other_key):
+    async with gateway_client(migrated) as client:
+        ds = (await upload(client, api_key, INSTRUCTION_ROWS)).json()
+        r = await client.post("/api/training/configurations", headers=auth(api_key),
+                              json=config_for(ds["id"], learning_rate=0.001))
+        assert r.status_code == 201, r.text
+        cid = r.json()["id"]
+        got = await client.get(f"/api/training/configurations/{cid}", headers=auth(api_key))
+        assert got.json()["config"]["training"]["learning_rate"] == 0.001
+        assert (await client.get(f"/api/training/configurations/{cid}", headers=auth(other_key))).status_code == 404
+        # Bob cannot train on Alice's data set either.
+        r = await client.post("/api/training/configurations", headers=auth(other_key), json=config_for(ds["id"]))
+        assert r.status_code == 422
+
+
+async def test_method_that_does_not_fit_the_data_is_refused(migrated, api_key):
+    async with gateway_client(migrated) as client:
+        ds = (await upload(client, api_key, INSTRUCTION_ROWS)).json()
+        r = await client.post("/api/training/deploy/local", headers=auth(api_key),
+                              json={"config": config_for(ds["id"], method="dpo")})
+        assert r.status_code == 422
+        detail = r.json()["detail"]
+        assert detail["field"] == "training.method"
+        assert "dpo cannot train on instruction data" in detail["message"]
+        pref = (await upload(client, api_key, PREFERENCE_ROWS)).json()
+        r = await client.post("/api/training/deploy/local", headers=auth(api_key),
+                              json={"config": config_for(pref["id"])})
+        assert r.status_code == 422 and "sft cannot train on preference data" in r.json()["detail"]["message"]
+
+
+async def test_deploy_is_published_and_visible_only_to_its_owner(migrated, api_key, other_key, recorder):
+    async with gateway_client(migrated) as client:
+        ds = (await upload(client, api_key, INSTRUCTION_ROWS)).json()
+        cid = (await client.post("/api/training/configurations", headers=auth(api_key),
+                                 json=config_for(ds["id"]))).json()["id"]
+        r = await client.post("/api/training/deploy/local", headers=auth(api_key), json={"configuration_id": cid})
+        assert r.status_code == 202, r.text
+        job_id = r.json()["job_id"]
+        _, cmd = await recorder.wait_for(lambda m: m[0] == subjects.DEPLOY_REQUESTED)
+        assert cmd["job_id"] == job_id and cmd["dataset_rows"] == 8 and cmd["config_id"] == cid
+        job = await client.get(f"/api/training/jobs/{job_id}", headers=auth(api_key))
+        assert job.status_code == 200 and job.json()["status"] == "queued"
+        by_pod = await client.get("/api/training/deploy/local", params={"pod_id": job_id}, headers=auth(api_key))
+        assert by_pod.json()["job_id"] == job_id
+        for path in (f"/api/training/jobs/{job_id}", f"/api/training/metrics/{job_id}",
+                     f"/api/training/predictions/{job_id}"):
+            assert (await client.get(path, headers=auth(other_key))).status_code == 404, path
+        assert (await client.post(f"/api/training/jobs/{job_id}/stop", headers=auth(other_key))).status_code == 404
+        listed = await client.get("/api/training/jobs", headers=auth(api_key))
+        assert [j["job_id"] for j in listed.json()] == [job_id]
+
+
+async def test_deploy_body_errors(migrated, api_key):
+    async with gateway_client(migrated) as client:
+        r = await client.post("/api/training/deploy/local", headers=auth(api_key), json={})
+        assert r.status_code == 422 and r.json()["detail"]["field"] == "configuration_id"
+        r = await client.post("/api/training/deploy/local", headers=auth(api_key),
+                              json={"configuration_id": str(uuid.uuid4())})
+        assert r.status_code == 404
+        r = await client.post("/api/training/deploy/local", headers=auth(api_key),
+                              json={"configuration_id": "nope", "budget_limit": -1})
+        assert r.status_code == 422 and r.json()["detail"]["errors"][0]["field"] == "budget_limit"
+        r = await client.post("/api/training/deploy/nowhere", headers=auth(api_key), json={})
+        assert r.status_code in (404, 405)
+
+
+async def test_accepted_deploy_survives_a_bus_outage(migrated, api_key, pool, recorder):
+    """The outbox: a deploy whose publish failed is published by the relay later."""
+    from services.gateway.deploying import relay_outbox
+    from shared.bus import Bus
+
+    async with gateway_client(migrated) as client:
+        ds = (await upload(client, api_key, INSTRUCTION_ROWS)).json()
+        app_broker = client._transport.app.state.broker  # the gateway's own broker
+
+        class Down:
+            async def publish(self, message):
+                raise ConnectionError("bus down")
+
+        from services.gateway import deploying
+
+        cmd = await deploying.request_deploy(pool, Down(), user_id="alice", provider="local",
+                                             config=deploying.TrainingConfig.model_validate(config_for(ds["id"])),
+                                             configuration_id=None, budget_limit=None, provider_options={})
+        assert await pool.fetchval("SELECT published_at FROM deploy_requests WHERE job_id = $1", cmd.job_id) is None
+        job = await client.get(f"/api/training/jobs/{cmd.job_id}", headers=auth(api_key))
+        assert job.json()["status"] == "queued"
+        await pool.execute("UPDATE deploy_requests SET created_at = now() - interval '1 minute'")
+        assert await relay_outbox(pool, Bus(app_broker)) == 1
+        _, sent = await recorder.wait_for(lambda m: m[0] == subjects.DEPLOY_REQUESTED)
+        assert sent["job_id"] == cmd.job_id
+        assert await relay_outbox(pool, Bus(app_broker)) == 0

@@ -1,0 +1,71 @@
+from __future__ import annotations
+
+import pytest
+from transformers import AutoModelForCausalLM
+
+from shared.config import LoraSection
+from shared.jobspec import JobSpec
+from trainer.modeling import build_lora_config, default_target_modules
+from trainer.train import build_sft_config, check_method
+
+
+@pytest.fixture(scope="module")
+def model(tiny_model_dir):
+    return AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+
+
+def _spec(training: dict | None = None, fmt: str = "instruction") -> JobSpec:
+    return JobSpec.model_validate({
+        "job_id": "j",
+        "config": {"model": {"base_model": "m", "max_seq_length": 256}, "data": {"train_path": "d.jsonl"},
+                   "training": training or {}},
+        "dataset_path": "d.jsonl",
+        "dataset_format": fmt,
+        "output_dir": "/tmp/out",
+    })
+
+
+def test_default_targets_are_the_attention_projections(model):
+    assert default_target_modules(model) == ["q_proj", "v_proj"]
+    config = build_lora_config(LoraSection(r=4, alpha=8, dropout=0.1, bias="none"), model)
+    assert set(config.target_modules) == {"q_proj", "v_proj"}
+    assert (config.r, config.lora_alpha, config.lora_dropout, config.task_type) == (4, 8, 0.1, "CAUSAL_LM")
+
+
+def test_explicit_and_all_linear_targets_pass_through(model):
+    assert build_lora_config(LoraSection(target_modules="all-linear"), model).target_modules == "all-linear"
+    assert set(build_lora_config(LoraSection(target_modules=["o_proj"]), model).target_modules) == {"o_proj"}
+
+
+@pytest.mark.parametrize("method", ["dpo", "orpo", "rlhf"])
+def test_other_methods_are_not_implemented_yet(method):
+    with pytest.raises(NotImplementedError, match=f"training.method='{method}'"):
+        check_method(_spec({"method": method}, fmt="preference"))
+
+
+def test_sft_on_preference_data_is_refused():
+    with pytest.raises(ValueError, match="preference"):
+        check_method(_spec(fmt="preference"))
+
+
+def test_sft_config_mapping():
+    spec = _spec({
+        "epochs": 2, "batch_size": 3, "gradient_accumulation_steps": 2, "learning_rate": 1e-3,
+        "lr_scheduler": "cosine", "warmup_ratio": 0.1, "weight_decay": 0.01, "optimizer": "paged_adamw_32bit",
+        "max_grad_norm": 0.5, "seed": 5, "logging_steps": 2, "eval_steps": 7, "save_steps": 9,
+    })
+    args = build_sft_config(spec, has_eval=True, cuda=False, printer=lambda _: None)
+    assert (args.num_train_epochs, args.max_steps) == (2, -1)
+    assert (args.per_device_train_batch_size, args.gradient_accumulation_steps) == (3, 2)
+    assert (args.learning_rate, args.lr_scheduler_type.value, args.warmup_steps) == (1e-3, "cosine", 0.1)
+    assert (args.weight_decay, args.optim.value, args.max_grad_norm, args.seed) == (0.01, "adamw_torch", 0.5, 5)
+    assert (args.eval_strategy.value, args.eval_steps, args.save_strategy.value, args.save_steps) == (
+        "steps", 7, "steps", 9
+    )
+    assert (args.logging_steps, args.max_length, args.use_cpu, args.report_to) == (2, 256, True, [])
+    assert args.activation_checkpointing is False
+
+    per_epoch = build_sft_config(_spec({"max_steps": 5, "warmup_steps": 3}), has_eval=True, cuda=False)
+    assert (per_epoch.max_steps, per_epoch.warmup_steps) == (5, 3)
+    assert (per_epoch.eval_strategy.value, per_epoch.save_strategy.value) == ("epoch", "epoch")
+    assert build_sft_config(_spec(), has_eval=False, cuda=False).eval_strategy.value == "no"

@@ -1,0 +1,117 @@
+"""Load the base model and tokenizer, and build the LoRA configuration.
+
+``config.model.base_model`` is a hub id or a local folder: both go through ``from_pretrained``.
+"""
+
+from __future__ import annotations
+
+from shared.config import LoraSection, TrainingConfig
+
+#: Attention projection names by architecture family, most specific first; the first family whose
+#: names all appear among the model's linear layers is used when ``lora.target_modules`` is None.
+ATTENTION_PROJECTIONS: list[list[str]] = [
+    ["q_proj", "v_proj"],  # Llama, Mistral, Qwen, Gemma, Phi-3 style
+    ["qkv_proj"],
+    ["query_key_value"],  # GPT-NeoX, Falcon, Bloom
+    ["c_attn"],  # GPT-2
+    ["Wqkv"],  # MPT, ModernBERT
+    ["q", "v"],  # T5
+    ["query", "value"],  # BERT style
+]
+
+
+def cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def load_tokenizer(config: TrainingConfig):
+    from transformers import AutoTokenizer
+
+    m = config.model
+    tokenizer = AutoTokenizer.from_pretrained(m.base_model, revision=m.revision, trust_remote_code=m.trust_remote_code)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def _dtype(name: str):
+    import torch
+
+    return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[name]
+
+
+def load_model(config: TrainingConfig):
+    """The base causal LM; quantized through bitsandbytes when ``training.quantization.bits`` is set."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    m, t = config.model, config.training
+    kwargs: dict = {"revision": m.revision, "trust_remote_code": m.trust_remote_code}
+    if t.bf16:
+        kwargs["dtype"] = torch.bfloat16
+    elif t.fp16:
+        kwargs["dtype"] = torch.float16
+    else:
+        kwargs["dtype"] = torch.float32
+    q = t.quantization
+    if q.bits:
+        if not cuda_available():
+            raise RuntimeError(
+                f"training.quantization.bits={q.bits} needs a CUDA GPU (bitsandbytes); unset it to train on CPU"
+            )
+        from transformers import BitsAndBytesConfig
+
+        if q.bits == 4:
+            kwargs["quantization_config"] = BitsAndBytesConfig(
+                load_in_4bit=True,
+                bnb_4bit_quant_type=q.quant_type,
+                bnb_4bit_compute_dtype=_dtype(q.compute_dtype),
+                bnb_4bit_use_double_quant=q.double_quant,
+            )
+        else:
+            kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
+        kwargs["dtype"] = _dtype(q.compute_dtype)
+        kwargs["device_map"] = {"": torch.cuda.current_device()}
+    model = AutoModelForCausalLM.from_pretrained(m.base_model, **kwargs)
+    if q.bits:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=t.gradient_checkpointing)
+    return model
+
+
+def linear_module_names(model) -> set[str]:
+    """The last name component of every linear layer (``model.layers.0.self_attn.q_proj`` -> ``q_proj``)."""
+    import torch
+
+    names = set()
+    for name, module in model.named_modules():
+        is_linear = isinstance(module, torch.nn.Linear) or type(module).__name__ in {"Linear4bit", "Linear8bitLt"}
+        if is_linear or type(module).__name__ == "Conv1D":
+            names.add(name.rsplit(".", 1)[-1])
+    return names
+
+
+def default_target_modules(model) -> list[str] | str:
+    """The model's attention projections; "all-linear" when none of the known names fit."""
+    present = linear_module_names(model)
+    for family in ATTENTION_PROJECTIONS:
+        if all(name in present for name in family):
+            return list(family)
+    return "all-linear"
+
+
+def build_lora_config(lora: LoraSection, model):
+    from peft import LoraConfig
+
+    targets = lora.target_modules if lora.target_modules is not None else default_target_modules(model)
+    return LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=targets if isinstance(targets, str) else list(targets),
+        bias=lora.bias,
+        task_type="CAUSAL_LM",
+    )
