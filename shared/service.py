@@ -29,6 +29,8 @@ def configure_logging(settings: Settings, service: str) -> None:
         level=settings.log_level.upper(),
         format=f"%(asctime)s {service} %(levelname)s %(name)s: %(message)s",
     )
+    if settings.log_level.upper() != "DEBUG":
+        logging.getLogger("faststream").setLevel(logging.WARNING)
 
 
 def make_broker(settings: Settings, service: str, tracer_provider: TracerProvider | None = None) -> NatsBroker:

@@ -40,3 +40,11 @@ def nats_url(tmp_path: Path) -> str:
 def settings(tmp_path: Path, database_url: str, nats_url: str) -> Settings:
     return Settings(home=tmp_path / "home", nats_url=nats_url, database_url=database_url,
                     secret_key="test-secret-key-0123456789", ingest_port=free_port(), stop_grace_seconds=5)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> str:
+    """A small random Llama-style model with a locally trained tokenizer, built once per session."""
+    from trainer.tiny_model import build_tiny_model
+
+    return build_tiny_model(str(tmp_path_factory.mktemp("tiny-model") / "model"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import time
 from pathlib import Path
 
 import httpx
@@ -38,9 +39,9 @@ def _config(model_dir: Path, dataset_id: str, steps: int) -> dict:
         "name": "tiny-demo",
         "model": {"base_model": str(model_dir), "max_seq_length": 128},
         "data": {"dataset_id": dataset_id, "eval_split": 0.1},
-        "training": {"method": "sft", "max_steps": steps, "batch_size": 8, "learning_rate": 3e-3,
+        "training": {"method": "sft", "max_steps": steps, "batch_size": 8, "learning_rate": 5e-3,
                      "logging_steps": 1, "eval_steps": max(1, steps // 4), "save_steps": steps,
-                     "lora": {"r": 16, "alpha": 32, "dropout": 0.0}},
+                     "lora": {"r": 16, "alpha": 32, "dropout": 0.0, "target_modules": "all-linear"}},
         "predictions": {"sample_count": 3, "frequency": "eval", "max_new_tokens": 12, "temperature": 0.0},
     }
 
@@ -72,10 +73,12 @@ def _show_results(client: httpx.Client, job_id: str, console: Console) -> dict |
     if losses:
         console.print(f"{metrics['total_count']} steps logged; loss {losses[0]:.3f} → {losses[-1]:.3f}")
     table = Table("step", "prompt", "generated", "expected", title="Predictions on held-out samples")
-    for p in client.get(f"/api/training/predictions/{job_id}", params={"limit": 3}).json()["predictions"]:
-        table.add_row(str(p["step"]), p["prompt"].strip()[-60:], p["generated"].strip()[:40], p["expected"][:40])
+    for p in sorted(client.get(f"/api/training/predictions/{job_id}", params={"limit": 12}).json()["predictions"],
+                    key=lambda p: (p["step"], p["sample_index"])):
+        prompt = " ".join(line for line in p["prompt"].splitlines() if line and not line.startswith("###"))
+        table.add_row(str(p["step"]), prompt[-50:], p["generated"].strip()[:30], p["expected"][:30])
     console.print(table)
-    model = next((m for m in client.get("/api/models").json() if m["job_id"] == job_id), None)
+    model = _wait_for_model(client, job_id)
     if model:
         console.print(f"[bold green]registered model[/] {model['id']} ({model['name']}): base {model['base_model']},"
                       f" LoRA r={model['lora_r']} alpha={model['lora_alpha']}, final loss {model['final_loss']:.3f},"
@@ -83,11 +86,26 @@ def _show_results(client: httpx.Client, job_id: str, console: Console) -> dict |
     return model
 
 
-def _ask(model: dict, prompt: str, console: Console) -> None:
+def _wait_for_model(client: httpx.Client, job_id: str, timeout: float = 60.0) -> dict | None:
+    """The registry works from the job's completion event, so the model appears a moment later."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if client.get(f"/api/training/jobs/{job_id}").json().get("model_id"):
+            return next(m for m in client.get("/api/models").json() if m["job_id"] == job_id)
+        time.sleep(0.3)
+    return None
+
+
+def _ask(model: dict, row: dict, console: Console) -> None:
+    from trainer.data import render_instruction_prompt
     from trainer.inference import generate_with_adapter
 
-    answer = generate_with_adapter(model["base_model"], model["adapter_path"], prompt, max_new_tokens=12)
-    console.print(f"[bold]The model answers[/] {prompt.strip()!r} → [bold cyan]{answer.strip()!r}[/]")
+    question = f"{row['instruction']} {row.get('input', '')}".strip()
+    with console.status("loading the registered model to ask it…"):
+        answer = generate_with_adapter(model["base_model"], model["adapter_path"], render_instruction_prompt(row),
+                                       max_new_tokens=12)
+    console.print(f"[bold]Q:[/] {question}\n[bold]A:[/] [bold cyan]{answer.strip()}[/] "
+                  f"(the data set says {row['output']})")
 
 
 def run_demo(*, steps: int, keep_running: bool, console: Console) -> int:
@@ -118,10 +136,8 @@ def run_demo(*, steps: int, keep_running: bool, console: Console) -> int:
             if model is None:
                 console.print("[red]the model was not registered[/]")
                 return 1
-            from trainer.data import render_instruction_prompt
-
             row = json.loads(random.Random(0).choice(data_path.read_text().splitlines()))
-            _ask(model, render_instruction_prompt(row), console)
+            _ask(model, row, console)
             if keep_running:
                 console.print(f"The stack stays up; your API key: {key}. Ctrl-C stops it.")
                 wait_for_signal()

@@ -84,7 +84,7 @@ def tiny_model(out_dir: Path = typer.Argument(..., help="Folder to write the mod
 
 
 @app.command()
-def demo(steps: int = typer.Option(40, help="Training steps."),
+def demo(steps: int = typer.Option(120, help="Training steps."),
          keep_running: bool = typer.Option(False, help="Leave the stack up at the end until Ctrl-C.")) -> None:
     """Build a tiny model and data, start the stack, train on `local`, follow it, and ask the model."""
     from .demo import run_demo

@@ -28,6 +28,17 @@ class Bundle:
         return self.root / "output"
 
     @property
+    def spool_path(self) -> Path:
+        """Where the trainer keeps metric batches ingest has not acknowledged yet."""
+        return self.output_dir / "metrics-spool.jsonl"
+
+    def has_spooled_metrics(self) -> bool:
+        try:
+            return self.spool_path.stat().st_size > 0
+        except FileNotFoundError:
+            return False
+
+    @property
     def result_path(self) -> Path:
         return self.output_dir / "result.json"
 

@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 PROVIDER = "local"
 LOG_REPORT_INTERVAL_S = 10.0
+SPOOL_REPLAY_TIMEOUT_S = 60.0
 
 Report = Callable[[WorkloadReported], Awaitable[None]]
 
@@ -112,6 +113,8 @@ class LocalCompute:
 
     async def _watch(self, run: _Running) -> None:
         exit_code = await self._wait(run)
+        if run.bundle.has_spooled_metrics():
+            await asyncio.to_thread(self._replay_spool, run)
         result = run.bundle.read_result()
         tail = run.bundle.log_tail()
         stop_requested = run.stopping or await self.workloads.stop_requested(run.job_id)
@@ -129,6 +132,15 @@ class LocalCompute:
         self.running.pop(run.job_id, None)
         await self.report(self._event(run.job_id, run.attempt, phase, message=message, exit_code=exit_code,
                                       log_tail=tail, result=result))
+
+    def _replay_spool(self, run: _Running) -> None:
+        """Send what the trainer could not deliver before it ended (ingest was down or slow)."""
+        from trainer.reporter import MetricsReporter
+
+        token = job_token(self.settings.require_secret_key(), run.job_id)
+        reporter = MetricsReporter(self.settings.ingest_url, run.job_id, token, str(run.bundle.spool_path))
+        if not reporter.close(timeout=SPOOL_REPLAY_TIMEOUT_S):
+            log.warning("job %s: metrics still spooled in %s", run.job_id, run.bundle.spool_path)
 
     async def terminate(self, job_id: str) -> None:
         live = await self.workloads.request_stop(job_id)

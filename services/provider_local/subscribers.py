@@ -5,13 +5,14 @@ from __future__ import annotations
 from shared import subjects
 from shared.bus import COMMANDS, Bus, durable_consumer
 from shared.events import ProvisionJob, TerminateJob
-from shared.service import ServiceContext
+from shared.service import Hooks, ServiceContext
 
 from .compute import PROVIDER, LocalCompute
 from .workloads import WorkloadRepository
 
 
-async def wire(ctx: ServiceContext) -> LocalCompute:
+async def wire(ctx: ServiceContext) -> Hooks:
+    """Subscribe to this provider's commands; adopt orphans once running, stop trainers at shutdown."""
     bus = Bus(ctx.broker)
     compute = LocalCompute(ctx.settings, WorkloadRepository(ctx.pool), bus.publish)
 
@@ -25,4 +26,4 @@ async def wire(ctx: ServiceContext) -> LocalCompute:
     async def on_terminate(cmd: TerminateJob) -> None:
         await compute.terminate(cmd.job_id)
 
-    return compute
+    return Hooks(after_start=compute.adopt_orphans, before_stop=compute.shutdown)

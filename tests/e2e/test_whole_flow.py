@@ -93,14 +93,7 @@ def stack(tmp_path_factory, tiny_model_dir):
         s.stop()
 
 
-@pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory) -> Path:
-    from trainer.tiny_model import build_tiny_model
-
-    return Path(build_tiny_model(str(tmp_path_factory.mktemp("model") / "tiny")))
-
-
-def test_whole_flow_then_stop_then_restart(stack: RunningStack, tiny_model_dir: Path, tmp_path: Path):
+def test_whole_flow_then_stop_then_restart(stack: RunningStack, tiny_model_dir: str, tmp_path: Path):
     from trainer.tiny_model import write_sample_dataset
 
     alice = stack.cli("keys", "create", "--user", "alice").strip()

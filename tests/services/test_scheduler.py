@@ -42,6 +42,14 @@ async def wait_status(pool, job_id: str, status: str, timeout: float = 20.0) -> 
     await asyncio.wait_for(poll(), timeout)
 
 
+async def wait_history_length(pool, job_id: str, n: int, timeout: float = 20.0) -> None:
+    async def poll():
+        while len(await statuses(pool, job_id)) < n:
+            await asyncio.sleep(0.05)
+
+    await asyncio.wait_for(poll(), timeout)
+
+
 async def test_job_travels_from_queue_to_registered_model(migrated, pool, recorder, nats_url):
     job_id = str(uuid.uuid4())
     async with running_service("scheduler", wire_scheduler, migrated), \
@@ -131,7 +139,8 @@ async def test_preempted_job_is_queued_again_with_a_new_attempt(migrated, pool, 
         # A late report from the first attempt is ignored.
         await publish(broker, report(job_id, WorkloadPhase.SUCCEEDED, attempt=1))
         await publish(broker, report(job_id, WorkloadPhase.RUNNING, attempt=2))
-        await wait_status(pool, job_id, "running")
+        await wait_history_length(pool, job_id, 5)
+        await asyncio.sleep(0.3)  # room for a wrong late transition to show up
         await broker.stop()
     assert await statuses(pool, job_id) == ["queued", "running", "preempted", "queued", "running"]
     assert second["job_id"] == job_id

@@ -21,11 +21,8 @@ async def test_deploy_is_one_trace_across_nats_hops(migrated, api_key, recorder)
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
 
-    async def wire_local_only(ctx):
-        await wire_local(ctx)  # the workload's own outcome does not matter here
-
     async with running_service("scheduler", wire_scheduler, migrated, provider), \
-            running_service("provider_local", wire_local_only, migrated, provider), \
+            running_service("provider_local", wire_local, migrated, provider), \
             gateway_client(migrated, provider) as client:
         ds = (await upload(client, api_key, INSTRUCTION_ROWS)).json()
         r = await client.post("/api/training/deploy/local", headers=auth(api_key),

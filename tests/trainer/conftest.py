@@ -12,8 +12,6 @@ from pathlib import Path
 
 import pytest
 
-from trainer.tiny_model import build_tiny_model
-
 
 class Collector:
     """Records POSTed batches, deduplicated by batch_id, like metrics_ingest does.
@@ -110,11 +108,6 @@ def dead_url() -> str:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     return f"http://127.0.0.1:{port}"
-
-
-@pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory) -> str:
-    return build_tiny_model(str(tmp_path_factory.mktemp("tiny-model")))
 
 
 @pytest.fixture
