@@ -87,11 +87,11 @@ class DatasetSummary:
     stats: dict = field(default_factory=dict)
 
 
-def validate_lines(lines: Iterable[bytes | str], expected: DataFormat | None = None) -> DatasetSummary:
-    """Check every line; raise DatasetError naming the line numbers and problems."""
+def _parse(lines: Iterable[bytes | str], expected: DataFormat | None) -> tuple[DataFormat | None, list[dict]]:
+    """Check every line; return the format and the valid rows, or raise DatasetError naming lines and problems."""
     errors: list[tuple[int, str]] = []
     fmt = expected
-    lengths: list[int] = []
+    rows: list[dict] = []
     for number, raw in enumerate(lines, start=1):
         text = raw.decode("utf-8", errors="strict") if isinstance(raw, bytes) else raw
         if not text.strip():
@@ -112,16 +112,23 @@ def validate_lines(lines: Iterable[bytes | str], expected: DataFormat | None = N
                 elif problem := check_row(row, fmt):
                     errors.append((number, f"{problem} (format {fmt.value})"))
                 else:
-                    lengths.append(row_length(row, fmt))
+                    rows.append(row)
         if len(errors) >= MAX_REPORTED_ERRORS:
             break
     if errors:
         raise DatasetError(errors)
-    if fmt is None or not lengths:
+    if fmt is None or not rows:
         raise DatasetError([(0, "the file holds no rows")])
+    return fmt, rows
+
+
+def validate_lines(lines: Iterable[bytes | str], expected: DataFormat | None = None) -> DatasetSummary:
+    """Check every line and summarise the data set; raise DatasetError naming the lines and problems."""
+    fmt, rows = _parse(lines, expected)
+    lengths = [row_length(row, fmt) for row in rows]
     return DatasetSummary(
         format=fmt,
-        rows=len(lengths),
+        rows=len(rows),
         stats={
             "chars_total": sum(lengths),
             "chars_mean": round(statistics.fmean(lengths), 1),
@@ -129,6 +136,12 @@ def validate_lines(lines: Iterable[bytes | str], expected: DataFormat | None = N
             "chars_max": max(lengths),
         },
     )
+
+
+def read_rows(path: str, fmt: DataFormat) -> list[dict]:
+    """Every row of a JSONL file of format ``fmt``; raise DatasetError naming invalid lines."""
+    with open(path, encoding="utf-8") as f:
+        return _parse(f, fmt)[1]
 
 
 def validate_file(path: str, expected: DataFormat | None = None) -> DatasetSummary:

@@ -18,13 +18,12 @@ Rendering for SFT (prompt and completion are plain strings; TRL appends the eos 
 
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from shared.config import DataFormat
-from shared.dataformats import DatasetError, check_row
+from shared.dataformats import DatasetError, read_rows
 from shared.jobspec import JobSpec
 
 if TYPE_CHECKING:
@@ -62,27 +61,7 @@ class PreparedData:
 
 def load_rows(path: str, fmt: DataFormat) -> list[dict]:
     """Read every non-blank JSONL line; raise DatasetError (with line numbers) on invalid rows."""
-    rows: list[dict] = []
-    errors: list[tuple[int, str]] = []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                errors.append((number, f"not valid JSON ({exc.msg})"))
-                continue
-            problem = "each line must be a JSON object" if not isinstance(row, dict) else check_row(row, fmt)
-            if problem:
-                errors.append((number, f"{problem} (format {fmt.value})"))
-            else:
-                rows.append(row)
-    if errors:
-        raise DatasetError(errors)
-    if not rows:
-        raise DatasetError([(0, f"{path} holds no rows")])
-    return rows
+    return read_rows(path, fmt)
 
 
 def eval_size(rows: int, eval_split: float) -> int:

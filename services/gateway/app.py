@@ -9,9 +9,8 @@ import nats
 from fastapi import FastAPI
 from opentelemetry.sdk.trace import TracerProvider
 
-from shared.bus import Bus, ensure_streams
-from shared.db import apply_migrations, create_pool
-from shared.service import make_broker
+from shared.bus import Bus
+from shared.service import service_resources
 from shared.settings import Settings
 
 from .deploying import run_relay
@@ -23,22 +22,18 @@ from .tracing import install_tracing
 def create_app(settings: Settings, tracer_provider: TracerProvider | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        pool = await create_pool(settings.require_database_url(), min_size=settings.db_pool_min,
-                                 max_size=settings.db_pool_max)
-        await apply_migrations(pool, "gateway")
-        await ensure_streams(settings.require_nats_url())
-        broker = make_broker(settings, "gateway", tracer_provider)
-        await broker.start()
-        nc = await nats.connect(settings.require_nats_url(), name="tunefleet-gateway-live")
-        relay = asyncio.create_task(run_relay(pool, Bus(broker)), name="outbox-relay")
-        app.state.settings, app.state.pool, app.state.broker, app.state.nc = settings, pool, broker, nc
-        try:
-            yield
-        finally:
-            relay.cancel()
-            await nc.drain()
-            await broker.stop()
-            await pool.close()
+        async with service_resources("gateway", settings, owns=("gateway",),
+                                     tracer_provider=tracer_provider) as ctx:
+            await ctx.broker.start()
+            nc = await nats.connect(settings.require_nats_url(), name="tunefleet-gateway-live")
+            relay = asyncio.create_task(run_relay(ctx.pool, Bus(ctx.broker)), name="outbox-relay")
+            app.state.settings, app.state.pool, app.state.broker, app.state.nc = settings, ctx.pool, ctx.broker, nc
+            try:
+                yield
+            finally:
+                relay.cancel()
+                await nc.drain()
+                await ctx.broker.stop()
 
     app = FastAPI(title="TuneFleet", version="0.1.0", lifespan=lifespan,
                   description="Fine-tune open LLMs on rented GPUs. Every route but /healthz needs "

@@ -11,10 +11,8 @@ from typing import Annotated
 from fastapi import Depends, FastAPI, Header, HTTPException, Request
 from pydantic import BaseModel, Field, ValidationError
 
-from shared.bus import ensure_streams
-from shared.db import apply_migrations, create_pool
 from shared.events import MetricPoint, MetricsAppended, PredictionRecord, PredictionsAppended
-from shared.service import add_health_responder, make_broker
+from shared.service import add_health_responder, service_resources
 from shared.settings import Settings
 from shared.tokens import verify_job_token
 
@@ -54,22 +52,17 @@ def create_app(settings: Settings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        pool = await create_pool(settings.require_database_url(), min_size=settings.db_pool_min,
-                                 max_size=settings.db_pool_max)
-        await apply_migrations(pool, "metrics_ingest")
-        await ensure_streams(settings.require_nats_url())
-        broker = make_broker(settings, "metrics_ingest")
-        add_health_responder(broker, "metrics_ingest")
-        await broker.start()
-        app.state.repo = IngestRepository(pool)
-        app.state.broker = broker
-        app.state.fanout = set()
-        try:
-            yield
-        finally:
-            await asyncio.gather(*app.state.fanout, return_exceptions=True)
-            await broker.stop()
-            await pool.close()
+        async with service_resources("metrics_ingest", settings, owns=("metrics_ingest",)) as ctx:
+            add_health_responder(ctx.broker, "metrics_ingest")
+            await ctx.broker.start()
+            app.state.repo = IngestRepository(ctx.pool)
+            app.state.broker = ctx.broker
+            app.state.fanout = set()
+            try:
+                yield
+            finally:
+                await asyncio.gather(*app.state.fanout, return_exceptions=True)
+                await ctx.broker.stop()
 
     app = FastAPI(title="TuneFleet metrics ingest", lifespan=lifespan)
     app.state.settings = settings

@@ -100,6 +100,8 @@ async def handle_workload_reported(evt: WorkloadReported, *, jobs: JobRepository
                                            job_id=evt.job_id, provider=evt.provider,
                                            reason=f"job already {current.value}"))
         return
+    if await _enforce_budget(evt, job, jobs=jobs, bus=bus):
+        return
     new = PHASE_STATUS[evt.phase]
     if new is JobStatus.FAILED and job["stop_requested"]:
         new = JobStatus.STOPPED
@@ -115,6 +117,24 @@ async def handle_workload_reported(evt: WorkloadReported, *, jobs: JobRepository
     await _announce(t, jobs=jobs, bus=bus)
     if t.status is JobStatus.PREEMPTED:
         await _requeue(evt, job_attempt=job["attempt"], stop_requested=job["stop_requested"], jobs=jobs, bus=bus)
+
+
+async def _enforce_budget(evt: WorkloadReported, job, *, jobs: JobRepository, bus: Publisher) -> bool:
+    """Stop a job whose reported cost reached its budget. True when it did."""
+    budget = job["budget_limit_usd"]
+    if budget is None or evt.cost_usd is None or evt.cost_usd < budget:
+        return False
+    if evt.phase not in (WorkloadPhase.PROVISIONING, WorkloadPhase.RUNNING):
+        return False  # the workload already ended on its own; record how it ended instead
+    reason = f"cost ${evt.cost_usd:.2f} reached the budget of ${budget:.2f}"
+    t = await jobs.transition(evt.job_id, JobStatus.BUDGET_EXCEEDED, source_event_id=evt.event_id,
+                              occurred_at=evt.occurred_at, reason=reason)
+    if t is None:
+        return False
+    await _announce(t, jobs=jobs, bus=bus)
+    await bus.publish(TerminateJob(event_id=derived_id(evt.job_id, "terminate-budget"), job_id=evt.job_id,
+                                   provider=evt.provider, reason=reason))
+    return True
 
 
 async def _requeue(evt: WorkloadReported, *, job_attempt: int, stop_requested: bool,

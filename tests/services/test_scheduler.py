@@ -144,3 +144,23 @@ async def test_preempted_job_is_queued_again_with_a_new_attempt(migrated, pool, 
         await broker.stop()
     assert await statuses(pool, job_id) == ["queued", "running", "preempted", "queued", "running"]
     assert second["job_id"] == job_id
+
+
+async def test_job_that_reaches_its_budget_is_stopped(migrated, pool, recorder, nats_url):
+    job_id = str(uuid.uuid4())
+    async with running_service("scheduler", wire_scheduler, migrated):
+        broker = NatsBroker(nats_url)
+        await broker.start()
+        await publish(broker, deploy(job_id).model_copy(update={"budget_limit_usd": 1.5}))
+        await wait_status(pool, job_id, "queued")
+        await publish(broker, report(job_id, WorkloadPhase.RUNNING, cost_usd=0.4))
+        await wait_status(pool, job_id, "running")
+        await publish(broker, report(job_id, WorkloadPhase.RUNNING, cost_usd=1.6))
+        _, term = await recorder.wait_for(lambda m: m[0] == subjects.terminate("local") and m[1]["job_id"] == job_id)
+        await publish(broker, report(job_id, WorkloadPhase.STOPPED, cost_usd=1.62))
+        await asyncio.sleep(0.3)
+        await broker.stop()
+    assert await statuses(pool, job_id) == ["queued", "running", "budget_exceeded"]
+    job = await JobRepository(pool).get(job_id)
+    assert job["status_reason"] == "cost $1.60 reached the budget of $1.50" == term["reason"]
+    assert job["cost_usd"] == 1.62  # the last observation is kept
