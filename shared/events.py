@@ -150,6 +150,7 @@ class PredictionRecord(BaseModel):
     prompt: str
     generated: str
     expected: str
+    scores: dict[str, float] = Field(default_factory=dict, description="e.g. bleu, rouge_l against expected")
 
 
 class MetricsAppended(Message):

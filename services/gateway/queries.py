@@ -69,7 +69,7 @@ async def latest_metrics(pool: asyncpg.Pool, job_id: str) -> dict[str, Any] | No
 async def predictions(pool: asyncpg.Pool, job_id: str, *, epoch: int | None, limit: int) -> list[dict[str, Any]]:
     lo, hi = _epoch_bounds(epoch)
     rows = await pool.fetch(
-        """SELECT step, epoch, sample_index, prompt, generated, expected, created_at FROM predictions
+        """SELECT step, epoch, sample_index, prompt, generated, expected, scores, created_at FROM predictions
            WHERE job_id = $1 AND ($2::float8 IS NULL OR (epoch > $2 AND epoch <= $3))
            ORDER BY step DESC, sample_index LIMIT $4""", job_id, lo, hi, limit)
     return [dict(r) for r in rows]

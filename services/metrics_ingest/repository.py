@@ -41,8 +41,9 @@ class IngestRepository:
                     job_id, names, steps, epochs, values, times)
             if predictions:
                 await conn.executemany(
-                    """INSERT INTO predictions (job_id, step, sample_index, epoch, prompt, generated, expected)
-                       VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING""",
-                    [(job_id, p.step, p.sample_index, p.epoch, p.prompt, p.generated, p.expected)
+                    """INSERT INTO predictions (job_id, step, sample_index, epoch, prompt, generated, expected,
+                                                scores)
+                       VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING""",
+                    [(job_id, p.step, p.sample_index, p.epoch, p.prompt, p.generated, p.expected, p.scores)
                      for p in predictions])
         return True

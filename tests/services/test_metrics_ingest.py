@@ -16,7 +16,7 @@ def batch(batch_id: str | None = None, steps=range(1, 4), predictions=()) -> dic
             "metrics": [{"step": s, "epoch": s / 10, "values": {"loss": 1.0 / s, "learning_rate": 1e-3}}
                         for s in steps],
             "predictions": [{"step": 3, "epoch": 0.3, "sample_index": i, "prompt": "p", "generated": "g",
-                             "expected": "e"} for i in predictions]}
+                             "expected": "e", "scores": {"bleu": 12.5, "rouge_l": 0.5}} for i in predictions]}
 
 
 async def client_for(settings):
@@ -46,7 +46,8 @@ async def test_batches_are_stored_once_and_fanned_out(migrated, pool, recorder):
         await ctx.__aexit__(None, None, None)
     rows = await pool.fetch("SELECT step, name FROM metric_points WHERE job_id = $1 ORDER BY step, name", job_id)
     assert [(r["step"], r["name"]) for r in rows] == [(s, n) for s in range(1, 6) for n in ("learning_rate", "loss")]
-    assert await pool.fetchval("SELECT count(*) FROM predictions WHERE job_id = $1", job_id) == 2
+    stored = await pool.fetch("SELECT scores FROM predictions WHERE job_id = $1", job_id)
+    assert [r["scores"] for r in stored] == [{"bleu": 12.5, "rouge_l": 0.5}] * 2
     assert [m["step"] for m in live["metrics"]] == [1, 2, 3]
     assert len(live_pred["predictions"]) == 2
 
