@@ -20,6 +20,9 @@ class Settings(BaseSettings):
     nats_url: str | None = Field(default=None, description="External NATS; embedded when unset.")
     database_url: str | None = Field(default=None, description="External PostgreSQL; embedded when unset.")
     secret_key: SecretStr | None = Field(default=None, description="Signs per-job tokens.")
+    secrets_public_key: str | None = Field(default=None, description="Seals provider credentials (gateway).")
+    secrets_private_key: SecretStr | None = Field(
+        default=None, description="Opens provider credentials; given to provider services only.")
 
     gateway_host: str = "127.0.0.1"
     gateway_port: int = 8000

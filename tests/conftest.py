@@ -36,10 +36,18 @@ def nats_url(tmp_path: Path) -> str:
     server.stop()
 
 
+@pytest.fixture(scope="session")
+def sealing_keys() -> tuple[str, str]:
+    from shared.sealing import generate_keypair
+
+    return generate_keypair()
+
+
 @pytest.fixture
-def settings(tmp_path: Path, database_url: str, nats_url: str) -> Settings:
+def settings(tmp_path: Path, database_url: str, nats_url: str, sealing_keys) -> Settings:
     return Settings(home=tmp_path / "home", nats_url=nats_url, database_url=database_url,
-                    secret_key="test-secret-key-0123456789", ingest_port=free_port(), stop_grace_seconds=5)
+                    secret_key="test-secret-key-0123456789", ingest_port=free_port(), stop_grace_seconds=5,
+                    secrets_public_key=sealing_keys[0], secrets_private_key=sealing_keys[1])
 
 
 @pytest.fixture(scope="session")

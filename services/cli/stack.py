@@ -15,9 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+from pydantic import SecretStr
 
 from shared import subjects
 from shared.db import apply_migrations, create_pool
+from shared.sealing import generate_keypair
 from shared.settings import Settings
 
 from .embedded import EmbeddedNats, EmbeddedPostgres
@@ -58,6 +60,19 @@ async def migrate_all(database_url: str) -> None:
         await pool.close()
 
 
+def secrets_keypair(home: Path) -> tuple[str, str]:
+    """The data folder's keypair for provider credentials: (public, private), made on first use."""
+    public_path, private_path = home / "secrets_key.pub", home / "secrets_key"
+    if not private_path.exists():
+        public, private = generate_keypair()
+        home.mkdir(parents=True, exist_ok=True)
+        fd = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(private)
+        public_path.write_text(public)
+    return public_path.read_text().strip(), private_path.read_text().strip()
+
+
 @dataclass
 class Stack:
     settings: Settings
@@ -65,6 +80,7 @@ class Stack:
     postgres: EmbeddedPostgres | None = None
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
     env: dict[str, str] = field(default_factory=dict)
+    sealing_keys: tuple[str, str] = ("", "")
 
     @property
     def gateway_url(self) -> str:
@@ -83,13 +99,19 @@ class Stack:
             self.postgres = EmbeddedPostgres(home / "postgres").start()
             database_url = self.postgres.url
         key = self.settings.secret_key.get_secret_value() if self.settings.secret_key else secret_key(home)
+        if self.settings.secrets_private_key:
+            self.sealing_keys = (self.settings.secrets_public_key or "",
+                                 self.settings.secrets_private_key.get_secret_value())
+        else:
+            self.sealing_keys = secrets_keypair(home)
         self.env = {**os.environ, "TUNEFLEET_HOME": str(home), "TUNEFLEET_NATS_URL": nats_url,
                     "TUNEFLEET_DATABASE_URL": database_url, "TUNEFLEET_SECRET_KEY": key,
+                    "TUNEFLEET_SECRETS_PUBLIC_KEY": self.sealing_keys[0],
                     "TUNEFLEET_GATEWAY_PORT": str(self.settings.gateway_port),
                     "TUNEFLEET_INGEST_PORT": str(self.settings.ingest_port)}
-        self.settings = Settings(home=home, nats_url=nats_url, database_url=database_url, secret_key=key,
-                                 gateway_host=self.settings.gateway_host, gateway_port=self.settings.gateway_port,
-                                 ingest_host=self.settings.ingest_host, ingest_port=self.settings.ingest_port)
+        self.settings = self.settings.model_copy(update={
+            "nats_url": nats_url, "database_url": database_url, "secret_key": SecretStr(key),
+            "secrets_public_key": self.sealing_keys[0]})
 
     async def migrate(self) -> None:
         await migrate_all(self.settings.require_database_url())
@@ -98,9 +120,12 @@ class Stack:
         logs = self.settings.home / "logs"
         logs.mkdir(exist_ok=True)
         for service in subjects.SERVICES:
+            env = {k: v for k, v in self.env.items() if k != "TUNEFLEET_SECRETS_PRIVATE_KEY"}
+            if service.startswith("provider_"):
+                env["TUNEFLEET_SECRETS_PRIVATE_KEY"] = self.sealing_keys[1]
             with open(logs / f"{service}.log", "ab") as logfile:
                 self.processes[service] = subprocess.Popen(
-                    [sys.executable, "-m", f"services.{service}"], env=self.env, stdout=logfile,
+                    [sys.executable, "-m", f"services.{service}"], env=env, stdout=logfile,
                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
 
     def wait_ready(self, timeout: float = 90.0) -> None:
