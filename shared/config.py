@@ -129,12 +129,35 @@ class PredictionsSection(_Strict):
         return self
 
 
+def _nul_path(value: object, path: str) -> str | None:
+    """The dotted path of the first string holding a NUL character (PostgreSQL and most tools refuse it)."""
+    if isinstance(value, str):
+        return path if "\x00" in value else None
+    if isinstance(value, dict):
+        items = value.items()
+    elif isinstance(value, list):
+        items = enumerate(value)
+    else:
+        return None
+    for key, item in items:
+        if found := _nul_path(item, f"{path}.{key}" if path else str(key)):
+            return found
+    return None
+
+
 class TrainingConfig(_Strict):
     name: str = Field(default="fine-tune", min_length=1, max_length=200)
     model: ModelSection
     data: DataSection
     training: TrainingSection = TrainingSection()
     predictions: PredictionsSection = PredictionsSection()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_nul(cls, data: object) -> object:
+        if found := _nul_path(data, ""):
+            raise ValueError(f"{found} contains a NUL character (\\u0000); remove it")
+        return data
 
     @field_validator("name")
     @classmethod

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from shared import subjects
 from shared.config import DataFormat, TrainingConfig
@@ -151,6 +151,12 @@ class PredictionRecord(BaseModel):
     generated: str
     expected: str
     scores: dict[str, float] = Field(default_factory=dict, description="e.g. bleu, rouge_l against expected")
+
+    @field_validator("prompt", "generated", "expected")
+    @classmethod
+    def _printable(cls, v: str) -> str:
+        """A model can generate NUL; PostgreSQL text cannot hold it."""
+        return v.replace("\x00", "\ufffd")
 
 
 class MetricsAppended(Message):

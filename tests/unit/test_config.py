@@ -56,3 +56,8 @@ def test_jobspec_round_trips_through_json(tmp_path):
     path = tmp_path / "spec.json"
     path.write_text(spec.model_dump_json())
     assert JobSpec.read(str(path)) == spec
+
+
+def test_nul_characters_are_refused_with_their_path():
+    msg = _errors({"model": {"base_model": "a\x00b"}, "data": {"dataset_id": "d"}})[0]["msg"]
+    assert "model.base_model contains a NUL character" in msg

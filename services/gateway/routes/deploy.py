@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import uuid
 from typing import Literal
 
 from fastapi import APIRouter, Query
@@ -33,6 +34,6 @@ async def deploy_local(body: LocalDeploymentRequest, user: CurrentUser, pool: Po
 
 @router.get("/{provider}", response_model=JobPublic)
 async def deployment_status(provider: Provider, user: CurrentUser, pool: PoolDep,
-                            pod_id: str = Query(..., description="The workload id the deploy answered with.")
+                            pod_id: uuid.UUID = Query(..., description="The id the deploy answered with.")
                             ) -> JobPublic:
-    return await job_public(pool, user, pod_id)
+    return await job_public(pool, user, str(pod_id))
