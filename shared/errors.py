@@ -79,3 +79,26 @@ class ProviderError(TuneFleetError):
 
 class ProvisioningFailed(ProviderError):
     code = "provisioning_failed"
+
+
+class ProviderAuthFailed(ProviderError):
+    """The provider refused the user's credentials: permanent until the user changes them."""
+
+    code = "provider_auth_failed"
+    http_status = 422
+
+
+class ProviderTransient(ProviderError):
+    """A 429, a 5xx, a time-out: worth retrying with back-off."""
+
+    code = "provider_unavailable"
+    transient = True
+
+    def __init__(self, message: str, *, retry_after: float | None = None, **kw):
+        super().__init__(message, **kw)
+        self.retry_after = retry_after
+
+
+class NoCapacity(ProviderError):
+    code = "no_capacity"
+    transient = True

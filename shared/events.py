@@ -69,6 +69,7 @@ class ProvisionJob(Message):
     """Start the workload of one attempt. The provider composes the JobSpec for its own file layout."""
 
     provider: str
+    user_id: str
     attempt: int = 1
     config: TrainingConfig
     dataset_path: str
@@ -83,6 +84,7 @@ class ProvisionJob(Message):
 
 class TerminateJob(Message):
     provider: str
+    user_id: str
     reason: str
 
     @property
@@ -112,6 +114,7 @@ class WorkloadReported(Message):
     log_tail: str | None = None
     result: TrainerResult | None = None
     cost_usd: float | None = None
+    resource_id: str | None = None
 
     @property
     def subject(self) -> str:

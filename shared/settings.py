@@ -29,6 +29,7 @@ class Settings(BaseSettings):
     ingest_host: str = "127.0.0.1"
     ingest_port: int = 8001
     ingest_public_url: str | None = Field(default=None, description="URL the trainer reaches ingest at.")
+    gateway_public_url: str | None = Field(default=None, description="URL remote workloads reach the gateway at.")
 
     max_upload_mb: int = 512
     db_pool_min: int = 1
@@ -37,6 +38,9 @@ class Settings(BaseSettings):
     otel_exporter: str = Field(default="none", description="none | console | otlp")
     otel_endpoint: str | None = None
     log_level: str = "INFO"
+
+    cloud_poll_interval_s: float = Field(default=10.0, gt=0, description="How often cloud resources are polled.")
+    provisioning_timeout_s: float = Field(default=900.0, gt=0, description="Longest a resource may provision.")
 
     trainer_python: str | None = Field(default=None, description="Python that runs local trainers.")
     stop_grace_seconds: float = 20.0
@@ -48,6 +52,10 @@ class Settings(BaseSettings):
     @property
     def jobs_dir(self) -> Path:
         return self.home / "jobs"
+
+    @property
+    def public_url(self) -> str:
+        return self.gateway_public_url or f"http://{self.gateway_host}:{self.gateway_port}"
 
     @property
     def ingest_url(self) -> str:

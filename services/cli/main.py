@@ -37,12 +37,14 @@ async def _new_key(database_url: str, user: str, *, only_if_none: bool = False) 
 
 
 @app.command()
-def up() -> None:
+def up(sandbox: bool = typer.Option(False, help="Also start local emulators of the clouds' APIs, which run "
+                                             "the workloads on this machine: try every provider with no account.")
+       ) -> None:
     """Start NATS and PostgreSQL (embedded unless TUNEFLEET_NATS_URL / TUNEFLEET_DATABASE_URL are set)
     and every service; Ctrl-C stops them all. Data stays in TUNEFLEET_HOME."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s up %(levelname)s %(message)s")
     logging.getLogger("pgserver").setLevel(logging.WARNING)
-    stack = Stack(Settings())
+    stack = Stack(Settings(), sandbox=sandbox)
     try:
         with console.status("starting TuneFleet…"):
             stack.up()
@@ -50,7 +52,10 @@ def up() -> None:
         console.print(f"[bold green]TuneFleet is up[/] at {stack.gateway_url} (data in {stack.settings.home})")
         console.print(f"API docs: {stack.gateway_url}/docs")
         if key:
-            console.print(f"First API key (user admin), shown once: [bold]{key}[/]")
+            console.print(f"First API key (user admin), shown once: [bold]{key}[/]", soft_wrap=True)
+        if stack.sandbox_key:
+            console.print(f"Sandbox: RunPod's API is emulated here; store the key {stack.sandbox_key} with "
+                          "PUT /api/secrets/runpod to deploy on it.", soft_wrap=True)
         console.print("Press Ctrl-C to stop.", highlight=False)
         wait_for_signal()
     finally:

@@ -22,14 +22,14 @@ from shared.db import apply_migrations, create_pool
 from shared.sealing import generate_keypair
 from shared.settings import Settings
 
-from .embedded import EmbeddedNats, EmbeddedPostgres
+from .embedded import EmbeddedNats, EmbeddedPostgres, free_port, wait_for_port
 
 log = logging.getLogger(__name__)
 
-OWNERS = ("gateway", "scheduler", "provider_local", "metrics_ingest", "model_registry")
+OWNERS = ("gateway", "scheduler", "provider_local", "provider_runpod", "metrics_ingest", "model_registry")
 #: The gateway stops taking work first; the provider stops its trainers while ingest still takes their
 #: last metrics and the scheduler can still read its reports later from the stream.
-STOP_ORDER = ("gateway", "provider_local", "scheduler", "model_registry", "metrics_ingest")
+STOP_ORDER = ("gateway", "provider_local", "provider_runpod", "scheduler", "model_registry", "metrics_ingest")
 
 
 def secret_key(home: Path) -> str:
@@ -81,6 +81,8 @@ class Stack:
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
     env: dict[str, str] = field(default_factory=dict)
     sealing_keys: tuple[str, str] = ("", "")
+    sandbox: bool = False
+    sandbox_key: str | None = None
 
     @property
     def gateway_url(self) -> str:
@@ -116,9 +118,28 @@ class Stack:
     async def migrate(self) -> None:
         await migrate_all(self.settings.require_database_url())
 
+    def start_sandbox(self) -> None:
+        """Cloud emulators on loopback, so the whole flow runs with no cloud account."""
+        folder = self.settings.home / "sandbox"
+        folder.mkdir(parents=True, exist_ok=True)
+        key_file = folder / "runpod_key"
+        if not key_file.exists():
+            key_file.write_text("sandbox-" + secrets.token_urlsafe(16))
+        self.sandbox_key = key_file.read_text().strip()
+        port = free_port()
+        with open(self.settings.home / "logs" / "sandbox.log", "ab") as logfile:
+            self.processes["sandbox"] = subprocess.Popen(
+                [sys.executable, "-m", "services.sandbox", "--runpod-port", str(port), "--workdir", str(folder),
+                 "--runpod-key-file", str(key_file)], env=self.env, stdout=logfile, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, start_new_session=True)
+        wait_for_port(port)
+        self.env["RUNPOD_API_BASE_URL"] = f"http://127.0.0.1:{port}"
+
     def start_services(self) -> None:
         logs = self.settings.home / "logs"
         logs.mkdir(exist_ok=True)
+        if self.sandbox:
+            self.start_sandbox()
         for service in subjects.SERVICES:
             env = {k: v for k, v in self.env.items() if k != "TUNEFLEET_SECRETS_PRIVATE_KEY"}
             if service.startswith("provider_"):
@@ -154,7 +175,7 @@ class Stack:
 
     def stop(self, timeout: float = 30.0) -> None:
         """Gateway first (no new work), the provider before the scheduler (its last reports are stored)."""
-        for service in STOP_ORDER:
+        for service in (*STOP_ORDER, "sandbox"):
             proc = self.processes.get(service)
             if proc is None or proc.poll() is not None:
                 continue

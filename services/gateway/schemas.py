@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 
 from shared.config import TrainingConfig
 
@@ -39,6 +39,31 @@ class LocalDeploymentRequest(DeploymentRequest):
     pass
 
 
+class RunPodDeploymentRequest(DeploymentRequest):
+    gpu_type: str = Field(description="A RunPod GPU type id, e.g. 'NVIDIA A100 80GB PCIe'.")
+    gpu_count: int = Field(default=1, ge=1, le=8)
+    docker_image: str | None = Field(default=None, description="An image with TuneFleet's trainer installed.")
+    volume_size_gb: int = Field(default=50, ge=0, le=4000)
+    environment_variables: dict[str, str] = Field(default_factory=dict)
+    preflight: bool = Field(default=True, description="Dry-run the config on this machine's CPU first.")
+
+    @field_validator("environment_variables")
+    @classmethod
+    def _plain_env(cls, env: dict[str, str]) -> dict[str, str]:
+        for key, value in env.items():
+            if not key.replace("_", "").isalnum() or key.upper().startswith("TUNEFLEET_"):
+                raise ValueError(f"environment variable name {key!r} must be letters, digits and _ "
+                                 "and must not start with TUNEFLEET_")
+            if '"' in value or "\\" in value:
+                raise ValueError(f"environment variable {key} holds a double quote or backslash, "
+                                 "which RunPod's API cannot carry")
+        return env
+
+    def provider_options(self) -> dict:
+        return self.model_dump(include={"gpu_type", "gpu_count", "docker_image", "volume_size_gb",
+                                        "environment_variables"})
+
+
 class DeploymentResponse(BaseModel):
     job_id: str
     provider: str
@@ -64,13 +89,31 @@ class JobPublic(BaseModel):
     budget_limit_usd: float | None = None
     result: dict[str, Any] | None = None
     model_id: str | None = Field(default=None, description="The registered model, once there is one.")
+    resource_id: str | None = Field(default=None, description="The provider's id of the workload (a pod id …).")
     history: list[dict[str, Any]] = Field(default_factory=list)
 
 
+class SeriesSummary(BaseModel):
+    name: str
+    raw_points: int = Field(description="Points of this metric that match the filters.")
+    points: int = Field(description="Points of this metric in this answer.")
+
+
+class Downsampling(BaseModel):
+    method: str = Field("minmax", description="Per equal step range, the points with the minimum and the "
+                                              "maximum value; plus the first and the last point.")
+    max_points: int
+    series: list[SeriesSummary]
+
+
 class MetricsPage(BaseModel):
+    """One row per step: ``{step, epoch, recorded_at, <name>: value, ...}``, oldest first."""
+
     job_id: str
-    total_count: int
+    total_count: int = Field(description="Rows in the whole answer: every page together, or with max_points "
+                                         "the downsampled rows (all in this page).")
     metrics: list[dict[str, Any]]
+    downsampling: Downsampling | None = Field(default=None, description="Set when max_points was given.")
 
 
 class PredictionsPage(BaseModel):

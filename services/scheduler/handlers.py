@@ -56,7 +56,7 @@ async def _provision(job_id: str, *, jobs: JobRepository, bus: Publisher) -> Non
     job = await jobs.get(job_id)
     await bus.publish(ProvisionJob(
         event_id=derived_id(job_id, "provision", job["attempt"]), job_id=job_id, provider=job["provider"],
-        attempt=job["attempt"], config=job["config"], dataset_path=job["dataset_path"],
+        user_id=job["user_id"], attempt=job["attempt"], config=job["config"], dataset_path=job["dataset_path"],
         dataset_format=job["dataset_format"], provider_options=job["provider_options"],
     ))
 
@@ -81,7 +81,8 @@ async def handle_stop_requested(cmd: StopRequested, *, jobs: JobRepository, bus:
             await _announce(t, jobs=jobs, bus=bus)
     # A provision command may already be on its way: the provider is told to end whatever it started.
     await bus.publish(TerminateJob(event_id=derived_id(cmd.job_id, "terminate", cmd.event_id),
-                                   job_id=cmd.job_id, provider=job["provider"], reason=cmd.reason))
+                                   job_id=cmd.job_id, provider=job["provider"], user_id=job["user_id"],
+                                   reason=cmd.reason))
 
 
 async def handle_workload_reported(evt: WorkloadReported, *, jobs: JobRepository, bus: Publisher) -> None:
@@ -92,12 +93,12 @@ async def handle_workload_reported(evt: WorkloadReported, *, jobs: JobRepository
     if evt.attempt != job["attempt"]:
         log.info("ignoring report of attempt %s for job %s (now at %s)", evt.attempt, evt.job_id, job["attempt"])
         return
-    await jobs.observe(evt.job_id, log_tail=evt.log_tail, cost_usd=evt.cost_usd)
+    await jobs.observe(evt.job_id, log_tail=evt.log_tail, cost_usd=evt.cost_usd, resource_id=evt.resource_id)
     current = JobStatus(job["status"])
     if current.is_terminal:
         if evt.phase in (WorkloadPhase.PROVISIONING, WorkloadPhase.RUNNING):
             await bus.publish(TerminateJob(event_id=derived_id(evt.job_id, "terminate-late", evt.event_id),
-                                           job_id=evt.job_id, provider=evt.provider,
+                                           job_id=evt.job_id, provider=evt.provider, user_id=job["user_id"],
                                            reason=f"job already {current.value}"))
         return
     if await _enforce_budget(evt, job, jobs=jobs, bus=bus):
@@ -133,7 +134,7 @@ async def _enforce_budget(evt: WorkloadReported, job, *, jobs: JobRepository, bu
         return False
     await _announce(t, jobs=jobs, bus=bus)
     await bus.publish(TerminateJob(event_id=derived_id(evt.job_id, "terminate-budget"), job_id=evt.job_id,
-                                   provider=evt.provider, reason=reason))
+                                   provider=evt.provider, user_id=job["user_id"], reason=reason))
     return True
 
 

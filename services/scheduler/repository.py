@@ -85,12 +85,13 @@ class JobRepository:
                 job_id, current.value, new.value, reason, source_event_id, status_event_id, occurred_at)
         return Transition(job_id, current, new, reason, status_event_id)
 
-    async def observe(self, job_id: str, *, log_tail: str | None, cost_usd: float | None) -> None:
-        """Record what a provider saw, whatever the state: the log tail and the cost so far."""
+    async def observe(self, job_id: str, *, log_tail: str | None, cost_usd: float | None,
+                      resource_id: str | None = None) -> None:
+        """Record what a provider saw, whatever the state: the log tail, the cost so far, its resource id."""
         await self.pool.execute(
             """UPDATE jobs SET log_tail = COALESCE($2, log_tail), cost_usd = COALESCE($3, cost_usd),
-                   updated_at = now() WHERE id = $1""",
-            job_id, log_tail, cost_usd)
+                   resource_id = COALESCE($4, resource_id), updated_at = now() WHERE id = $1""",
+            job_id, log_tail, cost_usd, resource_id)
 
     async def mark_stop_requested(self, job_id: str) -> None:
         await self.pool.execute("UPDATE jobs SET stop_requested = true, updated_at = now() WHERE id = $1", job_id)

@@ -12,19 +12,22 @@ from pathlib import Path
 
 import httpx
 import pytest
+import uvicorn
 
 from services.cli.embedded import free_port
 from services.cli.sse import iter_events
+from services.sandbox.runpod import RunPodEmulator
 
 TERMINAL = {"completed", "failed", "stopped", "budget_exceeded"}
 
 
 class RunningStack:
-    def __init__(self, home: Path):
+    def __init__(self, home: Path, extra_env: dict[str, str] | None = None):
         self.home = home
         self.gateway_port, self.ingest_port, self.nats_port = free_port(), free_port(), free_port()
         self.env = {**os.environ, "TUNEFLEET_HOME": str(home), "TUNEFLEET_GATEWAY_PORT": str(self.gateway_port),
-                    "TUNEFLEET_INGEST_PORT": str(self.ingest_port), "TUNEFLEET_NATS_PORT": str(self.nats_port)}
+                    "TUNEFLEET_INGEST_PORT": str(self.ingest_port), "TUNEFLEET_NATS_PORT": str(self.nats_port),
+                    **(extra_env or {})}
         for name in ("TUNEFLEET_NATS_URL", "TUNEFLEET_DATABASE_URL", "TUNEFLEET_SECRET_KEY"):
             self.env.pop(name, None)
         self.url = f"http://127.0.0.1:{self.gateway_port}"
@@ -78,9 +81,45 @@ def collect_events(client: httpx.Client, job_id: str, into: list) -> threading.T
     return thread
 
 
+class EmulatorServer:
+    """A cloud emulator served by uvicorn on a thread of the test process, so tests can inject faults."""
+
+    def __init__(self, app):
+        self.port = free_port()
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> EmulatorServer:
+        self.thread.start()
+        while not self.server.started:
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(15)
+
+
+RUNPOD_KEY = "rp-e2e-key-0123456789"
+
+
 @pytest.fixture(scope="session")
-def stack(tmp_path_factory, tiny_model_dir):
-    s = RunningStack(tmp_path_factory.mktemp("e2e") / "home")
+def runpod(tmp_path_factory) -> RunPodEmulator:
+    emulator = RunPodEmulator(tmp_path_factory.mktemp("runpod"), {RUNPOD_KEY}, boot_delay_s=0.5)
+    with EmulatorServer(emulator.app) as server:
+        emulator.url = server.url
+        yield emulator
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory, tiny_model_dir, runpod):
+    s = RunningStack(tmp_path_factory.mktemp("e2e") / "home", {
+        "RUNPOD_API_BASE_URL": runpod.url, "TUNEFLEET_CLOUD_POLL_INTERVAL_S": "0.5",
+        "TUNEFLEET_PROVISIONING_TIMEOUT_S": "8"})
     s.start()
     yield s
     if s.process and s.process.poll() is None:

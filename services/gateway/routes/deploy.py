@@ -1,39 +1,76 @@
 from __future__ import annotations
 
-import uuid
 from typing import Literal
 
 from fastapi import APIRouter, Query
 
-from shared.errors import ValidationFailed
+from shared.config import TrainingConfig
+from shared.errors import NotFound, ValidationFailed
 
-from ..deploying import load_configuration, request_deploy
+from ..deploying import load_configuration, request_deploy, resolve_data
 from ..deps import BusDep, CurrentUser, PoolDep
-from ..schemas import DeploymentResponse, JobPublic, LocalDeploymentRequest
+from ..schemas import DeploymentRequest, DeploymentResponse, JobPublic, LocalDeploymentRequest, RunPodDeploymentRequest
 from .jobs import job_public
+from .preflight import run_preflight_process
 
 router = APIRouter(prefix="/api/training/deploy", tags=["deploy"])
 
-Provider = Literal["local"]
+Provider = Literal["local", "runpod"]
+
+
+async def _config(body: DeploymentRequest, pool, user: str) -> TrainingConfig:
+    if (body.configuration_id is None) == (body.config is None):
+        raise ValidationFailed("give exactly one of configuration_id (a saved configuration) or config",
+                               field="configuration_id")
+    return body.config or await load_configuration(pool, user, body.configuration_id)
+
+
+async def _deploy(provider: str, body: DeploymentRequest, config: TrainingConfig, user: str, pool, bus,
+                  options: dict) -> DeploymentResponse:
+    cmd = await request_deploy(pool, bus, user_id=user, provider=provider, config=config,
+                               configuration_id=body.configuration_id, budget_limit=body.budget_limit,
+                               provider_options=options)
+    return DeploymentResponse(job_id=cmd.job_id, provider=provider, status="queued", pod_id=cmd.job_id,
+                              message=f"deploy accepted; follow GET /api/training/jobs/{cmd.job_id}")
 
 
 @router.post("/local", status_code=202, response_model=DeploymentResponse)
 async def deploy_local(body: LocalDeploymentRequest, user: CurrentUser, pool: PoolDep,
                        bus: BusDep) -> DeploymentResponse:
     """Train on this machine. The answer comes once the request is stored; follow it by ``job_id``."""
-    if (body.configuration_id is None) == (body.config is None):
-        raise ValidationFailed("give exactly one of configuration_id (a saved configuration) or config",
-                               field="configuration_id")
-    config = body.config or await load_configuration(pool, user, body.configuration_id)
-    cmd = await request_deploy(pool, bus, user_id=user, provider="local", config=config,
-                               configuration_id=body.configuration_id, budget_limit=body.budget_limit,
-                               provider_options={})
-    return DeploymentResponse(job_id=cmd.job_id, provider="local", status="queued", pod_id=cmd.job_id,
-                              message=f"deploy accepted; follow GET /api/training/jobs/{cmd.job_id}")
+    return await _deploy("local", body, await _config(body, pool, user), user, pool, bus, {})
+
+
+@router.post("/runpod", status_code=202, response_model=DeploymentResponse)
+async def deploy_runpod(body: RunPodDeploymentRequest, user: CurrentUser, pool: PoolDep,
+                        bus: BusDep) -> DeploymentResponse:
+    """Train on a RunPod pod. Your RunPod key must be stored first (PUT /api/secrets/runpod). Unless
+    ``preflight`` is false, the configuration is first dry-run on this machine's CPU and refused with 422
+    when it fails, before any GPU time is paid for."""
+    config = await _config(body, pool, user)
+    if not await pool.fetchval("SELECT 1 FROM user_secrets WHERE user_id = $1 AND provider = 'runpod'", user):
+        raise ValidationFailed("no RunPod key stored; add it with PUT /api/secrets/runpod", field="provider")
+    if body.preflight:
+        data = await resolve_data(pool, user, config)
+        report = await run_preflight_process(config.model_dump_json(), data.path, data.format.value)
+        if not report.get("ok"):
+            raise ValidationFailed(f"preflight failed: {report.get('message') or report}",
+                                   field=report.get("field") or "config", details={"preflight": report})
+    return await _deploy("runpod", body, config, user, pool, bus, body.provider_options())
 
 
 @router.get("/{provider}", response_model=JobPublic)
 async def deployment_status(provider: Provider, user: CurrentUser, pool: PoolDep,
-                            pod_id: uuid.UUID = Query(..., description="The id the deploy answered with.")
-                            ) -> JobPublic:
-    return await job_public(pool, user, str(pod_id))
+                            pod_id: str = Query(..., description="The job id the deploy answered with, or the "
+                                                                  "provider's own id of the workload.")) -> JobPublic:
+    job_id = await pool.fetchval(
+        """SELECT id::text FROM jobs WHERE user_id = $1 AND provider = $2 AND (id::text = $3 OR resource_id = $3)""",
+        user, provider, pod_id)
+    if job_id is None:
+        pending = await pool.fetchval(
+            "SELECT job_id::text FROM deploy_requests WHERE user_id = $1 AND provider = $2 AND job_id::text = $3",
+            user, provider, pod_id)
+        if pending is None:
+            raise NotFound(f"no {provider} deployment {pod_id!r}")
+        job_id = pending
+    return await job_public(pool, user, job_id)

@@ -41,6 +41,7 @@ async def job_public(pool: PoolDep, user: str, job_id: str) -> JobPublic:
         logs_tail=row.get("log_tail"), cost_usd=row.get("cost_usd") or 0.0,
         budget_limit_usd=row.get("budget_limit_usd"), result=row.get("result"),
         model_id=await queries.model_id_for_job(pool, job_id) if row.get("status") == JobStatus.COMPLETED else None,
+        resource_id=row.get("resource_id"),
         history=await queries.history(pool, job_id) if "status" in row else [],
     )
 

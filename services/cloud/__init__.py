@@ -1,0 +1,1 @@
+"""What every cloud provider service shares: bundles, signed URLs, polling, reconciliation, reporting."""

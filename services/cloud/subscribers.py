@@ -1,0 +1,36 @@
+"""FastStream wiring shared by the cloud provider services."""
+
+from __future__ import annotations
+
+import asyncio
+
+from shared import subjects
+from shared.bus import COMMANDS, Bus, durable_consumer
+from shared.events import ProvisionJob, TerminateJob
+from shared.providers import Compute
+from shared.service import Hooks, ServiceContext
+
+from .runner import CloudRunner
+
+
+def wire_cloud_provider(compute: Compute):
+    async def wire(ctx: ServiceContext) -> Hooks:
+        runner = CloudRunner(compute, ctx.settings, ctx.pool, Bus(ctx.broker).publish,
+                             provisioning_limit_s=ctx.settings.provisioning_timeout_s,
+                             poll_interval_s=ctx.settings.cloud_poll_interval_s)
+        broker, name = ctx.broker, compute.name
+
+        @broker.subscriber(subjects.provision(name), stream=COMMANDS, **durable_consumer(f"provider-{name}-provision"))
+        async def on_provision(cmd: ProvisionJob) -> None:
+            await runner.provision(cmd)
+
+        @broker.subscriber(subjects.terminate(name), stream=COMMANDS, **durable_consumer(f"provider-{name}-terminate"))
+        async def on_terminate(cmd: TerminateJob) -> None:
+            await runner.terminate(cmd.job_id, cmd.user_id)
+
+        async def start_polling() -> None:
+            ctx.background.append(asyncio.create_task(runner.poll_forever(), name=f"{name}-poller"))
+
+        return Hooks(after_start=start_polling)
+
+    return wire

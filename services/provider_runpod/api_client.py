@@ -1,0 +1,106 @@
+"""RunPod's GraphQL API: the ``runpod`` package writes the queries, httpx carries them.
+
+The package's own transport cannot take a per-call key for mutations (it reads a module global, unsafe with
+many users in one process), hides ``Retry-After`` and raises plain JSON errors on a 502 page, so calls go
+through httpx with the same headers and body, and the same ``RUNPOD_API_BASE_URL`` override, read per call.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import httpx
+from runpod.api.mutations import pods as pod_mutations
+from runpod.api.queries import gpus as gpu_queries
+from runpod.api.queries import pods as pod_queries
+from runpod.user_agent import USER_AGENT
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt
+
+from shared.errors import NoCapacity, ProviderAuthFailed, ProviderError, ProviderTransient
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BASE_URL = "https://api.runpod.io"
+NO_CAPACITY = "no longer any instances available"
+
+
+def _transient(exc: BaseException) -> bool:
+    return isinstance(exc, ProviderTransient)
+
+
+def _wait(state) -> float:
+    """Honour Retry-After when the API sent one, else back off exponentially (0.5 s … 8 s)."""
+    exc = state.outcome.exception()
+    if isinstance(exc, ProviderTransient) and exc.retry_after is not None:
+        return min(exc.retry_after, 60.0)
+    return min(0.5 * 2 ** (state.attempt_number - 1), 8.0)
+
+
+class RunPodClient:
+    def __init__(self, api_key: str, *, attempts: int = 6, timeout: float = 30.0):
+        self._api_key = api_key
+        self.attempts = attempts
+        self.timeout = timeout
+
+    def __repr__(self) -> str:
+        return "RunPodClient(api_key=***)"
+
+    async def _call(self, query: str) -> dict:
+        async for attempt in AsyncRetrying(stop=stop_after_attempt(self.attempts), wait=_wait,
+                                           retry=retry_if_exception(_transient), reraise=True):
+            with attempt:
+                return await self._post(query)
+        raise AssertionError("unreachable")
+
+    async def _post(self, query: str) -> dict:
+        url = os.environ.get("RUNPOD_API_BASE_URL", DEFAULT_BASE_URL).rstrip("/") + "/graphql"
+        headers = {"Content-Type": "application/json", "User-Agent": USER_AGENT,
+                   "Authorization": f"Bearer {self._api_key}"}
+        try:
+            async with httpx.AsyncClient(timeout=self.timeout) as client:
+                response = await client.post(url, headers=headers, json={"query": query})
+        except httpx.TimeoutException as exc:
+            raise ProviderTransient("RunPod API timed out") from exc
+        except httpx.TransportError as exc:
+            raise ProviderTransient(f"RunPod API unreachable: {type(exc).__name__}") from exc
+        if response.status_code == 401:
+            raise ProviderAuthFailed("RunPod refused the API key; update it with PUT /api/secrets/runpod")
+        if response.status_code == 429 or response.status_code >= 500:
+            retry_after = response.headers.get("retry-after")
+            raise ProviderTransient(f"RunPod API answered {response.status_code}",
+                                    retry_after=float(retry_after) if retry_after else None)
+        try:
+            body = response.json()
+        except ValueError as exc:
+            raise ProviderTransient(f"RunPod API answered {response.status_code} without JSON") from exc
+        if body.get("errors"):
+            message = body["errors"][0].get("message", "unknown error")
+            if NO_CAPACITY in message:
+                raise NoCapacity(f"RunPod: {message}")
+            raise ProviderError(f"RunPod: {message}")
+        return body["data"]
+
+    async def gpu_types(self) -> list[dict]:
+        return (await self._call(gpu_queries.QUERY_GPU_TYPES))["gpuTypes"]
+
+    async def pods(self) -> list[dict]:
+        return (await self._call(pod_queries.QUERY_POD))["myself"]["pods"]
+
+    async def pod(self, pod_id: str) -> dict | None:
+        return (await self._call(pod_queries.generate_pod_query(pod_id)))["pod"]
+
+    async def create_pod(self, *, name: str, image: str, gpu_type_id: str, gpu_count: int, volume_in_gb: int,
+                         env: dict[str, str], docker_args: str) -> dict:
+        for key, value in {**env, "name": name, "image": image, "docker_args": docker_args}.items():
+            if '"' in value or "\\" in value:
+                raise ProviderError(f"{key} holds a double quote or backslash, which RunPod's API cannot carry",
+                                    field=key)
+        mutation = pod_mutations.generate_pod_deployment_mutation(
+            name=name, image_name=image, gpu_type_id=gpu_type_id, gpu_count=gpu_count, volume_in_gb=volume_in_gb,
+            container_disk_in_gb=20, min_vcpu_count=1, min_memory_in_gb=1, docker_args=docker_args, env=env,
+            support_public_ip=True, start_ssh=False)
+        return (await self._call(mutation))["podFindAndDeployOnDemand"]
+
+    async def terminate_pod(self, pod_id: str) -> None:
+        await self._call(pod_mutations.generate_pod_terminate_mutation(pod_id))
