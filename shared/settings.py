@@ -42,6 +42,8 @@ class Settings(BaseSettings):
     cloud_poll_interval_s: float = Field(default=10.0, gt=0, description="How often cloud resources are polled.")
     provisioning_timeout_s: float = Field(default=900.0, gt=0, description="Longest a resource may provision.")
 
+    lambda_ssh_port: int = Field(default=22, description="SSH port of Lambda instances (the sandbox's differs).")
+
     trainer_python: str | None = Field(default=None, description="Python that runs local trainers.")
     stop_grace_seconds: float = 20.0
 

@@ -58,4 +58,5 @@ COMMANDS_SUBJECTS = [f"{PREFIX}.deploy.>", f"{PREFIX}.stop.>", f"{PREFIX}.provis
 EVENTS_STREAM = "TUNEFLEET_EVENTS"
 EVENTS_SUBJECTS = [f"{PREFIX}.job.>", f"{PREFIX}.workload.>", f"{PREFIX}.model.>"]
 
-SERVICES = ("gateway", "scheduler", "provider_local", "provider_runpod", "metrics_ingest", "model_registry")
+SERVICES = ("gateway", "scheduler", "provider_local", "provider_runpod", "provider_lambda", "metrics_ingest",
+            "model_registry")

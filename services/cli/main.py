@@ -54,8 +54,9 @@ def up(sandbox: bool = typer.Option(False, help="Also start local emulators of t
         if key:
             console.print(f"First API key (user admin), shown once: [bold]{key}[/]", soft_wrap=True)
         if stack.sandbox_key:
-            console.print(f"Sandbox: RunPod's API is emulated here; store the key {stack.sandbox_key} with "
-                          "PUT /api/secrets/runpod to deploy on it.", soft_wrap=True)
+            console.print(f"Sandbox: RunPod's and Lambda's APIs are emulated here; store the key "
+                          f"{stack.sandbox_key} with PUT /api/secrets/runpod and /api/secrets/lambda to deploy "
+                          "on them.", soft_wrap=True)
         console.print("Press Ctrl-C to stop.", highlight=False)
         wait_for_signal()
     finally:

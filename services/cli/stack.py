@@ -26,10 +26,12 @@ from .embedded import EmbeddedNats, EmbeddedPostgres, free_port, wait_for_port
 
 log = logging.getLogger(__name__)
 
-OWNERS = ("gateway", "scheduler", "provider_local", "provider_runpod", "metrics_ingest", "model_registry")
+OWNERS = ("gateway", "scheduler", "provider_local", "provider_runpod", "provider_lambda", "metrics_ingest",
+          "model_registry")
 #: The gateway stops taking work first; the provider stops its trainers while ingest still takes their
 #: last metrics and the scheduler can still read its reports later from the stream.
-STOP_ORDER = ("gateway", "provider_local", "provider_runpod", "scheduler", "model_registry", "metrics_ingest")
+STOP_ORDER = ("gateway", "provider_local", "provider_runpod", "provider_lambda", "scheduler", "model_registry",
+              "metrics_ingest")
 
 
 def secret_key(home: Path) -> str:
@@ -122,18 +124,22 @@ class Stack:
         """Cloud emulators on loopback, so the whole flow runs with no cloud account."""
         folder = self.settings.home / "sandbox"
         folder.mkdir(parents=True, exist_ok=True)
-        key_file = folder / "runpod_key"
+        key_file = folder / "api_key"
         if not key_file.exists():
             key_file.write_text("sandbox-" + secrets.token_urlsafe(16))
         self.sandbox_key = key_file.read_text().strip()
-        port = free_port()
+        runpod, lambda_api, lambda_ssh = free_port(), free_port(), free_port()
         with open(self.settings.home / "logs" / "sandbox.log", "ab") as logfile:
             self.processes["sandbox"] = subprocess.Popen(
-                [sys.executable, "-m", "services.sandbox", "--runpod-port", str(port), "--workdir", str(folder),
-                 "--runpod-key-file", str(key_file)], env=self.env, stdout=logfile, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, start_new_session=True)
-        wait_for_port(port)
-        self.env["RUNPOD_API_BASE_URL"] = f"http://127.0.0.1:{port}"
+                [sys.executable, "-m", "services.sandbox", "--workdir", str(folder), "--key-file", str(key_file),
+                 "--runpod-port", str(runpod), "--lambda-port", str(lambda_api), "--lambda-ssh-port", str(lambda_ssh)],
+                env=self.env, stdout=logfile, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True)
+        for port in (runpod, lambda_api, lambda_ssh):
+            wait_for_port(port)
+        self.env.update({"RUNPOD_API_BASE_URL": f"http://127.0.0.1:{runpod}",
+                         "LAMBDA_API_BASE_URL": f"http://127.0.0.1:{lambda_api}/api/v1",
+                         "TUNEFLEET_LAMBDA_SSH_PORT": str(lambda_ssh)})
 
     def start_services(self) -> None:
         logs = self.settings.home / "logs"

@@ -64,6 +64,15 @@ class RunPodDeploymentRequest(DeploymentRequest):
                                         "environment_variables"})
 
 
+class LambdaDeploymentRequest(DeploymentRequest):
+    instance_type: str = Field(description="A Lambda instance type, e.g. 'gpu_1x_a100_sxm4'.")
+    region: str | None = Field(default=None, description="A region; the first with capacity when unset.")
+    preflight: bool = Field(default=True, description="Dry-run the config on this machine's CPU first.")
+
+    def provider_options(self) -> dict:
+        return self.model_dump(include={"instance_type", "region"})
+
+
 class DeploymentResponse(BaseModel):
     job_id: str
     provider: str

@@ -16,6 +16,7 @@ import uvicorn
 
 from services.cli.embedded import free_port
 from services.cli.sse import iter_events
+from services.sandbox.lambda_cloud import LambdaEmulator
 from services.sandbox.runpod import RunPodEmulator
 
 TERMINAL = {"completed", "failed", "stopped", "budget_exceeded"}
@@ -115,10 +116,22 @@ def runpod(tmp_path_factory) -> RunPodEmulator:
         yield emulator
 
 
+LAMBDA_KEY = "lambda-e2e-key-0123456789"
+
+
 @pytest.fixture(scope="session")
-def stack(tmp_path_factory, tiny_model_dir, runpod):
+def lambda_cloud(tmp_path_factory) -> LambdaEmulator:
+    emulator = LambdaEmulator(tmp_path_factory.mktemp("lambda"), {LAMBDA_KEY}, boot_delay_s=0.5)
+    with EmulatorServer(emulator.app) as server:
+        emulator.url = f"{server.url}/api/v1"
+        yield emulator
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory, tiny_model_dir, runpod, lambda_cloud):
     s = RunningStack(tmp_path_factory.mktemp("e2e") / "home", {
-        "RUNPOD_API_BASE_URL": runpod.url, "TUNEFLEET_CLOUD_POLL_INTERVAL_S": "0.5",
+        "RUNPOD_API_BASE_URL": runpod.url, "LAMBDA_API_BASE_URL": lambda_cloud.url,
+        "TUNEFLEET_LAMBDA_SSH_PORT": str(lambda_cloud.ssh_port), "TUNEFLEET_CLOUD_POLL_INTERVAL_S": "0.5",
         "TUNEFLEET_PROVISIONING_TIMEOUT_S": "8"})
     s.start()
     yield s

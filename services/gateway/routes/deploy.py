@@ -9,13 +9,20 @@ from shared.errors import NotFound, ValidationFailed
 
 from ..deploying import load_configuration, request_deploy, resolve_data
 from ..deps import BusDep, CurrentUser, PoolDep
-from ..schemas import DeploymentRequest, DeploymentResponse, JobPublic, LocalDeploymentRequest, RunPodDeploymentRequest
+from ..schemas import (
+    DeploymentRequest,
+    DeploymentResponse,
+    JobPublic,
+    LambdaDeploymentRequest,
+    LocalDeploymentRequest,
+    RunPodDeploymentRequest,
+)
 from .jobs import job_public
 from .preflight import run_preflight_process
 
 router = APIRouter(prefix="/api/training/deploy", tags=["deploy"])
 
-Provider = Literal["local", "runpod"]
+Provider = Literal["local", "runpod", "lambda"]
 
 
 async def _config(body: DeploymentRequest, pool, user: str) -> TrainingConfig:
@@ -41,22 +48,36 @@ async def deploy_local(body: LocalDeploymentRequest, user: CurrentUser, pool: Po
     return await _deploy("local", body, await _config(body, pool, user), user, pool, bus, {})
 
 
-@router.post("/runpod", status_code=202, response_model=DeploymentResponse)
-async def deploy_runpod(body: RunPodDeploymentRequest, user: CurrentUser, pool: PoolDep,
-                        bus: BusDep) -> DeploymentResponse:
-    """Train on a RunPod pod. Your RunPod key must be stored first (PUT /api/secrets/runpod). Unless
-    ``preflight`` is false, the configuration is first dry-run on this machine's CPU and refused with 422
-    when it fails, before any GPU time is paid for."""
+async def _deploy_to_cloud(provider: str, body: RunPodDeploymentRequest | LambdaDeploymentRequest, user: str,
+                           pool, bus) -> DeploymentResponse:
     config = await _config(body, pool, user)
-    if not await pool.fetchval("SELECT 1 FROM user_secrets WHERE user_id = $1 AND provider = 'runpod'", user):
-        raise ValidationFailed("no RunPod key stored; add it with PUT /api/secrets/runpod", field="provider")
+    if not await pool.fetchval("SELECT 1 FROM user_secrets WHERE user_id = $1 AND provider = $2", user, provider):
+        raise ValidationFailed(f"no {provider} credentials stored; add them with PUT /api/secrets/{provider}",
+                               field="provider")
     if body.preflight:
         data = await resolve_data(pool, user, config)
         report = await run_preflight_process(config.model_dump_json(), data.path, data.format.value)
         if not report.get("ok"):
             raise ValidationFailed(f"preflight failed: {report.get('message') or report}",
                                    field=report.get("field") or "config", details={"preflight": report})
-    return await _deploy("runpod", body, config, user, pool, bus, body.provider_options())
+    return await _deploy(provider, body, config, user, pool, bus, body.provider_options())
+
+
+@router.post("/runpod", status_code=202, response_model=DeploymentResponse)
+async def deploy_runpod(body: RunPodDeploymentRequest, user: CurrentUser, pool: PoolDep,
+                        bus: BusDep) -> DeploymentResponse:
+    """Train on a RunPod pod. Your RunPod key must be stored first (PUT /api/secrets/runpod). Unless
+    ``preflight`` is false, the configuration is first dry-run on this machine's CPU and refused with 422
+    when it fails, before any GPU time is paid for."""
+    return await _deploy_to_cloud("runpod", body, user, pool, bus)
+
+
+@router.post("/lambda", status_code=202, response_model=DeploymentResponse)
+async def deploy_lambda(body: LambdaDeploymentRequest, user: CurrentUser, pool: PoolDep,
+                        bus: BusDep) -> DeploymentResponse:
+    """Train on a Lambda Cloud instance, reached over SSH. Store your key first (PUT /api/secrets/lambda);
+    preflight as for RunPod."""
+    return await _deploy_to_cloud("lambda", body, user, pool, bus)
 
 
 @router.get("/{provider}", response_model=JobPublic)

@@ -1,0 +1,1 @@
+"""The Lambda Cloud provider: a plain instance reached over SSH (paramiko) and SFTP."""
