@@ -56,7 +56,10 @@ def health(service: str) -> str:
 COMMANDS_STREAM = "TUNEFLEET_COMMANDS"
 COMMANDS_SUBJECTS = [f"{PREFIX}.deploy.>", f"{PREFIX}.stop.>", f"{PREFIX}.provision.>", f"{PREFIX}.terminate.>"]
 EVENTS_STREAM = "TUNEFLEET_EVENTS"
-EVENTS_SUBJECTS = [f"{PREFIX}.job.>", f"{PREFIX}.workload.>", f"{PREFIX}.model.>"]
+#: Job status changes are stored; live metrics and predictions are not (PostgreSQL holds them durably, and
+#: a stream would write every point to disk a second time): they are plain NATS messages on
+#: ``tunefleet.job.<id>.metrics`` / ``.predictions`` for whoever listens.
+EVENTS_SUBJECTS = [f"{PREFIX}.job.*.status", f"{PREFIX}.workload.>", f"{PREFIX}.model.>"]
 
 SERVICES = ("gateway", "scheduler", "provider_local", "provider_runpod", "provider_lambda", "metrics_ingest",
             "model_registry")

@@ -39,25 +39,142 @@ async def history(pool: asyncpg.Pool, job_id: str) -> list[dict[str, Any]]:
     return [dict(r) for r in rows]
 
 
-async def metrics_page(pool: asyncpg.Pool, job_id: str, *, epoch: int | None, limit: int,
-                       offset: int) -> tuple[int, list[dict[str, Any]]]:
+_EPOCH = "($3::float8 IS NULL OR (m.epoch > $3 AND m.epoch <= $4))"
+
+#: A skip scan of the primary key (job_id, name, step): one index probe per metric name, however many points.
+_NAMES = """WITH RECURSIVE names(name) AS (
+                SELECT min(name) FROM metric_points WHERE job_id = $1
+                UNION ALL
+                SELECT (SELECT min(m.name) FROM metric_points m WHERE m.job_id = $1 AND m.name > names.name)
+                FROM names WHERE names.name IS NOT NULL)"""
+
+
+async def metric_names(conn: asyncpg.Pool | asyncpg.Connection, job_id: str) -> list[str]:
+    rows = await conn.fetch(f"{_NAMES} SELECT name FROM names WHERE name IS NOT NULL", job_id)
+    return [r["name"] for r in rows]
+
+
+#: More metrics than this in one page query are read by a scan of the job's points instead of a merge.
+MAX_MERGED_METRICS = 64
+
+
+def _merged_steps(metrics: int) -> str:
+    """Each metric's steps in primary-key order, merged into one ordered stream (duplicates kept)."""
+    if metrics > MAX_MERGED_METRICS:
+        return f"SELECT m.step FROM metric_points m WHERE m.job_id = $1 AND m.name = ANY($2::text[]) AND {_EPOCH}"
+    return " UNION ALL ".join(
+        f"(SELECT m.step FROM metric_points m WHERE m.job_id = $1 AND m.name = ($2::text[])[{i}] AND {_EPOCH} "
+        "ORDER BY m.step)" for i in range(1, metrics + 1))
+
+
+async def metrics_page(pool: asyncpg.Pool, job_id: str, *, epoch: int | None, limit: int, offset: int,
+                       names: list[str] | None = None) -> tuple[int, list[dict[str, Any]]]:
+    """One page of rows, one per step with every value logged at it, and the number of steps in all pages.
+
+    The steps come from a merge of each metric's range of the primary key, grouped as they stream, so a
+    page reads only up to its end and the count needs no sort; the planner is told so, as it cannot
+    estimate how many distinct steps there are."""
     lo, hi = _epoch_bounds(epoch)
-    where = "job_id = $1 AND ($2::float8 IS NULL OR (epoch > $2 AND epoch <= $3))"
-    total = await pool.fetchval(f"SELECT count(DISTINCT step) FROM metric_points WHERE {where}", job_id, lo, hi)
-    rows = await pool.fetch(
-        f"""SELECT step, max(epoch) AS epoch, min(recorded_at) AS recorded_at,
-                   jsonb_object_agg(name, value) AS values
-            FROM metric_points WHERE {where}
-            GROUP BY step ORDER BY step LIMIT $4 OFFSET $5""",
-        job_id, lo, hi, limit, offset)
+    async with pool.acquire() as conn, conn.transaction(readonly=True):
+        await conn.execute("SET LOCAL enable_hashagg = off; SET LOCAL max_parallel_workers_per_gather = 0")
+        if names is None:
+            names = await metric_names(conn, job_id)
+        if not names:
+            return 0, []
+        merged = _merged_steps(len(names))
+        total = await conn.fetchval(f"SELECT count(*) FROM (SELECT step FROM ({merged}) s GROUP BY step) c",
+                                    job_id, names, lo, hi)
+        steps = [r["step"] for r in await conn.fetch(
+            f"SELECT step FROM ({merged}) s GROUP BY step ORDER BY step LIMIT $5 OFFSET $6",
+            job_id, names, lo, hi, limit, offset)]
+        if not steps:
+            return total, []
+        rows = await conn.fetch(
+            f"""SELECT step, max(epoch) AS epoch, min(recorded_at) AS recorded_at,
+                       jsonb_object_agg(name, value) AS values
+                FROM metric_points m
+                WHERE m.job_id = $1 AND m.name = ANY($2::text[]) AND {_EPOCH} AND m.step BETWEEN $5 AND $6
+                GROUP BY step ORDER BY step""",
+            job_id, names, lo, hi, steps[0], steps[-1])
     return total, [{"step": r["step"], "epoch": r["epoch"], "recorded_at": r["recorded_at"], **r["values"]}
                    for r in rows]
 
 
+#: Per metric: its first and last step (within the epoch), then for each of $5 equal step ranges its number of
+#: points and the (value, step) pairs of its minimum and maximum: one range scan of the primary key
+#: (job_id, name, step) per step range, so no sort and no hash of the whole series.
+_BUCKETS = f"""
+    WITH bounds AS MATERIALIZED (
+        SELECT n.name, lo, hi, hi::int8 - lo + 1 AS span
+        FROM unnest($2::text[]) AS n(name),
+        LATERAL (SELECT m.step FROM metric_points m WHERE m.job_id = $1 AND m.name = n.name AND {_EPOCH}
+                 ORDER BY m.step LIMIT 1) AS first(lo),
+        LATERAL (SELECT m.step FROM metric_points m WHERE m.job_id = $1 AND m.name = n.name AND {_EPOCH}
+                 ORDER BY m.step DESC LIMIT 1) AS last(hi))
+    SELECT b.name, b.lo, b.hi, a.n, a.low, a.high
+    FROM bounds b, generate_series(0, $5::int8 - 1) AS k,
+    LATERAL (SELECT count(*) AS n, min(ARRAY[m.value, m.step]) AS low, max(ARRAY[m.value, m.step]) AS high
+             FROM metric_points m
+             WHERE m.job_id = $1 AND m.name = b.name AND {_EPOCH}
+               AND m.step >= b.lo + (k * b.span + $5 - 1) / $5
+               AND m.step < b.lo + ((k + 1) * b.span + $5 - 1) / $5) AS a
+    WHERE a.n > 0"""
+
+_PICKED = f"""
+    SELECT m.name, m.step, m.epoch, m.value, m.recorded_at
+    FROM unnest($2::text[], $5::int[]) AS p(name, step)
+    JOIN metric_points m ON m.job_id = $1 AND m.name = p.name AND m.step = p.step
+    UNION ALL
+    SELECT m.name, m.step, m.epoch, m.value, m.recorded_at
+    FROM metric_points m WHERE m.job_id = $1 AND m.name = ANY($6::text[]) AND {_EPOCH}"""
+
+
+async def metrics_downsampled(pool: asyncpg.Pool, job_id: str, *, epoch: int | None, names: list[str] | None,
+                              max_points: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """At most ``max_points`` points per metric that keep the curve's shape: the first and the last point,
+    and for each of (max_points - 2) // 2 equal step ranges the points with the minimum and the maximum value.
+    A metric with no more than ``max_points`` points comes whole. Returns rows as ``metrics_page`` does,
+    and per metric ``{name, raw_points, points}``."""
+    lo, hi = _epoch_bounds(epoch)
+    buckets = max(1, (max_points - 2) // 2)
+    async with pool.acquire() as conn:
+        if names is None:
+            names = await metric_names(conn, job_id)
+        raw: dict[str, int] = {}
+        picked: dict[str, set[int]] = {}
+        for r in await conn.fetch(_BUCKETS, job_id, names, lo, hi, buckets):
+            raw[r["name"]] = raw.get(r["name"], 0) + r["n"]
+            picked.setdefault(r["name"], set()).update((r["lo"], r["hi"], int(r["low"][1]), int(r["high"][1])))
+        whole = [name for name, n in raw.items() if n <= max_points]
+        pairs = [(name, step) for name, steps in picked.items() if raw[name] > max_points for step in steps]
+        points = await conn.fetch(_PICKED, job_id, [p[0] for p in pairs], lo, hi, [p[1] for p in pairs], whole)
+    counts: dict[str, int] = {}
+    for p in points:
+        counts[p["name"]] = counts.get(p["name"], 0) + 1
+    series = [{"name": name, "raw_points": raw[name], "points": counts.get(name, 0)} for name in sorted(raw)]
+    return _rows_by_step(points), series
+
+
+def _rows_by_step(points: list[asyncpg.Record]) -> list[dict[str, Any]]:
+    rows: dict[int, dict[str, Any]] = {}
+    for p in points:
+        row = rows.get(p["step"])
+        if row is None:
+            row = rows[p["step"]] = {"step": p["step"], "epoch": p["epoch"], "recorded_at": p["recorded_at"]}
+        else:
+            if p["epoch"] is not None and (row["epoch"] is None or p["epoch"] > row["epoch"]):
+                row["epoch"] = p["epoch"]
+            row["recorded_at"] = min(row["recorded_at"], p["recorded_at"])
+        row[p["name"]] = p["value"]
+    return [rows[step] for step in sorted(rows)]
+
+
 async def latest_metrics(pool: asyncpg.Pool, job_id: str) -> dict[str, Any] | None:
     rows = await pool.fetch(
-        """SELECT DISTINCT ON (name) name, value, step, epoch FROM metric_points
-           WHERE job_id = $1 ORDER BY name, step DESC""", job_id)
+        f"""{_NAMES}
+            SELECT l.name, l.value, l.step, l.epoch FROM names n
+            CROSS JOIN LATERAL (SELECT m.name, m.value, m.step, m.epoch FROM metric_points m
+                                WHERE m.job_id = $1 AND m.name = n.name ORDER BY m.step DESC LIMIT 1) l""", job_id)
     if not rows:
         return None
     latest: dict[str, Any] = {r["name"]: r["value"] for r in rows}

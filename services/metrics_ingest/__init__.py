@@ -1,1 +1,2 @@
-"""Metrics ingest: takes the trainer's batches over HTTP, stores them once, and fans them out live."""
+"""Metrics ingest: takes the trainer's batches over HTTP, stores each point once with COPY, acknowledges
+what is committed, and fans stored points out live over NATS."""

@@ -4,21 +4,49 @@ import uuid
 
 from fastapi import APIRouter, Query
 
+from shared.errors import ValidationFailed
+
 from .. import queries
 from ..deps import CurrentUser, PoolDep
-from ..schemas import MetricsPage, PredictionsPage
+from ..schemas import Downsampling, MetricsPage, PredictionsPage
 
 router = APIRouter(prefix="/api/training", tags=["metrics"])
+
+MAX_POINTS = 10_000
+MAX_NAME = 200
 
 
 @router.get("/metrics/{job_id}", response_model=MetricsPage)
 async def get_metrics(job_id: uuid.UUID, user: CurrentUser, pool: PoolDep,
                       epoch: int | None = Query(None, ge=1, description="Only points of this epoch (1-based)."),
-                      limit: int = Query(100, ge=1, le=10000), offset: int = Query(0, ge=0)) -> MetricsPage:
-    """One row per logged step with every value logged at it, oldest first."""
+                      name: list[str] | None = Query(None, description="Only these metrics; repeat to name several."),
+                      max_points: int | None = Query(
+                          None, ge=4, le=MAX_POINTS,
+                          description="Downsample: at most this many points per metric, keeping each curve's "
+                                      "minimum and maximum; all rows come in one page."),
+                      limit: int | None = Query(None, ge=1, le=10000, description="Rows per page (default 100)."),
+                      offset: int | None = Query(None, ge=0, description="Rows to skip (default 0).")
+                      ) -> MetricsPage:
+    """One row per logged step with every value logged at it, oldest first: paged, or downsampled with
+    ``max_points``."""
+    if name is not None:
+        for i, n in enumerate(name):
+            if not 1 <= len(n) <= MAX_NAME or "\x00" in n:
+                raise ValidationFailed(f"name: metric names are 1..{MAX_NAME} characters without NUL",
+                                       field=f"name.{i}")
     await queries.ensure_job_visible(pool, user, str(job_id))
-    total, rows = await queries.metrics_page(pool, str(job_id), epoch=epoch, limit=limit, offset=offset)
-    return MetricsPage(job_id=str(job_id), total_count=total, metrics=rows)
+    if max_points is None:
+        total, rows = await queries.metrics_page(pool, str(job_id), epoch=epoch, limit=limit or 100,
+                                                 offset=offset or 0, names=name)
+        return MetricsPage(job_id=str(job_id), total_count=total, metrics=rows)
+    for param, value in (("limit", limit), ("offset", offset)):
+        if value is not None:
+            raise ValidationFailed(f"{param}: not used with max_points, which returns every row in one page",
+                                   field=param)
+    rows, series = await queries.metrics_downsampled(pool, str(job_id), epoch=epoch, names=name,
+                                                     max_points=max_points)
+    return MetricsPage(job_id=str(job_id), total_count=len(rows), metrics=rows,
+                       downsampling=Downsampling(max_points=max_points, series=series))
 
 
 @router.get("/predictions/{job_id}", response_model=PredictionsPage)
