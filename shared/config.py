@@ -5,6 +5,7 @@ Pydantic-only, so the trainer can import it alone. Validation messages name the 
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
 from typing import Literal
 
@@ -80,6 +81,50 @@ class QuantizationSection(_Strict):
     double_quant: bool = True
 
 
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class RlhfSection(_Strict):
+    """Online RL (``training.method='rlhf'``): the reward comes from a reward model or from an LLM judge."""
+
+    algorithm: Literal["grpo", "rloo"] = "grpo"
+    reward_model: str | None = Field(
+        default=None, description="Hub id or local path of a sequence-classification model with one score."
+    )
+    judge_url: str | None = Field(
+        default=None, description="Base URL of an OpenAI-compatible API (POST {judge_url}/chat/completions)."
+    )
+    judge_model: str | None = Field(default=None, description="Model name the judge endpoint serves.")
+    judge_api_key_env: str | None = Field(
+        default=None, description="Name of the environment variable that holds the judge's API key (never the key)."
+    )
+    num_generations: int = Field(default=4, ge=2, le=64, description="Completions sampled per prompt.")
+    max_completion_length: int = Field(default=64, ge=1, le=8192)
+
+    @field_validator("judge_api_key_env")
+    @classmethod
+    def _env_name(cls, v: str | None) -> str | None:
+        if v is not None and not _ENV_NAME.match(v):
+            raise ValueError(
+                "training.rlhf.judge_api_key_env is the NAME of an environment variable (letters, digits, _), "
+                "e.g. JUDGE_API_KEY; put the key itself in that variable, never in the config"
+            )
+        return v
+
+    @model_validator(mode="after")
+    def _reward_source(self) -> RlhfSection:
+        if self.reward_model and self.judge_url:
+            raise ValueError("set only one of training.rlhf.reward_model and training.rlhf.judge_url")
+        if self.judge_url:
+            if not self.judge_url.startswith(("http://", "https://")):
+                raise ValueError("training.rlhf.judge_url must start with http:// or https://")
+            if not self.judge_model:
+                raise ValueError("training.rlhf.judge_url needs training.rlhf.judge_model (the model it serves)")
+        elif self.judge_model or self.judge_api_key_env:
+            raise ValueError("training.rlhf.judge_model and judge_api_key_env need training.rlhf.judge_url")
+        return self
+
+
 class TrainingSection(_Strict):
     method: Method = Method.SFT
     epochs: float = Field(default=1.0, gt=0, le=1000)
@@ -101,8 +146,14 @@ class TrainingSection(_Strict):
     eval_steps: int | None = Field(default=None, ge=1, description="Evaluate every N steps; else per epoch.")
     save_steps: int | None = Field(default=None, ge=1, description="Checkpoint every N steps; else per epoch.")
     beta: float = Field(default=0.1, gt=0, description="DPO/ORPO preference strength.")
+    padding_free: bool = Field(
+        default=True, description="SFT: concatenate each batch's sequences instead of padding them (others: unused)."
+    )
+    merge_adapter: bool = Field(default=False, description="Also save the base model with the adapter merged in.")
+    gpu_count: int = Field(default=1, ge=1, le=64, description="GPUs of one machine; >1 trains data-parallel.")
     lora: LoraSection = LoraSection()
     quantization: QuantizationSection = QuantizationSection()
+    rlhf: RlhfSection = RlhfSection()
 
     @model_validator(mode="after")
     def _precision(self) -> TrainingSection:
@@ -110,6 +161,10 @@ class TrainingSection(_Strict):
             raise ValueError("training.bf16 and training.fp16 are both true: choose one")
         if self.quantization.bits and not self.lora.enabled:
             raise ValueError("training.quantization.bits needs training.lora.enabled=true (QLoRA trains adapters)")
+        if self.merge_adapter and not self.lora.enabled:
+            raise ValueError(
+                "training.merge_adapter needs training.lora.enabled=true (a full fine-tune is saved as a whole model)"
+            )
         return self
 
 

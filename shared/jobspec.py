@@ -39,8 +39,13 @@ class TrainerResult(BaseModel):
     status: Literal["completed", "failed", "interrupted"]
     error_type: str | None = None
     error_message: str | None = None
+    error_field: str | None = Field(default=None, description="The config field a ConfigRefused error names.")
     traceback: str | None = None
     adapter_path: str | None = None
+    merged_path: str | None = Field(default=None, description="Base model with the adapter merged (safetensors).")
+    checkpoint_path: str | None = Field(
+        default=None, description="The latest checkpoint: a retry's resume_from_checkpoint."
+    )
     output_dir: str | None = None
     final_loss: float | None = None
     final_eval_loss: float | None = None

@@ -56,3 +56,18 @@ def tiny_model_dir(tmp_path_factory) -> str:
     from trainer.tiny_model import build_tiny_model
 
     return build_tiny_model(str(tmp_path_factory.mktemp("tiny-model") / "model"))
+
+
+@pytest.fixture(scope="session")
+def tiny_reward_model_dir(tiny_model_dir, tmp_path_factory) -> str:
+    """A random LlamaForSequenceClassification with one score, saved with the tiny tokenizer."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForSequenceClassification
+
+    config = LlamaConfig.from_pretrained(tiny_model_dir)
+    config.num_labels = 1
+    torch.manual_seed(1)
+    out = str(tmp_path_factory.mktemp("tiny-reward") / "model")
+    LlamaForSequenceClassification(config).save_pretrained(out)
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(out)
+    return out

@@ -2,10 +2,13 @@
 
 * ``adapter/``: the LoRA adapter (``adapter_config.json``, ``adapter_model.safetensors``) and the tokenizer;
   ``model/`` instead when LoRA is disabled (full fine-tune).
-* ``training_args.json``: the SFTConfig the trainer ran with.
+* ``merged/``: with ``training.merge_adapter``, the base model with the adapter merged in (safetensors) and the
+  tokenizer, loadable without peft. The base is loaded unquantized (in the QLoRA compute dtype) for the merge.
+* ``training_args.json``: the TRL config the trainer ran with.
 * ``metadata.json``: see ``build_metadata``.
-* ``result.json``: the TrainerResult, written by ``python -m trainer`` whatever happens.
-* ``checkpoints/``: trainer checkpoints (for ``resume_from_checkpoint``).
+* ``result.json``: the TrainerResult, written by ``python -m trainer`` whatever happens; its ``checkpoint_path``
+  is the latest checkpoint, which a retry passes as ``resume_from_checkpoint``.
+* ``checkpoints/checkpoint-N/``: trainer checkpoints with optimizer, scheduler and RNG state (the last two kept).
 * ``metrics-spool.jsonl``: metric batches not (yet) delivered to ingest.
 """
 
@@ -16,10 +19,12 @@ import json
 import os
 from datetime import UTC, datetime
 
+from shared.config import TrainingConfig
 from shared.jobspec import JobSpec, TrainerResult
 
 ADAPTER_DIR = "adapter"
 FULL_MODEL_DIR = "model"
+MERGED_DIR = "merged"
 TRAINING_ARGS = "training_args.json"
 METADATA = "metadata.json"
 RESULT = "result.json"
@@ -53,6 +58,37 @@ def save_model(trainer, tokenizer, output_dir: str, *, lora: bool) -> str:
     return target
 
 
+def save_merged(config: TrainingConfig, adapter_dir: str, output_dir: str) -> str:
+    """Merge the adapter in ``adapter_dir`` into a fresh copy of the base model; save it as safetensors."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from trainer.modeling import model_dtype
+
+    m = config.model
+    base = AutoModelForCausalLM.from_pretrained(
+        m.base_model, revision=m.revision, trust_remote_code=m.trust_remote_code, dtype=model_dtype(config)
+    )
+    merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
+    target = os.path.join(output_dir, MERGED_DIR)
+    merged.save_pretrained(target, safe_serialization=True)
+    AutoTokenizer.from_pretrained(adapter_dir).save_pretrained(target)
+    return target
+
+
+def latest_checkpoint(output_dir: str) -> str | None:
+    """The ``checkpoints/checkpoint-N`` folder with the highest N that holds a trainer state; None without one."""
+    folder = os.path.join(output_dir, CHECKPOINTS_DIR)
+    best: tuple[int, str] | None = None
+    with contextlib.suppress(FileNotFoundError):
+        for name in os.listdir(folder):
+            path = os.path.join(folder, name)
+            step = name.removeprefix("checkpoint-")
+            if step.isdigit() and os.path.isfile(os.path.join(path, "trainer_state.json")):
+                best = max(best or (-1, ""), (int(step), path))
+    return best[1] if best else None
+
+
 def library_versions() -> dict[str, str]:
     import importlib.metadata as md
 
@@ -63,9 +99,12 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
-def build_metadata(spec: JobSpec, result: TrainerResult, *, target_modules, summary: dict) -> dict:
+def build_metadata(spec: JobSpec, result: TrainerResult, *, target_modules, summary: dict, **extra) -> dict:
+    """What a person or the registry needs to know about the trained model; ``extra`` is added as is."""
     cfg = spec.config
-    lora = cfg.training.lora
+    t = cfg.training
+    lora = t.lora
+    rlhf = t.rlhf.model_dump() if t.method.value == "rlhf" else None
     return {
         "job_id": spec.job_id,
         "attempt": spec.attempt,
@@ -81,7 +120,10 @@ def build_metadata(spec: JobSpec, result: TrainerResult, *, target_modules, summ
             "dropout": lora.dropout,
             "target_modules": target_modules,
         },
-        "quantization_bits": cfg.training.quantization.bits,
+        "quantization_bits": t.quantization.bits,
+        "quantization": t.quantization.model_dump() if t.quantization.bits else None,
+        "max_seq_length": cfg.model.max_seq_length,
+        "rlhf": rlhf,
         "status": result.status,
         "final_loss": result.final_loss,
         "final_eval_loss": result.final_eval_loss,
@@ -90,9 +132,12 @@ def build_metadata(spec: JobSpec, result: TrainerResult, *, target_modules, summ
         "eval_samples": result.eval_samples,
         "training_seconds": result.training_seconds,
         "adapter_path": result.adapter_path,
+        "merged_path": result.merged_path,
+        "checkpoint_path": result.checkpoint_path,
         "train_summary": {k: v for k, v in summary.items() if isinstance(v, int | float)},
         "libraries": library_versions(),
         "finished_at": datetime.now(UTC).isoformat(),
+        **extra,
     }
 
 

@@ -4,13 +4,16 @@ Metric records (one per logged step and kind; train and eval records may share a
 
 * train: ``loss``, ``learning_rate``, ``grad_norm`` and TRL's extras (``entropy``, ``mean_token_accuracy``,
   ``num_tokens``), plus ``samples_per_second`` and ``tokens_per_second`` over the steps since the previous
-  train record, ``tokens_seen`` (non-padding input tokens so far) and memory.
+  train record, ``tokens_seen`` (non-padding input tokens so far), memory and the system metrics of
+  ``trainer.system`` (``system_cpu_percent``, ``system_ram_used_mb``, ``gpu_util_percent``, ``gpu_mem_used_mb``).
+  DPO, ORPO and RLHF add their own TRL values (``rewards/chosen``, ``reward``, ``completions/mean_length``, ...).
 * eval: every ``eval_*`` value the trainer logs (``eval_loss``, ``eval_runtime``, ...) plus memory, prefixed
   ``eval_`` too, so that no metric name appears twice at one step (ingest keys points by job, name, step).
 * memory: ``memory_rss_mb`` (this process), and with CUDA ``gpu_memory_allocated_mb``/``gpu_memory_reserved_mb``.
 
 The trainer's end-of-training summary log (``train_runtime``, ``train_loss``, ...) is not streamed; it is kept
-in ``MetricsCallback.summary`` for ``metadata.json``. Non-finite values are dropped from records.
+in ``MetricsCallback.summary`` for ``metadata.json``. Non-finite values are dropped from records. With several
+processes (``training.gpu_count`` > 1) only the main one reports and predicts.
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ from transformers import TrainerCallback
 from shared.config import PredictionsSection
 from trainer.data import PredictionSample
 from trainer.reporter import MetricsReporter
+from trainer.scoring import score_prediction
+from trainer.system import SystemMonitor
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +64,7 @@ class MetricsCallback(TrainerCallback):
         self._last_time: float | None = None
         self._last_step = 0
         self._last_tokens = 0
+        self._system = SystemMonitor()
 
     def on_train_begin(self, args, state, control, **kwargs):
         self._last_time = time.monotonic()
@@ -67,20 +73,25 @@ class MetricsCallback(TrainerCallback):
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         logs = dict(logs or {})
+        step, epoch = state.global_step, state.epoch
+        is_eval = any(key.startswith("eval_") for key in logs)
+        if is_eval:
+            self.last_eval_step = step  # on every process: the trainer's final evaluation depends on it
+        if not state.is_world_process_zero:
+            return
         if "train_loss" in logs:
             self.summary = logs
             return
-        step, epoch = state.global_step, state.epoch
-        if any(key.startswith("eval_") for key in logs):
+        if is_eval:
             values = {k: v for k, v in logs.items() if k.startswith("eval_")}
             values.update({f"eval_{k}": v for k, v in memory_values().items()})
             self.last_eval_loss = logs.get("eval_loss", self.last_eval_loss)
-            self.last_eval_step = step
             kind = "eval"
         else:
             values = {k: v for k, v in logs.items() if k not in _DROPPED_FROM_TRAIN}
             values.update(self._rates(args, state))
             values.update(memory_values())
+            values.update(self._system.values())
             self.last_loss = logs.get("loss", self.last_loss)
             kind = "train"
         self.reporter.log_metrics(step, epoch, values)
@@ -94,16 +105,19 @@ class MetricsCallback(TrainerCallback):
         self.printer(f"[trainer] {kind} step={step}{total}{epoch_text} {shown}")
 
     def _rates(self, args, state) -> dict[str, float]:
+        """Samples (and, where the trainer counts them, tokens) per second since the previous train record."""
         now = time.monotonic()
         tokens = state.num_input_tokens_seen
-        values: dict[str, float] = {"tokens_seen": float(tokens)}
+        counted = args.include_num_input_tokens_seen not in (False, None, "no")
+        values: dict[str, float] = {"tokens_seen": float(tokens)} if counted else {}
         if self._last_time is not None:
             elapsed = now - self._last_time
             steps = state.global_step - self._last_step
             if elapsed > 0 and steps > 0:
                 samples = steps * args.train_batch_size * args.gradient_accumulation_steps * args.world_size
                 values["samples_per_second"] = samples / elapsed
-                values["tokens_per_second"] = (tokens - self._last_tokens) / elapsed
+                if counted:
+                    values["tokens_per_second"] = (tokens - self._last_tokens) / elapsed
         self._last_time, self._last_step, self._last_tokens = now, state.global_step, tokens
         return values
 
@@ -113,7 +127,8 @@ class PredictionCallback(TrainerCallback):
 
     Frequencies: "epoch" (each epoch end), "eval" (after each evaluation), "steps" (every ``step_interval``
     optimizer steps). When training ends normally and the last step has no predictions yet, one final set is
-    generated. A failing generation is logged and never stops training.
+    generated. Each prediction carries BLEU and ROUGE-L against the expected text (``trainer.scoring``). A failing
+    generation is logged and never stops training.
     """
 
     def __init__(
@@ -155,12 +170,15 @@ class PredictionCallback(TrainerCallback):
     def predict(self, model, state) -> None:
         if not self.samples or model is None or self._stopping() or self.last_step == state.global_step:
             return
+        if not state.is_world_process_zero:
+            return
         self.last_step = state.global_step
         try:
             for index, sample in enumerate(self.samples):
                 generated = generate(model, self.tokenizer, sample.prompt, self.config)
                 self.reporter.log_prediction(
-                    state.global_step, state.epoch, index, sample.prompt, generated, sample.expected
+                    state.global_step, state.epoch, index, sample.prompt, generated, sample.expected,
+                    score_prediction(generated, sample.expected),
                 )
         except Exception as exc:
             log.exception("prediction generation failed")
@@ -201,6 +219,18 @@ def generate(model, tokenizer, prompt: str, config: PredictionsSection) -> str:
     return tokenizer.decode(output[0, input_ids.shape[1]:], skip_special_tokens=True)
 
 
+def _on_any_process(flag: bool, args) -> bool:
+    """``flag`` of any process of a multi-GPU run (so that all stop at the same step); ``flag`` alone otherwise."""
+    if args.world_size <= 1:
+        return flag
+    import torch
+    import torch.distributed as dist
+
+    value = torch.tensor([int(flag)], device=args.device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
+
+
 class StopCallback(TrainerCallback):
     """Stops training after the current optimizer step once ``stop_event`` is set (e.g. by SIGTERM).
 
@@ -212,7 +242,7 @@ class StopCallback(TrainerCallback):
         self.stopped = False
 
     def on_step_end(self, args, state, control, **kwargs):
-        if self.stop_event.is_set() and state.global_step < state.max_steps:
+        if _on_any_process(self.stop_event.is_set(), args) and state.global_step < state.max_steps:
             self.stopped = True
             control.should_training_stop = True
             control.should_log = True

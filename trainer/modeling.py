@@ -5,6 +5,8 @@
 
 from __future__ import annotations
 
+import os
+
 from shared.config import LoraSection, TrainingConfig
 
 #: Attention projection names by architecture family, most specific first; the first family whose
@@ -42,40 +44,52 @@ def _dtype(name: str):
     return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[name]
 
 
-def load_model(config: TrainingConfig):
-    """The base causal LM; quantized through bitsandbytes when ``training.quantization.bits`` is set."""
+def model_dtype(config: TrainingConfig):
+    """The dtype the base weights load in: the quantization compute dtype, else bf16/fp16 when set, else fp32."""
     import torch
+
+    t = config.training
+    if t.quantization.bits:
+        return _dtype(t.quantization.compute_dtype)
+    return torch.bfloat16 if t.bf16 else torch.float16 if t.fp16 else torch.float32
+
+
+def quantization_config(config: TrainingConfig):
+    """The BitsAndBytesConfig for ``training.quantization``; None when it is off."""
+    q = config.training.quantization
+    if not q.bits:
+        return None
+    from transformers import BitsAndBytesConfig
+
+    if q.bits == 4:
+        return BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type=q.quant_type,
+            bnb_4bit_compute_dtype=_dtype(q.compute_dtype),
+            bnb_4bit_use_double_quant=q.double_quant,
+        )
+    return BitsAndBytesConfig(load_in_8bit=True)
+
+
+def load_model(config: TrainingConfig, *, attn_implementation: str | None = None):
+    """The base causal LM; quantized through bitsandbytes when ``training.quantization.bits`` is set.
+
+    Quantized models load on this process's CUDA device (``LOCAL_RANK``), or on the CPU without one
+    (bitsandbytes >= 0.48 runs 4-bit and 8-bit layers there). ``attn_implementation`` is passed through (None: the
+    transformers default).
+    """
     from transformers import AutoModelForCausalLM
 
     m, t = config.model, config.training
-    kwargs: dict = {"revision": m.revision, "trust_remote_code": m.trust_remote_code}
-    if t.bf16:
-        kwargs["dtype"] = torch.bfloat16
-    elif t.fp16:
-        kwargs["dtype"] = torch.float16
-    else:
-        kwargs["dtype"] = torch.float32
-    q = t.quantization
-    if q.bits:
-        if not cuda_available():
-            raise RuntimeError(
-                f"training.quantization.bits={q.bits} needs a CUDA GPU (bitsandbytes); unset it to train on CPU"
-            )
-        from transformers import BitsAndBytesConfig
-
-        if q.bits == 4:
-            kwargs["quantization_config"] = BitsAndBytesConfig(
-                load_in_4bit=True,
-                bnb_4bit_quant_type=q.quant_type,
-                bnb_4bit_compute_dtype=_dtype(q.compute_dtype),
-                bnb_4bit_use_double_quant=q.double_quant,
-            )
-        else:
-            kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
-        kwargs["dtype"] = _dtype(q.compute_dtype)
-        kwargs["device_map"] = {"": torch.cuda.current_device()}
+    kwargs: dict = {"revision": m.revision, "trust_remote_code": m.trust_remote_code, "dtype": model_dtype(config)}
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    quantization = quantization_config(config)
+    if quantization is not None:
+        kwargs["quantization_config"] = quantization
+        kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", "0")) if cuda_available() else "cpu"}
     model = AutoModelForCausalLM.from_pretrained(m.base_model, **kwargs)
-    if q.bits:
+    if quantization is not None:
         from peft import prepare_model_for_kbit_training
 
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=t.gradient_checkpointing)
@@ -115,3 +129,14 @@ def build_lora_config(lora: LoraSection, model):
         bias=lora.bias,
         task_type="CAUSAL_LM",
     )
+
+
+def model_skeleton(config: TrainingConfig):
+    """The base model's module tree on the meta device, from its config alone: no weights are read or allocated."""
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    m = config.model
+    model_config = AutoConfig.from_pretrained(m.base_model, revision=m.revision, trust_remote_code=m.trust_remote_code)
+    with init_empty_weights(include_buffers=True):
+        return AutoModelForCausalLM.from_config(model_config, trust_remote_code=m.trust_remote_code)

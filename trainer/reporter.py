@@ -5,7 +5,9 @@ Protocol: ``POST {ingest_url}/v1/jobs/{job_id}/batches`` with ``Authorization: B
     {"batch_id": "<uuid4>",
      "metrics": [{"step": 10, "epoch": 0.5, "values": {"loss": 1.2}, "recorded_at": "2025-01-01T00:00:00+00:00"}],
      "predictions": [{"step": 10, "epoch": 0.5, "sample_index": 0, "prompt": "...", "generated": "...",
-                      "expected": "..."}]}
+                      "expected": "...", "scores": {"bleu": 12.3, "rouge_l": 0.41}}]}
+
+``scores`` rate ``generated`` against ``expected`` (see ``trainer.scoring``); ``{}`` when none were computed.
 
 A batch holds at most ``max_batch`` records and keeps its ``batch_id`` for ever, so ingest can drop replays it
 has already stored. Any 2xx answer means stored.
@@ -227,7 +229,14 @@ class MetricsReporter:
         self._add("metrics", record)
 
     def log_prediction(
-        self, step: int, epoch: float | None, sample_index: int, prompt: str, generated: str, expected: str
+        self,
+        step: int,
+        epoch: float | None,
+        sample_index: int,
+        prompt: str,
+        generated: str,
+        expected: str,
+        scores: dict[str, float] | None = None,
     ) -> None:
         record = {
             "step": int(step),
@@ -236,6 +245,7 @@ class MetricsReporter:
             "prompt": prompt,
             "generated": generated,
             "expected": expected,
+            "scores": clean_values(scores or {}),
         }
         self._add("predictions", record)
 

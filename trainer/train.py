@@ -1,8 +1,14 @@
-"""Run one job: LoRA SFT with TRL on the JobSpec's data, streaming metrics, saving the adapter.
+"""Run one job: SFT, DPO, ORPO or online RL with TRL on the JobSpec's data, streaming metrics, saving the adapter.
 
-``run(spec)`` returns a TrainerResult with status "completed" or "interrupted" (``stop_event`` set, e.g. by
-SIGTERM: training stops after the current step and checkpoints) and raises on failure; ``python -m trainer``
-turns every outcome into ``result.json``.
+``run(spec)`` first refuses what cannot run (``trainer.validate.check_spec`` raises ConfigRefused before any
+weights load), then trains and returns a TrainerResult with status "completed" or "interrupted" (``stop_event``
+set, e.g. by SIGTERM: training stops after the current step and checkpoints). It raises on failure;
+``python -m trainer`` turns every outcome into ``result.json``.
+
+Resuming: ``spec.resume_from_checkpoint`` is a ``checkpoint-N`` folder (of this or an earlier attempt) or
+"latest" (the newest checkpoint in ``spec.output_dir``; a fresh start when there is none). Training continues at
+step N + 1 with the optimizer, scheduler, RNG and data order of the checkpoint, so metric steps follow on from
+those the checkpointed run reported.
 """
 
 from __future__ import annotations
@@ -12,10 +18,11 @@ import threading
 import time
 from collections.abc import Callable
 
-from shared.config import METHOD_FORMATS, DataFormat, Method
+from shared.config import Method
 from shared.jobspec import JobSpec, TrainerResult
 from trainer import artifacts
 from trainer.reporter import MetricsReporter
+from trainer.validate import check_spec
 
 
 def _quiet_libraries() -> None:
@@ -27,76 +34,16 @@ def _quiet_libraries() -> None:
     transformers.utils.logging.disable_progress_bar()
 
 
-def check_method(spec: JobSpec) -> None:
-    """Raise when the method is not implemented or cannot train on the data set's format."""
-    method = spec.config.training.method
-    if method is not Method.SFT:
-        raise NotImplementedError(
-            f"training.method={method.value!r} is not implemented by this trainer yet; use training.method='sft'"
-        )
-    fmt = DataFormat(spec.dataset_format)
-    if fmt not in METHOD_FORMATS[method]:
-        allowed = ", ".join(sorted(f.value for f in METHOD_FORMATS[method]))
-        raise ValueError(f"training.method={method.value!r} cannot train on {fmt.value!r} data (use {allowed})")
-
-
-def build_sft_config(spec: JobSpec, *, has_eval: bool, cuda: bool, printer: Callable[[str], None] = print):
-    """Map the TrainingConfig onto TRL's SFTConfig."""
-    from trl import SFTConfig
-
-    t = spec.config.training
-    optim = t.optimizer
-    if optim.startswith("paged_") and not cuda:
-        printer(f"[trainer] training.optimizer={optim!r} needs CUDA; using 'adamw_torch' on CPU")
-        optim = "adamw_torch"
-    kwargs: dict = {}
-    if has_eval and t.eval_steps:
-        kwargs.update(eval_strategy="steps", eval_steps=t.eval_steps)
-    else:
-        kwargs["eval_strategy"] = "epoch" if has_eval else "no"
-    if t.save_steps:
-        kwargs.update(save_strategy="steps", save_steps=t.save_steps)
-    else:
-        kwargs["save_strategy"] = "epoch"
-    return SFTConfig(
-        output_dir=os.path.join(spec.output_dir, artifacts.CHECKPOINTS_DIR),
-        run_name=spec.job_id,
-        num_train_epochs=t.epochs,
-        max_steps=t.max_steps or -1,
-        per_device_train_batch_size=t.batch_size,
-        per_device_eval_batch_size=t.batch_size,
-        gradient_accumulation_steps=t.gradient_accumulation_steps,
-        learning_rate=t.learning_rate,
-        lr_scheduler_type=t.lr_scheduler,
-        warmup_steps=t.warmup_steps if t.warmup_steps > 0 else t.warmup_ratio,
-        weight_decay=t.weight_decay,
-        optim=optim,
-        max_grad_norm=t.max_grad_norm,
-        activation_checkpointing=t.gradient_checkpointing,
-        bf16=t.bf16,
-        fp16=t.fp16,
-        seed=t.seed,
-        data_seed=t.seed,
-        logging_strategy="steps",
-        logging_steps=t.logging_steps,
-        logging_first_step=True,
-        save_total_limit=2,
-        max_length=spec.config.model.max_seq_length,
-        report_to="none",
-        use_cpu=not cuda,
-        disable_tqdm=True,
-        include_num_input_tokens_seen="non_padding",
-        dataloader_num_workers=0,
-        **kwargs,
-    )
-
-
-def _resume_arg(spec: JobSpec) -> str | bool | None:
+def resume_checkpoint(spec: JobSpec) -> str | None:
+    """The checkpoint folder to resume from, or None to start at step 0."""
     value = spec.resume_from_checkpoint
     if value in ("latest", "auto"):
-        folder = os.path.join(spec.output_dir, artifacts.CHECKPOINTS_DIR)
-        return True if os.path.isdir(folder) and any(n.startswith("checkpoint-") for n in os.listdir(folder)) else None
+        return artifacts.latest_checkpoint(spec.output_dir)
     return value or None
+
+
+def is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def run(
@@ -109,9 +56,9 @@ def run(
     """Train ``spec`` and save its artifacts into ``spec.output_dir`` (see ``trainer.artifacts``).
 
     Without ``reporter`` one is made from the spec (spooling to ``{output_dir}/metrics-spool.jsonl``) and closed
-    at the end. Raises NotImplementedError for methods other than "sft".
+    at the end. Raises ConfigRefused for a configuration that cannot run here.
     """
-    check_method(spec)
+    check_spec(spec)
     os.makedirs(spec.output_dir, exist_ok=True)
     own_reporter = reporter is None
     if reporter is None:
@@ -127,47 +74,47 @@ def run(
 def _run(
     spec: JobSpec, reporter: MetricsReporter, stop_event: threading.Event, printer: Callable[[str], None]
 ) -> TrainerResult:
+    import torch
     from transformers import PrinterCallback
-    from trl import SFTTrainer
 
+    from trainer.attention import padding_free_attention
     from trainer.callbacks import MetricsCallback, PredictionCallback, StopCallback
-    from trainer.data import prepare_sft_data
-    from trainer.modeling import build_lora_config, cuda_available, load_model, load_tokenizer
+    from trainer.data import prepare_data
+    from trainer.methods import build_trainer, uses_padding_free
+    from trainer.modeling import build_lora_config, cuda_available, load_model, load_tokenizer, model_dtype
 
     _quiet_libraries()
     cfg, t = spec.config, spec.config.training
-    printer(f"[trainer] job {spec.job_id}: loading {cfg.model.base_model}")
+    cuda = cuda_available()
+    printer(f"[trainer] job {spec.job_id}: {t.method.value} on {cfg.model.base_model}")
     tokenizer = load_tokenizer(cfg)
-    data = prepare_sft_data(spec, tokenizer)
+    data = prepare_data(spec, tokenizer)
     printer(f"[trainer] data: {data.train_count} train rows, {data.eval_count} eval rows ({data.format.value})")
-    model = load_model(cfg)
+    if data.dropped:
+        printer(f"[trainer] {data.dropped} rows dropped: their prompts leave no room for "
+                f"training.rlhf.max_completion_length tokens within model.max_seq_length")
+    attention = None
+    if uses_padding_free(spec):
+        attention = padding_free_attention(cuda=cuda, half_precision=model_dtype(cfg) != torch.float32)
+        printer(f"[trainer] padding-free batches (attention: {attention})")
+    model = load_model(cfg, attn_implementation=attention)
     peft_config = build_lora_config(t.lora, model) if t.lora.enabled else None
     target_modules = None
     if peft_config is not None:
         tm = peft_config.target_modules
         target_modules = tm if isinstance(tm, str) else sorted(tm)
         printer(f"[trainer] LoRA r={t.lora.r} alpha={t.lora.alpha} target_modules={target_modules}")
-    cuda = cuda_available()
-    args = build_sft_config(spec, has_eval=data.eval is not None, cuda=cuda, printer=printer)
 
     metrics_cb = MetricsCallback(reporter, printer)
     stop_cb = StopCallback(stop_event)
     predictions_cb = PredictionCallback(reporter, tokenizer, data.samples, cfg.predictions, stop_event, printer)
-    trainer = SFTTrainer(
-        model=model,
-        args=args,
-        train_dataset=data.train,
-        eval_dataset=data.eval,
-        processing_class=tokenizer,
-        peft_config=peft_config,
-        callbacks=[metrics_cb, stop_cb, predictions_cb],
-    )
+    trainer = build_trainer(spec, model=model, tokenizer=tokenizer, data=data, peft_config=peft_config,
+                            callbacks=[metrics_cb, stop_cb, predictions_cb], cuda=cuda, printer=printer)
     trainer.remove_callback(PrinterCallback)
 
-    def result(status: str, seconds: float, adapter_path: str | None = None) -> TrainerResult:
+    def result(status: str, seconds: float, **paths) -> TrainerResult:
         return TrainerResult(
             status=status,
-            adapter_path=adapter_path,
             output_dir=spec.output_dir,
             final_loss=metrics_cb.last_loss,
             final_eval_loss=metrics_cb.last_eval_loss,
@@ -175,26 +122,48 @@ def _run(
             train_samples=data.train_count,
             eval_samples=data.eval_count,
             training_seconds=round(seconds, 3),
+            checkpoint_path=artifacts.latest_checkpoint(spec.output_dir),
+            **paths,
         )
 
     if stop_event.is_set():
         printer("[trainer] stop requested before training started")
         return result("interrupted", 0.0)
+    resume = resume_checkpoint(spec)
+    if resume:
+        printer(f"[trainer] resuming from {resume}")
+    elif spec.resume_from_checkpoint:
+        printer(f"[trainer] no checkpoint in {spec.output_dir} yet: starting at step 0")
     printer(f"[trainer] training on {'cuda' if cuda else 'cpu'}")
     started = time.monotonic()
-    trainer.train(resume_from_checkpoint=_resume_arg(spec))
+    trainer.train(resume_from_checkpoint=resume)
     seconds = time.monotonic() - started
     if stop_cb.stopped:
         printer(f"[trainer] stopped at step {trainer.state.global_step} on request; checkpoint saved")
         return result("interrupted", seconds)
     if data.eval is not None and metrics_cb.last_eval_step != trainer.state.global_step and not stop_event.is_set():
         trainer.evaluate()
+    if not trainer.is_world_process_zero():
+        return result("completed", seconds)
     adapter_path = artifacts.save_model(trainer, tokenizer, spec.output_dir, lora=peft_config is not None)
-    done = result("completed", seconds, adapter_path)
-    metadata = artifacts.build_metadata(spec, done, target_modules=target_modules, summary=metrics_cb.summary)
+    merged_path = None
+    if t.merge_adapter:
+        merged_path = artifacts.save_merged(cfg, adapter_path, spec.output_dir)
+        printer(f"[trainer] merged model saved to {merged_path}")
+    done = result("completed", seconds, adapter_path=adapter_path, merged_path=merged_path)
+    metadata = artifacts.build_metadata(
+        spec, done, target_modules=target_modules, summary=metrics_cb.summary, resumed_from=resume,
+        attention=attention, padding_free=attention is not None,
+        rlhf_reward=_reward_kind(spec) if t.method is Method.RLHF else None,
+    )
     artifacts.write_metadata(spec.output_dir, metadata)
     printer(
         f"[trainer] completed: step={done.global_step} loss={done.final_loss} eval_loss={done.final_eval_loss} "
         f"saved to {adapter_path}"
     )
     return done
+
+
+def _reward_kind(spec: JobSpec) -> str:
+    r = spec.config.training.rlhf
+    return f"reward_model:{r.reward_model}" if r.reward_model else f"judge:{r.judge_model}"

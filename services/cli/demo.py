@@ -98,12 +98,12 @@ def _wait_for_model(client: httpx.Client, job_id: str, timeout: float = 60.0) ->
 
 def _ask(model: dict, row: dict, console: Console) -> None:
     from trainer.data import render_instruction_prompt
-    from trainer.inference import generate_with_adapter
+    from trainer.inference import answer_with_adapter
 
     question = f"{row['instruction']} {row.get('input', '')}".strip()
     with console.status("loading the registered model to ask it…"):
-        answer = generate_with_adapter(model["base_model"], model["adapter_path"], render_instruction_prompt(row),
-                                       max_new_tokens=12)
+        answer = answer_with_adapter(model["base_model"], model["adapter_path"],
+                                     lambda tokenizer: render_instruction_prompt(row, tokenizer), max_new_tokens=12)
     console.print(f"[bold]Q:[/] {question}\n[bold]A:[/] [bold cyan]{answer.strip()}[/] "
                   f"(the data set says {row['output']})")
 

@@ -90,6 +90,37 @@ def tiny_model(out_dir: Path = typer.Argument(..., help="Folder to write the mod
 
 
 @app.command()
+def preflight(config_file: Path = typer.Argument(..., help="A TrainingConfig as JSON."),
+              data_file: Path = typer.Argument(..., help="The JSONL data set."),
+              steps: int = typer.Option(3, help="Steps to train on the tiny copy of the model.")) -> None:
+    """Dry-run a configuration for a few steps on a tiny random model with the base model's architecture
+    and tokenizer, on this CPU: data, template and config errors show in seconds."""
+    import tempfile
+
+    from pydantic import ValidationError
+
+    from shared.config import TrainingConfig
+    from shared.dataformats import DatasetError, validate_file
+    from trainer.preflight import run_preflight
+
+    try:
+        config = TrainingConfig.model_validate_json(config_file.read_text())
+        fmt = validate_file(str(data_file), config.data.format).format
+    except (ValidationError, DatasetError, OSError) as exc:
+        console.print(f"[red]refused:[/] {exc}")
+        raise typer.Exit(1) from None
+    with tempfile.TemporaryDirectory(prefix="tunefleet-preflight-") as work:
+        report = run_preflight(config, str(data_file), fmt, steps=steps, work_dir=work,
+                               printer=lambda line: console.print(line, highlight=False))
+    if report.ok:
+        console.print(f"[green]preflight ok[/]: {report.steps} steps of {report.method}, loss {report.final_loss}, "
+                      f"{report.timings.get('total', 0):.1f}s")
+        return
+    console.print(f"[red]preflight failed[/] ({report.error_type}, field {report.error_field}): {report.error_message}")
+    raise typer.Exit(1)
+
+
+@app.command()
 def demo(steps: int = typer.Option(120, help="Training steps."),
          keep_running: bool = typer.Option(False, help="Leave the stack up at the end until Ctrl-C.")) -> None:
     """Build a tiny model and data, start the stack, train on `local`, follow it, and ask the model."""

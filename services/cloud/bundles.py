@@ -39,7 +39,7 @@ def write_remote_bundle(settings: Settings, cmd: ProvisionJob, *, ingest_token: 
     shutil.copyfile(cmd.dataset_path, folder / "data.jsonl")
     spec = JobSpec(job_id=cmd.job_id, attempt=cmd.attempt, config=cmd.config, dataset_path="data.jsonl",
                    dataset_format=cmd.dataset_format, output_dir="output", ingest_url=settings.ingest_url,
-                   ingest_token=ingest_token, resume_from_checkpoint=cmd.resume_from_checkpoint)
+                   ingest_token=ingest_token)  # checkpoints stay on the lost machine: a new attempt starts afresh
     fd = os.open(folder / "spec.json", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         f.write(spec.model_dump_json(indent=2))

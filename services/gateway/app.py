@@ -15,7 +15,19 @@ from shared.settings import Settings
 
 from .deploying import run_relay
 from .errors import install_error_handlers
-from .routes import bundles, configurations, datasets, deploy, events, health, jobs, metrics, models, secrets
+from .routes import (
+    bundles,
+    configurations,
+    datasets,
+    deploy,
+    events,
+    health,
+    jobs,
+    metrics,
+    models,
+    preflight,
+    secrets,
+)
 from .tracing import install_tracing
 
 
@@ -40,6 +52,7 @@ def create_app(settings: Settings, tracer_provider: TracerProvider | None = None
                               "'Authorization: Bearer <api key>'.")
     install_error_handlers(app)
     install_tracing(app, tracer_provider)
-    for module in (health, configurations, datasets, deploy, jobs, events, metrics, models, secrets, bundles):
+    for module in (health, configurations, datasets, preflight, deploy, jobs, events, metrics, models, secrets,
+                   bundles):
         app.include_router(module.router)
     return app

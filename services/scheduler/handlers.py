@@ -53,11 +53,14 @@ async def _announce(t: Transition, *, jobs: JobRepository, bus: Publisher) -> No
 
 
 async def _provision(job_id: str, *, jobs: JobRepository, bus: Publisher) -> None:
+    """Command the provider; a later attempt resumes from the checkpoint the last one reported, if any."""
     job = await jobs.get(job_id)
+    resume = (job["result"] or {}).get("checkpoint_path") if job["attempt"] > 1 else None
     await bus.publish(ProvisionJob(
         event_id=derived_id(job_id, "provision", job["attempt"]), job_id=job_id, provider=job["provider"],
         user_id=job["user_id"], attempt=job["attempt"], config=job["config"], dataset_path=job["dataset_path"],
         dataset_format=job["dataset_format"], provider_options=job["provider_options"],
+        resume_from_checkpoint=resume,
     ))
 
 

@@ -133,7 +133,8 @@ async def test_preempted_job_is_queued_again_with_a_new_attempt(migrated, pool, 
         await wait_status(pool, job_id, "queued")
         await publish(broker, report(job_id, WorkloadPhase.RUNNING))
         await wait_status(pool, job_id, "running")
-        await publish(broker, report(job_id, WorkloadPhase.PREEMPTED, message="spot reclaimed"))
+        checkpoint = TrainerResult(status="interrupted", checkpoint_path="/ckpt/checkpoint-6", global_step=6)
+        await publish(broker, report(job_id, WorkloadPhase.PREEMPTED, message="spot reclaimed", result=checkpoint))
         _, second = await recorder.wait_for(
             lambda m: m[0] == subjects.provision("local") and m[1]["attempt"] == 2)
         # A late report from the first attempt is ignored.
@@ -144,6 +145,7 @@ async def test_preempted_job_is_queued_again_with_a_new_attempt(migrated, pool, 
         await broker.stop()
     assert await statuses(pool, job_id) == ["queued", "running", "preempted", "queued", "running"]
     assert second["job_id"] == job_id
+    assert second["resume_from_checkpoint"] == "/ckpt/checkpoint-6"  # the next attempt resumes, not restarts
 
 
 async def test_job_that_reaches_its_budget_is_stopped(migrated, pool, recorder, nats_url):

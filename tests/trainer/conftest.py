@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import socket
 import threading
 import time
@@ -95,6 +96,15 @@ class Collector:
 
 
 @pytest.fixture
+def restore_signals():
+    """``trainer.__main__.main`` installs SIGTERM/SIGINT handlers; put pytest's back afterwards."""
+    saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    yield
+    for s, handler in saved.items():
+        signal.signal(s, handler)
+
+
+@pytest.fixture
 def collector():
     c = Collector().start()
     yield c
@@ -125,11 +135,13 @@ def write_spec(tmp_path: Path, tiny_model_dir: str):
         training: dict | None = None,
         predictions: dict | None = None,
         data: dict | None = None,
+        model: dict | None = None,
+        spec: dict | None = None,
     ) -> Path:
         dataset = write_sample_dataset(str(tmp_path / f"data-{fmt}.jsonl"), rows=rows, fmt=fmt)
         config = {
             "name": "tiny",
-            "model": {"base_model": tiny_model_dir, "max_seq_length": 128},
+            "model": {"base_model": tiny_model_dir, "max_seq_length": 128, **(model or {})},
             "data": {"train_path": dataset, "eval_split": 0.2, **(data or {})},
             "training": {
                 "max_steps": 20,
@@ -140,7 +152,7 @@ def write_spec(tmp_path: Path, tiny_model_dir: str):
             },
             "predictions": {"sample_count": 2, "max_new_tokens": 8, "temperature": 0.0, **(predictions or {})},
         }
-        spec = {
+        document = {
             "job_id": job_id,
             "config": config,
             "dataset_path": dataset,
@@ -148,9 +160,74 @@ def write_spec(tmp_path: Path, tiny_model_dir: str):
             "output_dir": str(tmp_path / "out"),
             "ingest_url": ingest_url,
             "ingest_token": token,
+            **(spec or {}),
         }
         path = tmp_path / "spec.json"
-        path.write_text(json.dumps(spec))
+        path.write_text(json.dumps(document))
         return path
 
     return make
+
+
+@pytest.fixture
+def make_spec(write_spec):
+    """``write_spec`` read back as a JobSpec."""
+    from shared.jobspec import JobSpec
+
+    def make(**kwargs):
+        return JobSpec.read(str(write_spec(**kwargs)))
+
+    return make
+
+
+class Judge:
+    """An OpenAI-compatible chat-completions endpoint that grades every answer 7, for requests with the key."""
+
+    def __init__(self, key: str):
+        self.key = key
+        self.lock = threading.Lock()
+        self.requests: list[dict] = []
+        self.refused = 0
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def _handler(self):
+        judge = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
+                authorized = self.headers.get("Authorization") == f"Bearer {judge.key}"
+                with judge.lock:
+                    if authorized and self.path == "/v1/chat/completions":
+                        judge.requests.append(body)
+                    else:
+                        judge.refused += 1
+                if self.path != "/v1/chat/completions":
+                    status, answer = 404, {"error": {"message": "not found"}}
+                elif not authorized:
+                    status, answer = 401, {"error": {"message": "invalid api key"}}
+                else:
+                    status = 200
+                    answer = {"choices": [{"index": 0, "message": {"role": "assistant", "content": "7"}}]}
+                payload = json.dumps(answer).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def log_message(self, *args):
+                pass
+
+        return Handler
+
+
+@pytest.fixture
+def judge():
+    j = Judge("sk-judge-test-5f4e3d2c1b")
+    j.thread.start()
+    yield j
+    j.server.shutdown()
+    j.server.server_close()

@@ -53,16 +53,17 @@ def test_training_end_to_end(collector, write_spec, tiny_model_dir):
     losses = [m["values"]["loss"] for m in train]
     assert statistics.fmean(losses[-5:]) < statistics.fmean(losses[:5])
     for m in train:
-        assert {"learning_rate", "grad_norm", "samples_per_second", "tokens_per_second", "memory_rss_mb"} <= set(
-            m["values"]
-        )
+        assert {"learning_rate", "grad_norm", "samples_per_second", "tokens_per_second", "memory_rss_mb",
+                "system_cpu_percent", "system_ram_used_mb"} <= set(m["values"])
         assert 0 < m["epoch"] < 3
     assert all(name.startswith("eval_") for m in evals for name in m["values"])
 
     predictions = collector.predictions()
     assert sorted((p["step"], p["sample_index"]) for p in predictions) == [(10, 0), (10, 1), (20, 0), (20, 1)]
-    assert all(p["prompt"].startswith("### Instruction:") and p["expected"] for p in predictions)
-    assert all(isinstance(p["generated"], str) for p in predictions)
+    assert all(p["prompt"].startswith("<|user|>\n") and p["prompt"].endswith("<|assistant|>\n") for p in predictions)
+    assert all(p["expected"] and isinstance(p["generated"], str) for p in predictions)
+    assert all(set(p["scores"]) == {"bleu", "rouge_l"} for p in predictions)
+    assert all(0 <= p["scores"]["bleu"] <= 100 and 0 <= p["scores"]["rouge_l"] <= 1 for p in predictions)
 
     out = Path(JobSpec.read(str(spec)).output_dir)
     result = _result(spec)
@@ -71,6 +72,7 @@ def test_training_end_to_end(collector, write_spec, tiny_model_dir):
     assert result.final_loss == losses[-1]
     assert result.final_eval_loss == evals[-1]["values"]["eval_loss"]
     assert result.adapter_path == str(out / "adapter")
+    assert result.checkpoint_path == str(out / "checkpoints" / "checkpoint-20")
     for name in ("adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "tokenizer_config.json"):
         assert (out / "adapter" / name).is_file(), name
     training_args = json.loads((out / "training_args.json").read_text())
@@ -92,7 +94,7 @@ def test_training_end_to_end(collector, write_spec, tiny_model_dir):
     lora_b = [p for n, p in tuned.named_parameters() if "lora_B" in n]
     assert lora_b and any(p.abs().sum() > 0 for p in lora_b)
     tokenizer = AutoTokenizer.from_pretrained(str(out / "adapter"))
-    ids = tokenizer("### Instruction:\nWhat is the capital of Peru?\n\n### Response:\n", return_tensors="pt")
+    ids = tokenizer("<|user|>\nWhat is the capital of Peru?\n<|assistant|>\n", return_tensors="pt")
     with torch.no_grad():
         generated = tuned.generate(**ids, max_new_tokens=3, do_sample=False)
     assert generated.shape[1] > ids.input_ids.shape[1]
@@ -119,20 +121,23 @@ def test_sigterm_stops_gracefully(collector, write_spec):
     assert 1 <= result.global_step < 100_000
     out = Path(result.output_dir)
     assert (out / "checkpoints" / f"checkpoint-{result.global_step}").is_dir()
+    assert result.checkpoint_path == str(out / "checkpoints" / f"checkpoint-{result.global_step}")
     assert not (out / "adapter").exists()
     steps = {m["step"] for m in collector.metrics() if "loss" in m["values"]}
     assert result.global_step in steps
 
 
-def test_failures_are_written_to_result_json(write_spec, tmp_path):
-    spec = write_spec(fmt="preference", training={"method": "dpo"})
+def test_refused_configs_are_written_to_result_json(write_spec, tmp_path):
+    spec = write_spec(fmt="instruction", training={"method": "dpo"})
     proc = subprocess.run(_command(spec), cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1
     result = _result(spec)
     assert result.status == "failed"
-    assert result.error_type == "NotImplementedError"
-    assert "training.method='dpo'" in result.error_message
+    assert (result.error_type, result.error_field) == ("ConfigRefused", "training.method")
+    assert "training.method='dpo'" in result.error_message and "preference data" in result.error_message
     assert "Traceback" in result.traceback
+    assert "[trainer] failed: ConfigRefused" in proc.stdout
+    assert not (Path(result.output_dir) / "checkpoints").exists()
 
 
 def test_unreadable_spec_exits_1(tmp_path):

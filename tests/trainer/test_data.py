@@ -6,14 +6,15 @@ import pytest
 from datasets import Dataset
 from transformers import AutoTokenizer
 
-from shared.config import DataFormat
+from shared.config import DataFormat, Method
 from shared.dataformats import DatasetError
 from shared.jobspec import JobSpec
 from trainer.data import (
     eval_size,
     load_rows,
     prediction_sample,
-    prepare_sft_data,
+    prepare_data,
+    render_row,
     render_sft,
     split_rows,
 )
@@ -24,19 +25,20 @@ def tokenizer(tiny_model_dir):
     return AutoTokenizer.from_pretrained(tiny_model_dir)
 
 
-def _spec(tmp_path, rows: list[dict], fmt: str, **data) -> JobSpec:
+def _spec(tmp_path, rows: list[dict], fmt: str, method: str = "sft", **data) -> JobSpec:
     path = tmp_path / "d.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    training = {"method": method, "rlhf": {"reward_model": "rm"} if method == "rlhf" else {}}
     return JobSpec.model_validate({
         "job_id": "j",
-        "config": {"model": {"base_model": "m"}, "data": {"train_path": str(path), **data}},
+        "config": {"model": {"base_model": "m"}, "data": {"train_path": str(path), **data}, "training": training},
         "dataset_path": str(path),
         "dataset_format": fmt,
         "output_dir": str(tmp_path / "out"),
     })
 
 
-def test_instruction_rendering_with_and_without_input():
+def test_instruction_rendering_without_a_chat_template_uses_the_plain_one():
     with_input = render_sft({"instruction": "Name the capital.", "input": "France", "output": "Paris"},
                             DataFormat.INSTRUCTION)
     assert with_input == {
@@ -48,6 +50,88 @@ def test_instruction_rendering_with_and_without_input():
             "prompt": "### Instruction:\nSay hi.\n\n### Response:\n",
             "completion": "hi",
         }
+
+
+def test_instruction_rendering_uses_the_chat_template(tokenizer):
+    with_input = render_sft({"instruction": "Name the capital.", "input": "France", "output": "Paris"},
+                            DataFormat.INSTRUCTION, tokenizer)
+    assert with_input == {"prompt": "<|user|>\nName the capital.\n\nFrance\n<|assistant|>\n", "completion": "Paris"}
+    without = render_sft({"instruction": "Say hi.", "input": " ", "output": "hi"}, DataFormat.INSTRUCTION, tokenizer)
+    assert without["prompt"] == "<|user|>\nSay hi.\n<|assistant|>\n"
+
+
+def test_preference_rows_for_dpo_and_rlhf(tokenizer):
+    row = {"prompt": "Capital of Peru?", "chosen": "Lima", "rejected": "Quito"}
+    assert render_row(row, DataFormat.PREFERENCE, Method.DPO, tokenizer) == {
+        "prompt": "<|user|>\nCapital of Peru?\n<|assistant|>\n", "chosen": "Lima", "rejected": "Quito"
+    }
+    assert render_row(row, DataFormat.PREFERENCE, Method.ORPO, None)["prompt"] == (
+        "### User:\nCapital of Peru?\n\n### Assistant:\n"
+    )
+    assert render_row(row, DataFormat.PREFERENCE, Method.RLHF, tokenizer) == {
+        "prompt": "<|user|>\nCapital of Peru?\n<|assistant|>\n", "reference": "Lima"
+    }
+    sample = prediction_sample(row, DataFormat.PREFERENCE, tokenizer)
+    assert (sample.prompt, sample.expected) == ("<|user|>\nCapital of Peru?\n<|assistant|>\n", "Lima")
+
+
+@pytest.mark.parametrize(("method", "fmt", "columns"), [
+    ("dpo", "preference", ["prompt", "chosen", "rejected"]),
+    ("orpo", "preference", ["prompt", "chosen", "rejected"]),
+    ("rlhf", "chat", ["prompt", "reference"]),
+    ("rlhf", "instruction", ["prompt", "reference"]),
+])
+def test_prepare_data_columns_by_method(tmp_path, tokenizer, method, fmt, columns):
+    from trainer.tiny_model import sample_rows
+
+    data = prepare_data(_spec(tmp_path, sample_rows(10, fmt), fmt, method, eval_split=0.2), tokenizer)
+    assert data.train.column_names == columns and data.eval.column_names == columns
+    assert (data.train_count, data.eval_count, len(data.samples)) == (8, 2, 2)
+    assert all(sample.prompt.endswith("<|assistant|>\n") and sample.expected for sample in data.samples)
+
+
+def test_rlhf_drops_prompts_that_leave_no_room_for_a_completion(tmp_path, tokenizer):
+    def spec_of(rows: list[dict]) -> JobSpec:
+        spec = _spec(tmp_path, rows, "instruction", "rlhf", eval_split=0.0)
+        model = spec.config.model.model_copy(update={"max_seq_length": 128})
+        return spec.model_copy(update={"config": spec.config.model_copy(update={"model": model})})
+
+    rows = [{"instruction": "Name it.", "output": "x"}] * 6 + [{"instruction": "word " * 200, "output": "x"}] * 2
+    data = prepare_data(spec_of(rows), tokenizer)
+    assert (data.train_count, data.dropped) == (6, 2)
+    with pytest.raises(DatasetError, match="every prompt is longer"):
+        prepare_data(spec_of(rows[6:]), tokenizer)
+
+
+def test_rows_that_cannot_be_rendered_name_their_lines(tmp_path, tokenizer):
+    good = {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]}
+    empty_prompt = {"messages": [{"role": "user", "content": "  "}, {"role": "assistant", "content": "Hello"}]}
+    no_prompt = {"messages": [{"role": "assistant", "content": "Hello"}]}
+    empty_reply = {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": ""}]}
+    path = tmp_path / "bad.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in (good, empty_prompt, good)) + "\n\n"
+                    + "\n".join(json.dumps(r) for r in (no_prompt, empty_reply)) + "\n")
+    spec = _spec(tmp_path, [], "chat")
+    spec = spec.model_copy(update={"dataset_path": str(path)})
+    with pytest.raises(DatasetError) as info:
+        prepare_data(spec, tokenizer)
+    assert [n for n, _ in info.value.errors] == [2, 5, 6]
+    assert "prompt would be empty" in info.value.errors[0][1]
+    assert "last assistant message is empty" in info.value.errors[2][1]
+
+
+def test_a_chat_template_that_fails_names_the_row(tmp_path, tokenizer):
+    strict = tokenizer.__class__.from_pretrained(tokenizer.name_or_path)
+    strict.chat_template = (
+        "{% for m in messages %}{% if m['role'] == 'system' %}{{ raise_exception('System role not supported') }}"
+        "{% endif %}{{ m['content'] }}{% endfor %}"
+    )
+    from trainer.tiny_model import sample_rows
+
+    with pytest.raises(DatasetError) as info:
+        prepare_data(_spec(tmp_path, sample_rows(6, "chat"), "chat"), strict)
+    assert info.value.errors[0][0] == 1
+    assert "System role not supported" in info.value.errors[0][1]
 
 
 def test_chat_rendering_uses_the_chat_template(tokenizer):
@@ -92,7 +176,7 @@ def test_text_rendering_and_prediction_split():
 def test_preference_cannot_be_rendered_for_sft(tmp_path):
     spec = _spec(tmp_path, [{"prompt": "p", "chosen": "a", "rejected": "b"}] * 4, "preference")
     with pytest.raises(ValueError, match="preference"):
-        prepare_sft_data(spec)
+        prepare_data(spec)
 
 
 @pytest.mark.parametrize(("rows", "split", "expected"), [
@@ -126,7 +210,7 @@ def test_prepare_sft_data_returns_datasets(tmp_path, tokenizer, fmt):
     from trainer.tiny_model import sample_rows
 
     spec = _spec(tmp_path, sample_rows(20, fmt), fmt, eval_split=0.1, shuffle_seed=3)
-    data = prepare_sft_data(spec, tokenizer)
+    data = prepare_data(spec, tokenizer)
     assert isinstance(data.train, Dataset) and isinstance(data.eval, Dataset)
     assert data.train.column_names == ["prompt", "completion"]
     assert (data.train_count, data.eval_count) == (18, 2)
@@ -142,5 +226,5 @@ def test_prepare_sft_data_without_eval_split(tmp_path, tokenizer):
     from trainer.tiny_model import sample_rows
 
     spec = _spec(tmp_path, sample_rows(8, "instruction"), "instruction", eval_split=0.0, max_samples=5)
-    data = prepare_sft_data(spec, tokenizer)
+    data = prepare_data(spec, tokenizer)
     assert (data.train_count, data.eval, data.samples) == (5, None, [])

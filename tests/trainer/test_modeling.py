@@ -5,8 +5,8 @@ from transformers import AutoModelForCausalLM
 
 from shared.config import LoraSection
 from shared.jobspec import JobSpec
+from trainer.methods import build_args, build_sft_config
 from trainer.modeling import build_lora_config, default_target_modules
-from trainer.train import build_sft_config, check_method
 
 
 @pytest.fixture(scope="module")
@@ -37,17 +37,6 @@ def test_explicit_and_all_linear_targets_pass_through(model):
     assert set(build_lora_config(LoraSection(target_modules=["o_proj"]), model).target_modules) == {"o_proj"}
 
 
-@pytest.mark.parametrize("method", ["dpo", "orpo", "rlhf"])
-def test_other_methods_are_not_implemented_yet(method):
-    with pytest.raises(NotImplementedError, match=f"training.method='{method}'"):
-        check_method(_spec({"method": method}, fmt="preference"))
-
-
-def test_sft_on_preference_data_is_refused():
-    with pytest.raises(ValueError, match="preference"):
-        check_method(_spec(fmt="preference"))
-
-
 def test_sft_config_mapping():
     spec = _spec({
         "epochs": 2, "batch_size": 3, "gradient_accumulation_steps": 2, "learning_rate": 1e-3,
@@ -62,10 +51,31 @@ def test_sft_config_mapping():
     assert (args.eval_strategy.value, args.eval_steps, args.save_strategy.value, args.save_steps) == (
         "steps", 7, "steps", 9
     )
-    assert (args.logging_steps, args.max_length, args.use_cpu, args.report_to) == (2, 256, True, [])
-    assert args.activation_checkpointing is False
+    assert (args.logging_steps, args.max_length, args.use_cpu, args.report_to) == (2, None, True, [])
+    assert args.padding_free and args.activation_checkpointing is False and args.bf16 is False
+    padded = build_sft_config(_spec({"padding_free": False, "gradient_checkpointing": True}), has_eval=False,
+                              cuda=False)
+    assert (padded.padding_free, padded.max_length, padded.activation_checkpointing) == (False, 256, True)
 
     per_epoch = build_sft_config(_spec({"max_steps": 5, "warmup_steps": 3}), has_eval=True, cuda=False)
     assert (per_epoch.max_steps, per_epoch.warmup_steps) == (5, 3)
     assert (per_epoch.eval_strategy.value, per_epoch.save_strategy.value) == ("epoch", "epoch")
     assert build_sft_config(_spec(), has_eval=False, cuda=False).eval_strategy.value == "no"
+
+
+def test_method_configs():
+    dpo = build_args(_spec({"method": "dpo", "beta": 0.3, "optimizer": "sgd"}, fmt="preference"), has_eval=False,
+                     cuda=False)
+    assert (type(dpo).__name__, dpo.beta, dpo.max_length, dpo.optim.value) == ("DPOConfig", 0.3, 256, "sgd")
+    orpo = build_args(_spec({"method": "orpo", "beta": 0.2}, fmt="preference"), has_eval=True, cuda=False)
+    assert (type(orpo).__name__, orpo.beta, orpo.max_length, orpo.eval_strategy.value) == (
+        "ORPOConfig", 0.2, 256, "epoch"
+    )
+    rlhf = {"method": "rlhf", "batch_size": 4, "rlhf": {"reward_model": "rm", "num_generations": 2,
+                                                        "max_completion_length": 16}}
+    grpo = build_args(_spec(rlhf, fmt="chat"), has_eval=True, cuda=False)
+    assert (type(grpo).__name__, grpo.num_generations, grpo.max_completion_length) == ("GRPOConfig", 2, 16)
+    assert grpo.per_device_eval_batch_size == 2
+    rloo = build_args(_spec({**rlhf, "rlhf": {**rlhf["rlhf"], "algorithm": "rloo"}}, fmt="chat"), has_eval=False,
+                      cuda=False)
+    assert type(rloo).__name__ == "RLOOConfig"

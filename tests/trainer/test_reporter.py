@@ -50,8 +50,18 @@ def test_batches_arrive_with_the_protocol(collector, tmp_path):
     assert set(metric) == {"step", "epoch", "values", "recorded_at"}
     assert metric["values"] == {"loss": 10.0 - metric["step"] / 10, "learning_rate": 1e-3}
     assert metric["recorded_at"].endswith("+00:00")
-    assert set(collector.predictions()[0]) == {"step", "epoch", "sample_index", "prompt", "generated", "expected"}
+    assert set(collector.predictions()[0]) == {
+        "step", "epoch", "sample_index", "prompt", "generated", "expected", "scores"
+    }
+    assert collector.predictions()[0]["scores"] == {}
     assert _spooled(spool) == []
+
+
+def test_prediction_scores_travel_with_the_record(collector, tmp_path):
+    reporter = _reporter(collector.url, tmp_path / "spool.jsonl")
+    reporter.log_prediction(3, 0.5, 1, "p", "Lima", "Lima", {"bleu": 100.0, "rouge_l": 1.0, "bad": float("nan")})
+    assert reporter.close(timeout=10)
+    assert collector.predictions()[0]["scores"] == {"bleu": 100.0, "rouge_l": 1.0}
 
 
 def test_batches_hold_at_most_max_batch_records(collector, tmp_path):

@@ -49,8 +49,11 @@ async def deploy_local(body: LocalDeploymentRequest, user: CurrentUser, pool: Po
 
 
 async def _deploy_to_cloud(provider: str, body: RunPodDeploymentRequest | LambdaDeploymentRequest, user: str,
-                           pool, bus) -> DeploymentResponse:
+                           pool, bus, gpu_count: int | None = None) -> DeploymentResponse:
     config = await _config(body, pool, user)
+    if gpu_count is not None and gpu_count != config.training.gpu_count:
+        # The pod's GPUs are what the trainer spreads over (accelerate launch when more than one).
+        config = config.model_copy(update={"training": config.training.model_copy(update={"gpu_count": gpu_count})})
     if not await pool.fetchval("SELECT 1 FROM user_secrets WHERE user_id = $1 AND provider = $2", user, provider):
         raise ValidationFailed(f"no {provider} credentials stored; add them with PUT /api/secrets/{provider}",
                                field="provider")
@@ -58,8 +61,8 @@ async def _deploy_to_cloud(provider: str, body: RunPodDeploymentRequest | Lambda
         data = await resolve_data(pool, user, config)
         report = await run_preflight_process(config.model_dump_json(), data.path, data.format.value)
         if not report.get("ok"):
-            raise ValidationFailed(f"preflight failed: {report.get('message') or report}",
-                                   field=report.get("field") or "config", details={"preflight": report})
+            raise ValidationFailed(f"preflight failed: {report.get('error_message') or report}",
+                                   field=report.get("error_field") or "config", details={"preflight": report})
     return await _deploy(provider, body, config, user, pool, bus, body.provider_options())
 
 
@@ -69,7 +72,7 @@ async def deploy_runpod(body: RunPodDeploymentRequest, user: CurrentUser, pool: 
     """Train on a RunPod pod. Your RunPod key must be stored first (PUT /api/secrets/runpod). Unless
     ``preflight`` is false, the configuration is first dry-run on this machine's CPU and refused with 422
     when it fails, before any GPU time is paid for."""
-    return await _deploy_to_cloud("runpod", body, user, pool, bus)
+    return await _deploy_to_cloud("runpod", body, user, pool, bus, gpu_count=body.gpu_count)
 
 
 @router.post("/lambda", status_code=202, response_model=DeploymentResponse)
