@@ -158,7 +158,7 @@ class RunPodEmulator:
         data: dict[str, Any] = {}
         for node in operation.selection_set.selections:
             assert isinstance(node, FieldNode)
-            args = {a.name.value: value_from_ast_untyped(a.value) for a in node.arguments}
+            args = {a.name.value: value_from_ast_untyped(a.value) for a in node.arguments or ()}
             try:
                 value = self._resolve(node.name.value, args)
             except ValueError as exc:
