@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import re
 import time
 from pathlib import Path
 
@@ -75,7 +76,8 @@ def _show_results(client: httpx.Client, job_id: str, console: Console) -> dict |
     table = Table("step", "prompt", "generated", "expected", title="Predictions on held-out samples")
     for p in sorted(client.get(f"/api/training/predictions/{job_id}", params={"limit": 12}).json()["predictions"],
                     key=lambda p: (p["step"], p["sample_index"])):
-        prompt = " ".join(line for line in p["prompt"].splitlines() if line and not line.startswith("###"))
+        text = re.sub(r"<\|[a-z_]+\|>|</?s>", " ", p["prompt"])  # chat-template markers, for display only
+        prompt = " ".join(" ".join(line for line in text.splitlines() if not line.startswith("###")).split())
         table.add_row(str(p["step"]), prompt[-50:], p["generated"].strip()[:30], p["expected"][:30])
     console.print(table)
     model = _wait_for_model(client, job_id)
