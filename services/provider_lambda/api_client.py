@@ -5,19 +5,10 @@ from __future__ import annotations
 import contextlib
 import os
 
-import httpx
-from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt
-
-from shared.errors import NoCapacity, ProviderAuthFailed, ProviderError, ProviderTransient
+from services.cloud.http import json_of, retrying, send
+from shared.errors import NoCapacity, ProviderError
 
 DEFAULT_BASE_URL = "https://cloud.lambdalabs.com/api/v1"
-
-
-def _wait(state) -> float:
-    exc = state.outcome.exception()
-    if isinstance(exc, ProviderTransient) and exc.retry_after is not None:
-        return min(exc.retry_after, 60.0)
-    return min(0.5 * 2 ** (state.attempt_number - 1), 8.0)
 
 
 class LambdaClient:
@@ -28,32 +19,16 @@ class LambdaClient:
         return "LambdaClient(api_key=***)"
 
     async def _call(self, method: str, path: str, json: dict | None = None) -> dict | list:
-        async for attempt in AsyncRetrying(stop=stop_after_attempt(self.attempts), wait=_wait, reraise=True,
-                                           retry=retry_if_exception(lambda e: isinstance(e, ProviderTransient))):
+        async for attempt in retrying(self.attempts):
             with attempt:
                 return await self._send(method, path, json)
         raise AssertionError("unreachable")
 
     async def _send(self, method: str, path: str, json: dict | None) -> dict | list:
         base = os.environ.get("LAMBDA_API_BASE_URL", DEFAULT_BASE_URL).rstrip("/")
-        try:
-            async with httpx.AsyncClient(timeout=self.timeout) as client:
-                response = await client.request(method, base + path, json=json,
-                                                headers={"Authorization": f"Bearer {self._api_key}"})
-        except httpx.TimeoutException as exc:
-            raise ProviderTransient("Lambda API timed out") from exc
-        except httpx.TransportError as exc:
-            raise ProviderTransient(f"Lambda API unreachable: {type(exc).__name__}") from exc
-        if response.status_code == 401:
-            raise ProviderAuthFailed("Lambda refused the API key; update it with PUT /api/secrets/lambda")
-        if response.status_code == 429 or response.status_code >= 500:
-            retry_after = response.headers.get("retry-after")
-            raise ProviderTransient(f"Lambda API answered {response.status_code}",
-                                    retry_after=float(retry_after) if retry_after else None)
-        try:
-            body = response.json()
-        except ValueError as exc:
-            raise ProviderTransient(f"Lambda API answered {response.status_code} without JSON") from exc
+        response = await send(method, base + path, cloud="Lambda", provider="lambda", json=json,
+                              headers={"Authorization": f"Bearer {self._api_key}"}, request_timeout=self.timeout)
+        body = json_of(response, "Lambda")
         if response.status_code >= 400:
             error = body.get("error") or {}
             code, message = error.get("code", ""), error.get("message", "unknown error")

@@ -7,34 +7,18 @@ through httpx with the same headers and body, and the same ``RUNPOD_API_BASE_URL
 
 from __future__ import annotations
 
-import logging
 import os
 
-import httpx
 from runpod.api.mutations import pods as pod_mutations
 from runpod.api.queries import gpus as gpu_queries
 from runpod.api.queries import pods as pod_queries
 from runpod.user_agent import USER_AGENT
-from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt
 
-from shared.errors import NoCapacity, ProviderAuthFailed, ProviderError, ProviderTransient
-
-log = logging.getLogger(__name__)
+from services.cloud.http import json_of, retrying, send
+from shared.errors import NoCapacity, ProviderError
 
 DEFAULT_BASE_URL = "https://api.runpod.io"
 NO_CAPACITY = "no longer any instances available"
-
-
-def _transient(exc: BaseException) -> bool:
-    return isinstance(exc, ProviderTransient)
-
-
-def _wait(state) -> float:
-    """Honour Retry-After when the API sent one, else back off exponentially (0.5 s … 8 s)."""
-    exc = state.outcome.exception()
-    if isinstance(exc, ProviderTransient) and exc.retry_after is not None:
-        return min(exc.retry_after, 60.0)
-    return min(0.5 * 2 ** (state.attempt_number - 1), 8.0)
 
 
 class RunPodClient:
@@ -47,8 +31,7 @@ class RunPodClient:
         return "RunPodClient(api_key=***)"
 
     async def _call(self, query: str) -> dict:
-        async for attempt in AsyncRetrying(stop=stop_after_attempt(self.attempts), wait=_wait,
-                                           retry=retry_if_exception(_transient), reraise=True):
+        async for attempt in retrying(self.attempts):
             with attempt:
                 return await self._post(query)
         raise AssertionError("unreachable")
@@ -57,23 +40,9 @@ class RunPodClient:
         url = os.environ.get("RUNPOD_API_BASE_URL", DEFAULT_BASE_URL).rstrip("/") + "/graphql"
         headers = {"Content-Type": "application/json", "User-Agent": USER_AGENT,
                    "Authorization": f"Bearer {self._api_key}"}
-        try:
-            async with httpx.AsyncClient(timeout=self.timeout) as client:
-                response = await client.post(url, headers=headers, json={"query": query})
-        except httpx.TimeoutException as exc:
-            raise ProviderTransient("RunPod API timed out") from exc
-        except httpx.TransportError as exc:
-            raise ProviderTransient(f"RunPod API unreachable: {type(exc).__name__}") from exc
-        if response.status_code == 401:
-            raise ProviderAuthFailed("RunPod refused the API key; update it with PUT /api/secrets/runpod")
-        if response.status_code == 429 or response.status_code >= 500:
-            retry_after = response.headers.get("retry-after")
-            raise ProviderTransient(f"RunPod API answered {response.status_code}",
-                                    retry_after=float(retry_after) if retry_after else None)
-        try:
-            body = response.json()
-        except ValueError as exc:
-            raise ProviderTransient(f"RunPod API answered {response.status_code} without JSON") from exc
+        response = await send("POST", url, cloud="RunPod", provider="runpod", headers=headers,
+                              json={"query": query}, request_timeout=self.timeout)
+        body = json_of(response, "RunPod")
         if body.get("errors"):
             message = body["errors"][0].get("message", "unknown error")
             if NO_CAPACITY in message:
