@@ -169,7 +169,7 @@ class Stack:
                     return
                 last = f"waiting for {', '.join(r.json()['not_ready'])}"
             except httpx.HTTPError:
-                pass
+                last = "the gateway does not answer yet"
             time.sleep(0.25)
         raise TimeoutError(f"the stack was not ready after {timeout:.0f}s ({last})")
 

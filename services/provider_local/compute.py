@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -97,19 +98,21 @@ class LocalCompute:
                 cwd=bundle.root, env=env, start_new_session=True)
 
     async def _wait(self, run: _Running) -> int | None:
-        """Wait for the process and send the log tail now and then; returns the exit code when known."""
+        """Wait for the process (a child, or one adopted after a restart) and send the log tail now and then;
+        returns the exit code when known (an adopted process's is not)."""
+        last_report = time.monotonic()
         while True:
-            try:
-                if run.process is not None:
-                    return await asyncio.wait_for(run.process.wait(), LOG_REPORT_INTERVAL_S)
-                if not _alive(run.pid):
-                    return None
-                await asyncio.sleep(min(LOG_REPORT_INTERVAL_S, 1.0))
-                continue
-            except TimeoutError:
-                pass
-            await self.report(self._event(run.job_id, run.attempt, WorkloadPhase.RUNNING,
-                                          log_tail=run.bundle.log_tail()))
+            if run.process is not None:
+                with contextlib.suppress(TimeoutError):
+                    return await asyncio.wait_for(run.process.wait(), 1.0)
+            elif not _alive(run.pid):
+                return None
+            else:
+                await asyncio.sleep(1.0)
+            if time.monotonic() - last_report >= LOG_REPORT_INTERVAL_S:
+                last_report = time.monotonic()
+                await self.report(self._event(run.job_id, run.attempt, WorkloadPhase.RUNNING,
+                                              log_tail=run.bundle.log_tail()))
 
     async def _watch(self, run: _Running) -> None:
         exit_code = await self._wait(run)

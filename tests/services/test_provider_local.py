@@ -114,3 +114,32 @@ async def test_metrics_left_in_the_spool_are_replayed_after_the_trainer_ends(mig
     steps = await pool.fetch("SELECT step FROM metric_points WHERE job_id = $1 ORDER BY step", job_id)
     assert [r["step"] for r in steps] == [1, 2, 3, 4, 5]
     assert not bundle.has_spooled_metrics()
+
+
+async def test_a_restarted_provider_adopts_a_trainer_still_running(migrated, pool, tmp_path):
+    """A provider that restarts finds its trainer still running, watches it, and reports how it ended."""
+    from shared.events import WorkloadPhase
+    from shared.jobspec import TrainerResult
+
+    job_id = str(uuid.uuid4())
+    bundle = Bundle(tmp_path / "bundle")
+    bundle.output_dir.mkdir(parents=True)
+    bundle.result_path.write_text(TrainerResult(status="completed", global_step=3).model_dump_json())
+    # Stands in for a trainer that outlived the provider process that started it.
+    trainer = await asyncio.create_subprocess_exec("sleep", "2", start_new_session=True)
+    workloads = WorkloadRepository(pool)
+    await workloads.claim(job_id, 1)
+    await workloads.started(job_id, 1, bundle_dir=str(bundle.root), pid=trainer.pid,
+                            pid_started_at=psutil.Process(trainer.pid).create_time())
+    reports = []
+
+    async def report(event):
+        reports.append(event)
+
+    compute = LocalCompute(migrated, workloads, report)
+    await compute.adopt_orphans()
+    await asyncio.wait_for(compute.running[job_id].watcher, 30)
+    await trainer.wait()
+    assert [r.phase for r in reports] == [WorkloadPhase.SUCCEEDED]
+    assert reports[0].result.global_step == 3
+    assert not await workloads.live()
