@@ -57,10 +57,6 @@ class Conflict(TuneFleetError):
     http_status = 409
 
 
-class IllegalTransition(Conflict):
-    code = "illegal_transition"
-
-
 class PayloadTooLarge(TuneFleetError):
     code = "payload_too_large"
     http_status = 413
@@ -75,10 +71,6 @@ class ServiceUnavailable(TuneFleetError):
 class ProviderError(TuneFleetError):
     code = "provider_error"
     http_status = 502
-
-
-class ProvisioningFailed(ProviderError):
-    code = "provisioning_failed"
 
 
 class ProviderAuthFailed(ProviderError):

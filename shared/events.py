@@ -10,7 +10,7 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any, ClassVar
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -26,7 +26,6 @@ def _now() -> datetime:
 
 class Message(BaseModel):
     model_config = ConfigDict(frozen=True, extra="ignore")
-    SCHEMA_VERSION: ClassVar[int] = 1
 
     event_id: str = Field(default_factory=lambda: str(uuid.uuid4()))
     occurred_at: datetime = Field(default_factory=_now)

@@ -128,9 +128,6 @@ class RunPodEmulator:
         if pod.process is not None:
             kill_group(pod.process)
 
-    def live_pods(self) -> list[Pod]:
-        return [p for p in self.pods.values() if p.desired_status == "RUNNING"]
-
     def running_processes(self) -> list[Pod]:
         return [p for p in self.pods.values() if p.process is not None and p.process.poll() is None]
 

@@ -14,33 +14,29 @@ from pathlib import Path
 import pytest
 
 
-class Collector:
-    """Records POSTed batches, deduplicated by batch_id, like metrics_ingest does.
+class JsonServer:
+    """A small JSON-over-HTTP server on a thread of the test process; subclasses answer each POST."""
 
-    ``script`` holds statuses (or ``(status, headers)``) answered to the first requests, in order; after it runs
-    out every request is stored and answered 200. ``respond`` may be replaced to decide per request.
-    """
+    path_prefix = ""
 
     def __init__(self):
         self.lock = threading.Lock()
-        self.script: list = []
-        self.batches: dict[str, dict] = {}
-        self.attempts: list[tuple[str | None, int]] = []
-        self.authorizations: list[str | None] = []
-        self.paths: list[str] = []
-        self.respond: Callable[[dict], int | tuple[int, dict]] | None = None
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}{self.path_prefix}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
+    def answer(self, path: str, authorization: str | None, body: dict) -> tuple[int, dict, dict]:
+        """(status, headers, JSON answer) for one POST."""
+        raise NotImplementedError
+
     def _handler(self):
-        collector = self
+        owner = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
-                status, headers = collector.handle(self.path, self.headers.get("Authorization"), body)
-                payload = json.dumps({"ok": 200 <= status < 300}).encode()
+                status, headers, answer = owner.answer(self.path, self.headers.get("Authorization"), body)
+                payload = json.dumps(answer).encode()
                 self.send_response(status)
                 for key, value in headers.items():
                     self.send_header(key, value)
@@ -53,6 +49,35 @@ class Collector:
                 pass
 
         return Handler
+
+    def start(self):
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class Collector(JsonServer):
+    """Records POSTed batches, deduplicated by batch_id, like metrics_ingest does.
+
+    ``script`` holds statuses (or ``(status, headers)``) answered to the first requests, in order; after it runs
+    out every request is stored and answered 200. ``respond`` may be replaced to decide per request.
+    """
+
+    def __init__(self):
+        self.script: list = []
+        self.batches: dict[str, dict] = {}
+        self.attempts: list[tuple[str | None, int]] = []
+        self.authorizations: list[str | None] = []
+        self.paths: list[str] = []
+        self.respond: Callable[[dict], int | tuple[int, dict]] | None = None
+        super().__init__()
+
+    def answer(self, path: str, authorization: str | None, body: dict) -> tuple[int, dict, dict]:
+        status, headers = self.handle(path, authorization, body)
+        return status, headers, {"ok": 200 <= status < 300}
 
     def handle(self, path: str, authorization: str | None, body: dict) -> tuple[int, dict]:
         with self.lock:
@@ -85,15 +110,6 @@ class Collector:
                 return True
             time.sleep(0.05)
         return predicate()
-
-    def start(self) -> Collector:
-        self.thread.start()
-        return self
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
 
 @pytest.fixture
 def restore_signals():
@@ -180,54 +196,33 @@ def make_spec(write_spec):
     return make
 
 
-class Judge:
+class Judge(JsonServer):
     """An OpenAI-compatible chat-completions endpoint that grades every answer 7, for requests with the key."""
+
+    path_prefix = "/v1"
 
     def __init__(self, key: str):
         self.key = key
-        self.lock = threading.Lock()
         self.requests: list[dict] = []
         self.refused = 0
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        super().__init__()
 
-    def _handler(self):
-        judge = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
-                authorized = self.headers.get("Authorization") == f"Bearer {judge.key}"
-                with judge.lock:
-                    if authorized and self.path == "/v1/chat/completions":
-                        judge.requests.append(body)
-                    else:
-                        judge.refused += 1
-                if self.path != "/v1/chat/completions":
-                    status, answer = 404, {"error": {"message": "not found"}}
-                elif not authorized:
-                    status, answer = 401, {"error": {"message": "invalid api key"}}
-                else:
-                    status = 200
-                    answer = {"choices": [{"index": 0, "message": {"role": "assistant", "content": "7"}}]}
-                payload = json.dumps(answer).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-
-            def log_message(self, *args):
-                pass
-
-        return Handler
+    def answer(self, path: str, authorization: str | None, body: dict) -> tuple[int, dict, dict]:
+        authorized = authorization == f"Bearer {self.key}"
+        with self.lock:
+            if authorized and path == "/v1/chat/completions":
+                self.requests.append(body)
+            else:
+                self.refused += 1
+        if path != "/v1/chat/completions":
+            return 404, {}, {"error": {"message": "not found"}}
+        if not authorized:
+            return 401, {}, {"error": {"message": "invalid api key"}}
+        return 200, {}, {"choices": [{"index": 0, "message": {"role": "assistant", "content": "7"}}]}
 
 
 @pytest.fixture
 def judge():
-    j = Judge("sk-judge-test-5f4e3d2c1b")
-    j.thread.start()
+    j = Judge("sk-judge-test-5f4e3d2c1b").start()
     yield j
-    j.server.shutdown()
-    j.server.server_close()
+    j.stop()
