@@ -24,6 +24,8 @@ class JobSpec(BaseModel):
     ingest_url: str | None = Field(default=None, description="Base URL of metrics_ingest; None disables.")
     ingest_token: str | None = Field(default=None, repr=False, description="Per-job bearer token for metrics_ingest.")
     resume_from_checkpoint: str | None = None
+    checkpoint_upload_url: str | None = Field(
+        default=None, repr=False, description="Signed PUT URL: each saved checkpoint is sent there as a tar.gz.")
 
     @classmethod
     def read(cls, path: str) -> JobSpec:

@@ -1,5 +1,5 @@
-"""One compute interface for every cloud. Each provider implements these few methods; the rest
-(bundles, polling, reconciliation, reporting) is shared by the provider services.
+"""One compute interface for every provider, local included. Each implements these few methods; everything
+else (bundles, polling, timers, restarts, reconciliation, reporting) lives once in ``services.cloud.runner``.
 
 Contracts, as each method's docstring states them, are what the shared runner relies on.
 """
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from shared.events import WorkloadPhase
@@ -15,7 +16,7 @@ from shared.events import WorkloadPhase
 Credentials = TypeVar("Credentials")
 
 #: Every resource TuneFleet creates is named with this prefix, the job id and the attempt, so that
-#: list_own can find it again and reconciliation can tell whose it is.
+#: ``find`` and ``list_own`` can find it again and reconciliation can tell whose it is.
 NAME_PREFIX = "tunefleet"
 
 
@@ -33,12 +34,20 @@ def parse_resource_name(name: str) -> tuple[str, int] | None:
 
 @dataclass(frozen=True)
 class WorkloadRequest:
-    """What to run: a command (argv, never shell text) with environment data, on the resources asked for."""
+    """One attempt of a job, as the runner hands it to a provider.
+
+    ``bundle_dir`` holds the job's files (``spec.json``, the data and, for remote workloads, the bootstrap and
+    the trainer wheel); ``env`` is data for the workload (signed URLs), never shell text; ``artifacts_dir`` is
+    where the workload's reports land (``result.json``, ``log-tail.txt``, ``progress.json`` and the output):
+    pushed there by the workload through signed URLs, brought there by ``collect``, or written there directly by
+    a local trainer. Each provider knows the fixed command that starts its workload from the bundle.
+    """
 
     job_id: str
     attempt: int
-    command: list[str]
     env: dict[str, str]
+    bundle_dir: Path
+    artifacts_dir: Path
     options: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -54,11 +63,18 @@ class Provisioned:
 
 @dataclass(frozen=True)
 class ResourceStatus:
-    """What the provider says of a resource, mapped onto TuneFleet's phases by the provider, in one place."""
+    """What the provider says of a resource, mapped onto TuneFleet's phases by the provider, in one place.
 
-    phase: WorkloadPhase | None  # None: the resource does not exist (any more)
+    ``phase`` RUNNING means the machine is up and runs (or can be given, see ``Compute.start``) the workload;
+    PROVISIONING that it is not up yet or not any more (a container restarting, a host in trouble); FAILED that
+    the provider reports it broken; None that it does not exist. ``uptime_s`` is the container's uptime where the
+    provider reports one: the runner counts restarts from it.
+    """
+
+    phase: WorkloadPhase | None
     detail: str = ""
     cost_per_hour: float | None = None
+    uptime_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -69,13 +85,23 @@ class OwnResource:
 
 
 class Compute(abc.ABC, Generic[Credentials]):
-    """A cloud that runs a workload. Blocking SDK calls go through ``asyncio.to_thread``.
+    """A place that runs a workload. Blocking SDK calls go through ``asyncio.to_thread``.
 
     Errors: ``shared.errors.ProviderAuthFailed`` for refused credentials, ``ProviderTransient`` for what is
-    worth retrying (the implementation retries with back-off first), ``NoCapacity``, or ``ProviderError``.
+    worth retrying later (the implementation retries reads with back-off first, never a create), ``NoCapacity``,
+    or ``ProviderError``. Nothing else escapes a method: SDK and transport errors are mapped.
     """
 
     name: str
+    #: The workload runs on another machine: it gets the remote bundle (the trainer as a wheel and the
+    #: bootstrap) and signed URLs, and checkpoints travel through the gateway. False for this machine.
+    remote: bool = True
+    #: The workload sends its reports and output through signed URLs; False: ``collect`` fetches them.
+    pushes_reports: bool = True
+    #: Resources cost money and may outlive TuneFleet's records, so reconciliation lists and ends orphans.
+    reconciles: bool = True
+    #: Acting on the provider needs the user's stored credentials (``PUT /api/secrets/<name>``).
+    needs_credentials: bool = True
 
     async def validate(self, request: WorkloadRequest, credentials: Credentials) -> None:
         """Check the request against the provider (GPU type exists, …) before anything is created.
@@ -83,16 +109,30 @@ class Compute(abc.ABC, Generic[Credentials]):
 
     @abc.abstractmethod
     async def provision(self, request: WorkloadRequest, credentials: Credentials) -> Provisioned:
-        """Create the resource and start ``request.command`` on it once it is up; return as soon as the
-        provider has accepted it (do not wait for it to boot). Name it ``request.name``."""
+        """Create the resource, named ``request.name``, in ONE create call, and return as soon as the provider
+        has accepted it (do not wait for it to boot). Never retry the create itself: when its answer may have
+        been lost (a time-out, a 5xx) raise ProviderTransient; the runner looks the name up with ``find`` before
+        it creates again, so that one attempt never leaves two machines."""
+
+    @abc.abstractmethod
+    async def find(self, name: str, credentials: Credentials) -> Provisioned | None:
+        """The live resource of this account called ``name``, or None. Resources being deleted do not count."""
 
     @abc.abstractmethod
     async def status(self, resource_id: str, credentials: Credentials) -> ResourceStatus:
-        """Where the resource is now. A resource that does not exist gives ``phase=None``; never raise for it."""
+        """Where the resource is now, read without side effects. A resource that does not exist gives
+        ``phase=None``; never raise for it."""
 
-    async def logs(self, resource_id: str, credentials: Credentials, *, tail_bytes: int = 4000) -> str | None:
-        """The last bytes of the workload's output, or None where the provider offers no logs."""
-        return None
+    async def start(self, resource_id: str, request: WorkloadRequest, credentials: Credentials) -> None:
+        """Start the workload on a resource that ``status`` reports RUNNING, for providers whose machines do not
+        start it themselves (Lambda, over SSH). Idempotent. Raise ProviderTransient while the machine cannot be
+        reached yet: the runner tries again at later polls until the provisioning deadline. The default does
+        nothing: the resource was created with its start command."""
+
+    async def collect(self, resource_id: str, request: WorkloadRequest, credentials: Credentials) -> None:
+        """Bring the workload's reports into ``request.artifacts_dir`` (log tail, progress, and once it has
+        ended its output with ``result.json`` written last). The default does nothing: the workload sends
+        them itself."""
 
     @abc.abstractmethod
     async def terminate(self, resource_id: str, credentials: Credentials) -> None:
@@ -101,4 +141,11 @@ class Compute(abc.ABC, Generic[Credentials]):
 
     @abc.abstractmethod
     async def list_own(self, credentials: Credentials) -> list[OwnResource]:
-        """Every resource of this account named by ``resource_name``, for reconciliation."""
+        """Every live resource of this account named by ``resource_name``, for reconciliation."""
+
+    async def tidy(self, credentials: Credentials, live_names: set[str]) -> None:
+        """Remove what the account keeps for workloads that are over (Lambda's SSH keys); ``live_names`` are the
+        resource names of live workloads. Called by reconciliation. The default does nothing."""
+
+    async def close(self) -> None:
+        """The provider service is stopping. The default does nothing."""

@@ -40,9 +40,29 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
 
     cloud_poll_interval_s: float = Field(default=10.0, gt=0, description="How often cloud resources are polled.")
-    provisioning_timeout_s: float = Field(default=900.0, gt=0, description="Longest a resource may provision.")
+    local_poll_interval_s: float = Field(default=1.0, gt=0, description="How often local trainers are checked.")
+    provisioning_timeout_s: float = Field(
+        default=1200.0, gt=0, description="Longest a resource may stay provisioning, counted from its last entry "
+                                          "into that state (a big image can pull for many minutes).")
+    stall_timeout_s: float = Field(
+        default=1800.0, gt=0, description="A training run whose progress stops for this long is stalled: it is "
+                                          "ended and retried.")
+    max_container_restarts: int = Field(
+        default=3, ge=1, description="Restarts of a workload's container before its job fails.")
+    poll_concurrency: int = Field(default=8, ge=1, description="Resources polled at once by one provider.")
+    sandbox: bool = Field(
+        default=False, description="The clouds are TuneFleet's local emulators (tunefleet up --sandbox): "
+                                   "workloads run on this machine, so loopback public URLs are accepted.")
+    workload_python_url: str | None = Field(
+        default=None, description="A CPython 3.11+ archive (python-build-standalone layout) for machines whose "
+                                  "Python is older; the bootstrap's pinned build when unset.")
+    workload_python_sha256: str | None = Field(default=None, description="SHA-256 of workload_python_url.")
+    runpod_default_image: str = Field(
+        default="pytorch/pytorch:2.8.0-cuda12.8-cudnn9-runtime",
+        description="The image of RunPod pods when a deploy names none: a stock PyTorch image.")
 
     lambda_ssh_port: int = Field(default=22, description="SSH port of Lambda instances (the sandbox's differs).")
+    lambda_max_artifacts_gb: float = Field(default=100.0, gt=0, description="Most output fetched from an instance.")
 
     trainer_python: str | None = Field(default=None, description="Python that runs local trainers.")
     stop_grace_seconds: float = 20.0
@@ -50,10 +70,6 @@ class Settings(BaseSettings):
     @property
     def datasets_dir(self) -> Path:
         return self.home / "datasets"
-
-    @property
-    def jobs_dir(self) -> Path:
-        return self.home / "jobs"
 
     @property
     def public_url(self) -> str:

@@ -139,7 +139,9 @@ class PredictionCallback(TrainerCallback):
         config: PredictionsSection,
         stop_event: threading.Event | None = None,
         printer: Callable[[str], None] = print,
+        progress=None,
     ):
+        self.progress = progress
         self.reporter = reporter
         self.tokenizer = tokenizer
         self.samples = samples[: config.sample_count] if config.enabled else []
@@ -176,6 +178,8 @@ class PredictionCallback(TrainerCallback):
         try:
             for index, sample in enumerate(self.samples):
                 generated = generate(model, self.tokenizer, sample.prompt, self.config)
+                if self.progress is not None:
+                    self.progress.beat()
                 self.reporter.log_prediction(
                     state.global_step, state.epoch, index, sample.prompt, generated, sample.expected,
                     score_prediction(generated, sample.expected),

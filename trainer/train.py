@@ -17,12 +17,17 @@ import os
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 from shared.config import Method
 from shared.jobspec import JobSpec, TrainerResult
 from trainer import artifacts
 from trainer.reporter import MetricsReporter
 from trainer.validate import check_spec
+
+#: How long an interrupted run waits for its last checkpoint to be uploaded before it ends.
+CHECKPOINT_UPLOAD_WAIT_S = 60.0
 
 
 def _quiet_libraries() -> None:
@@ -79,9 +84,11 @@ def _run(
 
     from trainer.attention import padding_free_attention
     from trainer.callbacks import MetricsCallback, PredictionCallback, StopCallback
+    from trainer.checkpoint_upload import CheckpointUploadCallback, CheckpointUploader
     from trainer.data import prepare_data
     from trainer.methods import build_trainer, uses_padding_free
     from trainer.modeling import build_lora_config, cuda_available, load_model, load_tokenizer, model_dtype
+    from trainer.progress import ProgressCallback, ProgressFile
 
     _quiet_libraries()
     cfg, t = spec.config, spec.config.training
@@ -105,12 +112,47 @@ def _run(
         target_modules = tm if isinstance(tm, str) else sorted(tm)
         printer(f"[trainer] LoRA r={t.lora.r} alpha={t.lora.alpha} target_modules={target_modules}")
 
+    progress = ProgressFile(spec.output_dir)
     metrics_cb = MetricsCallback(reporter, printer)
     stop_cb = StopCallback(stop_event)
-    predictions_cb = PredictionCallback(reporter, tokenizer, data.samples, cfg.predictions, stop_event, printer)
+    predictions_cb = PredictionCallback(reporter, tokenizer, data.samples, cfg.predictions, stop_event, printer,
+                                        progress=progress)
+    callbacks = [metrics_cb, stop_cb, predictions_cb, ProgressCallback(progress)]
+    uploader = None
+    if spec.checkpoint_upload_url and is_main_process():
+        uploader = CheckpointUploader(spec.checkpoint_upload_url, printer, reporter=reporter)
+        callbacks.append(CheckpointUploadCallback(uploader, spec.output_dir))
     trainer = build_trainer(spec, model=model, tokenizer=tokenizer, data=data, peft_config=peft_config,
-                            callbacks=[metrics_cb, stop_cb, predictions_cb], cuda=cuda, printer=printer)
+                            callbacks=callbacks, cuda=cuda, printer=printer)
     trainer.remove_callback(PrinterCallback)
+    try:
+        return _train(spec, _Run(trainer, tokenizer, data, peft_config, target_modules, attention, cuda, metrics_cb,
+                                 stop_cb), stop_event, printer)
+    finally:
+        if uploader is not None:
+            # A stopped or failing run may resume elsewhere: give its last checkpoint time to leave the machine.
+            interrupted = stop_cb.stopped or stop_event.is_set()
+            if not uploader.close(CHECKPOINT_UPLOAD_WAIT_S if interrupted else 0.0) and interrupted:
+                printer("[trainer] the last checkpoint upload did not finish in time")
+
+
+@dataclass(frozen=True)
+class _Run:
+    trainer: Any
+    tokenizer: Any
+    data: Any
+    peft_config: Any
+    target_modules: Any
+    attention: str | None
+    cuda: bool
+    metrics_cb: Any
+    stop_cb: Any
+
+
+def _train(spec: JobSpec, run: _Run, stop_event: threading.Event, printer: Callable[[str], None]) -> TrainerResult:
+    cfg, t = spec.config, spec.config.training
+    trainer, tokenizer, data, peft_config = run.trainer, run.tokenizer, run.data, run.peft_config
+    metrics_cb, stop_cb, cuda, attention = run.metrics_cb, run.stop_cb, run.cuda, run.attention
 
     def result(status: str, seconds: float, **paths) -> TrainerResult:
         return TrainerResult(
@@ -132,6 +174,9 @@ def _run(
     resume = resume_checkpoint(spec)
     if resume:
         printer(f"[trainer] resuming from {resume}")
+        from trainer.checkpoint_upload import replay_checkpoint_spool
+
+        replay_checkpoint_spool(resume, spec.ingest_url, spec.job_id, spec.ingest_token)
     elif spec.resume_from_checkpoint:
         printer(f"[trainer] no checkpoint in {spec.output_dir} yet: starting at step 0")
     printer(f"[trainer] training on {'cuda' if cuda else 'cpu'}")
@@ -152,7 +197,7 @@ def _run(
         printer(f"[trainer] merged model saved to {merged_path}")
     done = result("completed", seconds, adapter_path=adapter_path, merged_path=merged_path)
     metadata = artifacts.build_metadata(
-        spec, done, target_modules=target_modules, summary=metrics_cb.summary, resumed_from=resume,
+        spec, done, target_modules=run.target_modules, summary=metrics_cb.summary, resumed_from=resume,
         attention=attention, padding_free=attention is not None,
         rlhf_reward=_reward_kind(spec) if t.method is Method.RLHF else None,
     )

@@ -122,24 +122,31 @@ class Stack:
 
     def start_sandbox(self) -> None:
         """Cloud emulators on loopback, so the whole flow runs with no cloud account."""
+        from services.sandbox.machines import build_stock_images
+
         folder = self.settings.home / "sandbox"
         folder.mkdir(parents=True, exist_ok=True)
         key_file = folder / "api_key"
         if not key_file.exists():
             key_file.write_text("sandbox-" + secrets.token_urlsafe(16))
         self.sandbox_key = key_file.read_text().strip()
-        runpod, lambda_api, lambda_ssh = free_port(), free_port(), free_port()
+        log.info("preparing the emulated machine images (once per data folder; about a minute)")
+        stock = build_stock_images(folder / "images")
+        runpod, lambda_api, lambda_ssh, mirror = free_port(), free_port(), free_port(), free_port()
         with open(self.settings.home / "logs" / "sandbox.log", "ab") as logfile:
             self.processes["sandbox"] = subprocess.Popen(
                 [sys.executable, "-m", "services.sandbox", "--workdir", str(folder), "--key-file", str(key_file),
-                 "--runpod-port", str(runpod), "--lambda-port", str(lambda_api), "--lambda-ssh-port", str(lambda_ssh)],
+                 "--runpod-port", str(runpod), "--lambda-port", str(lambda_api), "--lambda-ssh-port", str(lambda_ssh),
+                 "--mirror-port", str(mirror)],
                 env=self.env, stdout=logfile, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 start_new_session=True)
-        for port in (runpod, lambda_api, lambda_ssh):
-            wait_for_port(port)
+        for port in (runpod, lambda_api, mirror):
+            wait_for_port(port, timeout=120)
         self.env.update({"RUNPOD_API_BASE_URL": f"http://127.0.0.1:{runpod}",
                          "LAMBDA_API_BASE_URL": f"http://127.0.0.1:{lambda_api}/api/v1",
-                         "TUNEFLEET_LAMBDA_SSH_PORT": str(lambda_ssh)})
+                         "TUNEFLEET_LAMBDA_SSH_PORT": str(lambda_ssh), "TUNEFLEET_SANDBOX": "true",
+                         "TUNEFLEET_WORKLOAD_PYTHON_URL": f"http://127.0.0.1:{mirror}/files/{stock.python_archive.name}",
+                         "TUNEFLEET_WORKLOAD_PYTHON_SHA256": stock.python_sha256})
 
     def start_services(self) -> None:
         logs = self.settings.home / "logs"

@@ -1,87 +1,155 @@
-"""Job bundles for remote workloads and the artifacts they send back, on the data folder's disk.
+"""Job bundles, the signed URLs a workload uses, and the reports it leaves, on the data folder's disk.
 
-A bundle holds ``spec.json`` (paths relative to the bundle) and ``data.jsonl``; the workload fetches it as a
-tar.gz through a signed URL and uploads its ``output/`` folder the same way. Layout::
+Layout::
 
-    {home}/bundles/{job_id}/attempt-{n}/{spec.json,data.jsonl}
-    {home}/artifacts/{job_id}/attempt-{n}/{result.json,adapter/,train.log,...}
+    {home}/bundles/{job_id}/attempt-{n}/     spec.json (owner-only: it holds the ingest token), data.jsonl,
+                                             and for remote workloads bootstrap.py, manifest.json, wheels/*.whl
+    {home}/bundles/{job_id}/attempt-{n}.tar.gz   the same, as a pod fetches it
+    {home}/artifacts/{job_id}/attempt-{n}/   what the workload reports: result.json (the end), log-tail.txt,
+                                             progress.json, and its output (adapter/, metadata.json, ...)
+
+A local trainer writes its output straight into the artifacts folder; a remote one sends it through signed
+URLs (RunPod) or has it fetched (Lambda).
 """
 
 from __future__ import annotations
 
-import io
+import json
 import os
 import shutil
 import tarfile
 from pathlib import Path
-from typing import BinaryIO
 
+import trainer.bootstrap
 from shared.events import ProvisionJob
 from shared.jobspec import JobSpec, TrainerResult
 from shared.settings import Settings
 from shared.signing import signed_url
 
-BUNDLE_TTL_S = 6 * 3600
-ARTIFACTS_TTL_S = 7 * 24 * 3600
+from .wheel import build_trainer_wheel
+
+#: Signed URLs live as long as a long training run: a restarted container fetches its bundle again.
+URL_TTL_S = 7 * 24 * 3600
+BOOTSTRAP_SOURCE = Path(trainer.bootstrap.__file__)
+LOG_TAIL = "log-tail.txt"
+PROGRESS = "progress.json"
+RESULT = "result.json"
 
 
 def bundle_dir(settings: Settings, job_id: str, attempt: int) -> Path:
     return settings.home / "bundles" / job_id / f"attempt-{attempt}"
 
 
+def bundle_archive(settings: Settings, job_id: str, attempt: int) -> Path:
+    return settings.home / "bundles" / job_id / f"attempt-{attempt}.tar.gz"
+
+
 def artifacts_dir(settings: Settings, job_id: str, attempt: int) -> Path:
     return settings.home / "artifacts" / job_id / f"attempt-{attempt}"
 
 
-def write_remote_bundle(settings: Settings, cmd: ProvisionJob, *, ingest_token: str) -> Path:
+def _write_private(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+
+
+def write_bundle(settings: Settings, cmd: ProvisionJob, *, remote: bool, ingest_token: str,
+                 resume_from: str | None = None) -> Path:
+    """Lay out one attempt's bundle. A remote bundle carries the trainer wheel and the bootstrap, uses paths
+    relative to itself, resumes from the newest checkpoint it finds in ``output/checkpoints`` (fetched there
+    by the bootstrap, or left on a restarted container's volume) and uploads each checkpoint it saves. A local
+    one points at this machine's files and resumes from ``resume_from``."""
     folder = bundle_dir(settings, cmd.job_id, cmd.attempt)
     folder.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(cmd.dataset_path, folder / "data.jsonl")
-    spec = JobSpec(job_id=cmd.job_id, attempt=cmd.attempt, config=cmd.config, dataset_path="data.jsonl",
-                   dataset_format=cmd.dataset_format, output_dir="output", ingest_url=settings.ingest_url,
-                   ingest_token=ingest_token)  # checkpoints stay on the lost machine: a new attempt starts afresh
-    fd = os.open(folder / "spec.json", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(spec.model_dump_json(indent=2))
+    output = artifacts_dir(settings, cmd.job_id, cmd.attempt)
+    if remote:
+        key, base = settings.require_secret_key(), settings.public_url
+        spec = JobSpec(job_id=cmd.job_id, attempt=cmd.attempt, config=cmd.config, dataset_path="data.jsonl",
+                       dataset_format=cmd.dataset_format, output_dir="output", ingest_url=settings.ingest_url,
+                       ingest_token=ingest_token, resume_from_checkpoint="latest",
+                       checkpoint_upload_url=signed_url(key, base, "PUT", _path(cmd.job_id, cmd.attempt, "checkpoint"),
+                                                        URL_TTL_S))
+        wheel = build_trainer_wheel(settings.home / "cache")
+        (folder / "wheels").mkdir(exist_ok=True)
+        shutil.copyfile(wheel.path, folder / "wheels" / wheel.path.name)
+        shutil.copyfile(BOOTSTRAP_SOURCE, folder / "bootstrap.py")
+        (folder / "manifest.json").write_text(json.dumps(
+            {"trainer_hash": wheel.tree_hash, "wheel": f"wheels/{wheel.path.name}",
+             "requirements": list(wheel.requirements)}, indent=2))
+    else:
+        output.mkdir(parents=True, exist_ok=True)
+        spec = JobSpec(job_id=cmd.job_id, attempt=cmd.attempt, config=cmd.config,
+                       dataset_path=str(folder / "data.jsonl"), dataset_format=cmd.dataset_format,
+                       output_dir=str(output), ingest_url=settings.ingest_url, ingest_token=ingest_token,
+                       resume_from_checkpoint=resume_from)
+    _write_private(folder / "spec.json", spec.model_dump_json(indent=2))
+    if remote:
+        archive = bundle_archive(settings, cmd.job_id, cmd.attempt)
+        partial = archive.with_suffix(".partial")
+        with tarfile.open(partial, "w:gz", compresslevel=1) as tar:
+            for path in sorted(folder.iterdir()):
+                tar.add(path, arcname=path.name)
+        os.chmod(partial, 0o600)
+        os.replace(partial, archive)
     return folder
 
 
-def workload_urls(settings: Settings, job_id: str, attempt: int) -> dict[str, str]:
-    """The environment a remote workload gets: where to fetch its bundle, where to send artifacts and logs."""
+def _path(job_id: str, attempt: int, what: str) -> str:
+    return f"/api/bundles/{job_id}/{attempt}/{what}"
+
+
+def workload_env(settings: Settings, job_id: str, attempt: int, *, resume: bool, push: bool) -> dict[str, str]:
+    """What a remote workload gets as data: where to fetch what it needs and, with ``push``, where to send its
+    reports (a workload whose provider fetches them, as over SSH, keeps them on its disk)."""
     key, base = settings.require_secret_key(), settings.public_url
-    root = f"/api/bundles/{job_id}/{attempt}"
-    return {
-        "TUNEFLEET_BUNDLE_URL": signed_url(key, base, "GET", f"{root}/bundle.tar.gz", BUNDLE_TTL_S),
-        "TUNEFLEET_ARTIFACTS_URL": signed_url(key, base, "PUT", f"{root}/artifacts", ARTIFACTS_TTL_S),
-        "TUNEFLEET_LOG_URL": signed_url(key, base, "PUT", f"{root}/log", ARTIFACTS_TTL_S),
-    }
+
+    def url(method: str, what: str) -> str:
+        return signed_url(key, base, method, _path(job_id, attempt, what), URL_TTL_S)
+
+    env = {"TUNEFLEET_BUNDLE_URL": url("GET", "bundle.tar.gz")}
+    if push:
+        env.update(TUNEFLEET_ARTIFACTS_URL=url("PUT", "artifacts"), TUNEFLEET_HEARTBEAT_URL=url("PUT", "heartbeat"),
+                   TUNEFLEET_HOLD_AFTER_EXIT="1")
+    if resume:
+        env["TUNEFLEET_RESUME_URL"] = url("GET", "checkpoint.tar.gz")
+    if settings.workload_python_url:
+        env["TUNEFLEET_PYTHON_URL"] = settings.workload_python_url
+        env["TUNEFLEET_PYTHON_SHA256"] = settings.workload_python_sha256 or ""
+    return env
 
 
-def pack(folder: Path) -> bytes:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
-        for path in sorted(folder.iterdir()):
-            tar.add(path, arcname=path.name)
-    return buffer.getvalue()
-
-
-def unpack(source: BinaryIO, into: Path) -> None:
-    """Extract a tar.gz safely (no absolute paths, no links out of ``into``)."""
-    into.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(fileobj=source, mode="r:gz") as tar:
-        tar.extractall(into, filter="data")
-
-
-def read_result(settings: Settings, job_id: str, attempt: int) -> TrainerResult | None:
+def read_result(folder: Path) -> TrainerResult | None:
     try:
-        return TrainerResult.model_validate_json((artifacts_dir(settings, job_id, attempt) / "result.json").read_text())
+        return TrainerResult.model_validate_json((folder / RESULT).read_text())
     except (FileNotFoundError, ValueError):
         return None
 
 
-def read_log_tail(settings: Settings, job_id: str, attempt: int, max_bytes: int = 4000) -> str | None:
-    path = artifacts_dir(settings, job_id, attempt) / "log-tail.txt"
+def read_log_tail(folder: Path, max_bytes: int = 4000) -> str | None:
+    """The newest log lines: what the workload last sent, or the tail of a local trainer's log."""
+    for name in (LOG_TAIL, "train.log"):
+        try:
+            with open(folder / name, "rb") as f:
+                f.seek(0, os.SEEK_END)
+                f.seek(max(0, f.tell() - max_bytes))
+                return f.read().decode("utf-8", errors="replace")
+        except FileNotFoundError:
+            continue
+    return None
+
+
+def read_progress(folder: Path) -> dict | None:
     try:
-        return path.read_bytes()[-max_bytes:].decode("utf-8", errors="replace")
-    except FileNotFoundError:
+        progress = json.loads((folder / PROGRESS).read_text())
+    except (FileNotFoundError, ValueError):
         return None
+    return progress if isinstance(progress, dict) else None
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    partial.write_bytes(data)
+    os.replace(partial, path)

@@ -1,9 +1,11 @@
-"""The part of a cloud provider service that every cloud shares.
+"""The part of a provider service that every provider shares, this machine's included.
 
-It turns a ProvisionJob into a bundle, signed URLs and a resource; polls each live resource and reports
-its phase and cost; notices the artifacts coming back and ends the resource; ends resources stuck
-provisioning past the limit; and, at start and now and then, terminates resources of this account that no
-live workload owns, so that nothing is billed for nothing. Reports are WorkloadReported events.
+It turns a ProvisionJob into a bundle and a resource (looked up by name before any create, so that one attempt
+never leaves two machines); polls every live resource concurrently; starts workloads that the machine does not
+start itself; reads what each workload reports (its end, its log tail, its progress) and maps the trainer's
+result onto a phase, in one place; times provisioning from the last entry into that state; notices restarted
+containers and stalled runs; and, at start and now and then, terminates resources of an account that no live
+workload owns. Reports are WorkloadReported events.
 """
 
 from __future__ import annotations
@@ -17,20 +19,29 @@ from pathlib import Path
 import asyncpg
 
 from shared.credential_store import MissingCredentials, load_credentials
-from shared.errors import ProviderError
+from shared.errors import ProviderError, ProviderTransient
 from shared.events import ProvisionJob, WorkloadPhase, WorkloadReported
 from shared.jobspec import TrainerResult
-from shared.providers import Compute, WorkloadRequest
+from shared.providers import Compute, Provisioned, ResourceStatus, WorkloadRequest, resource_name
 from shared.settings import Settings
 from shared.tokens import job_token
 
-from .bundles import artifacts_dir, read_log_tail, read_result, workload_urls, write_remote_bundle
+from .bundles import artifacts_dir, bundle_dir, read_log_tail, read_progress, read_result, workload_env, write_bundle
+from .checkpoints import latest_checkpoint
+from .spool import replay_spool
 from .workloads import CloudWorkloads
 
 log = logging.getLogger(__name__)
 
 Report = Callable[[WorkloadReported], Awaitable[None]]
-BOOTSTRAP_COMMAND = ["python", "-m", "trainer.bootstrap"]
+#: Creates tried for one attempt; a lost answer is looked up by name before the next.
+CREATE_ATTEMPTS = 4
+#: The trainer's result status → the workload's phase: the one mapping every provider uses.
+RESULT_PHASE = {"completed": WorkloadPhase.SUCCEEDED, "interrupted": WorkloadPhase.PREEMPTED}
+
+
+def result_phase(result: TrainerResult) -> WorkloadPhase:
+    return RESULT_PHASE.get(result.status, WorkloadPhase.FAILED)
 
 
 @dataclass
@@ -39,31 +50,42 @@ class CloudRunner:
     settings: Settings
     pool: asyncpg.Pool
     report: Report
-    provisioning_limit_s: float = 900.0
     poll_interval_s: float = 10.0
     reconcile_every: int = 6
+    report_every_s: float = 10.0
+    #: A claim older than this without a recorded resource is taken over (its provisioning died midway).
+    provision_lease_s: float = 600.0
 
     def __post_init__(self) -> None:
         self.provider = self.compute.name
         self.workloads = CloudWorkloads(self.pool, f"{self.provider.replace('-', '_')}_workloads")
+        self._limit = asyncio.Semaphore(self.settings.poll_concurrency)
 
     def _event(self, job_id: str, attempt: int, phase: WorkloadPhase, **kw) -> WorkloadReported:
         return WorkloadReported(job_id=str(job_id), provider=self.provider, attempt=attempt, phase=phase, **kw)
 
-    def _seen(self, row: asyncpg.Record, phase: WorkloadPhase, **kw) -> WorkloadReported:
-        return self._event(row["job_id"], row["attempt"], phase, resource_id=row["resource_id"],
-                           cost_usd=_cost(row), **kw)
-
     async def credentials(self, user_id: str):
+        if not self.compute.needs_credentials:
+            return None
         private_key = self.settings.secrets_private_key
         if private_key is None:
             raise ProviderError("TUNEFLEET_SECRETS_PRIVATE_KEY is not set for this provider service")
         return await load_credentials(self.pool, private_key.get_secret_value(), user_id, self.provider)
 
+    def _request(self, job_id: str, attempt: int, options: dict | None = None) -> WorkloadRequest:
+        env = {}
+        if self.compute.remote:
+            env = workload_env(self.settings, job_id, attempt, push=self.compute.pushes_reports,
+                               resume=latest_checkpoint(self.settings, job_id) is not None)
+        return WorkloadRequest(job_id=job_id, attempt=attempt, env=env, options=options or {},
+                               bundle_dir=bundle_dir(self.settings, job_id, attempt),
+                               artifacts_dir=artifacts_dir(self.settings, job_id, attempt))
+
     # Commands -------------------------------------------------------------------------------------------
 
     async def provision(self, cmd: ProvisionJob) -> None:
-        if not await self.workloads.claim(cmd.job_id, cmd.attempt, cmd.user_id):
+        if not await self.workloads.claim(cmd.job_id, cmd.attempt, cmd.user_id, cmd.model_dump(mode="json"),
+                                          self.provision_lease_s):
             return
         if await self.workloads.stop_requested(cmd.job_id):
             await self._end(cmd.job_id, cmd.attempt, WorkloadPhase.STOPPED, message="stopped before it started")
@@ -71,20 +93,37 @@ class CloudRunner:
         await self.report(self._event(cmd.job_id, cmd.attempt, WorkloadPhase.PROVISIONING))
         try:
             credentials = await self.credentials(cmd.user_id)
-            await asyncio.to_thread(write_remote_bundle, self.settings, cmd,
-                                    ingest_token=job_token(self.settings.require_secret_key(), cmd.job_id))
-            request = WorkloadRequest(job_id=cmd.job_id, attempt=cmd.attempt, command=BOOTSTRAP_COMMAND,
-                                      env={**workload_urls(self.settings, cmd.job_id, cmd.attempt),
-                                           "TUNEFLEET_HOLD_AFTER_EXIT": "1"},
-                                      options=cmd.provider_options)
+            await asyncio.to_thread(
+                write_bundle, self.settings, cmd, remote=self.compute.remote,
+                ingest_token=job_token(self.settings.require_secret_key(), cmd.job_id),
+                resume_from=None if self.compute.remote else cmd.resume_from_checkpoint)
+            request = self._request(cmd.job_id, cmd.attempt, cmd.provider_options)
             await self.compute.validate(request, credentials)
-            provisioned = await self.compute.provision(request, credentials)
-        except (ProviderError, MissingCredentials) as exc:
-            log.warning("job %s: %s", cmd.job_id, exc.message)
-            await self._end(cmd.job_id, cmd.attempt, WorkloadPhase.FAILED, message=exc.message)
+            provisioned = await self._create(request, credentials)
+        except (ProviderError, MissingCredentials, OSError) as exc:
+            message = getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
+            log.warning("job %s: %s", cmd.job_id, message)
+            await self._end(cmd.job_id, cmd.attempt, WorkloadPhase.FAILED, message=message)
             return
         await self.workloads.provisioned(cmd.job_id, cmd.attempt, provisioned.resource_id, provisioned.cost_per_hour)
         log.info("job %s attempt %s: %s %s created", cmd.job_id, cmd.attempt, self.provider, provisioned.resource_id)
+
+    async def _create(self, request: WorkloadRequest, credentials) -> Provisioned:
+        """Create the resource once; after an answer that may have been lost, look it up before creating again."""
+        last: ProviderTransient | None = None
+        for attempt in range(1, CREATE_ATTEMPTS + 1):
+            found = await self.compute.find(request.name, credentials)
+            if found is not None:
+                if last is not None:
+                    log.info("%s %s exists although its create answered %s", self.provider, request.name,
+                             last.message)
+                return found
+            try:
+                return await self.compute.provision(request, credentials)
+            except ProviderTransient as exc:
+                last = exc
+                await asyncio.sleep(exc.retry_after if exc.retry_after is not None else min(2.0 ** attempt, 30.0))
+        raise last or ProviderError("create failed")
 
     async def terminate(self, job_id: str, user_id: str) -> None:
         for row in await self.workloads.request_stop(job_id, user_id):
@@ -99,7 +138,7 @@ class CloudRunner:
         rounds = 0
         while True:
             try:
-                if rounds % self.reconcile_every == 0:
+                if self.compute.reconciles and rounds % self.reconcile_every == 0:
                     await self.reconcile()
                 await self.poll_once()
             except Exception:
@@ -108,48 +147,129 @@ class CloudRunner:
             await asyncio.sleep(self.poll_interval_s)
 
     async def poll_once(self) -> None:
-        for row in await self.workloads.live():
-            if row["resource_id"] is None:
-                continue
+        """Poll every live resource, a bounded number at a time: one slow machine delays no other."""
+        for row in await self.workloads.abandoned(self.provision_lease_s):
+            log.warning("job %s attempt %s: taking over a provisioning that stopped midway", row["job_id"],
+                        row["attempt"])
+            await self.provision(ProvisionJob.model_validate(row["command"]))
+        rows = [r for r in await self.workloads.live() if r["resource_id"]]
+        await asyncio.gather(*(self._guarded_poll(row) for row in rows))
+
+    async def _guarded_poll(self, row: asyncpg.Record) -> None:
+        async with self._limit:
             try:
                 await self._poll(row)
-            except ProviderError as exc:
+            except (ProviderError, MissingCredentials) as exc:
                 log.warning("job %s: polling %s failed: %s", row["job_id"], self.provider, exc.message)
+            except Exception:
+                log.exception("job %s: polling %s failed", row["job_id"], self.provider)
 
     async def _poll(self, row: asyncpg.Record) -> None:
         job_id, attempt = str(row["job_id"]), row["attempt"]
-        cost = _cost(row)
-        tail = await asyncio.to_thread(read_log_tail, self.settings, job_id, attempt)
-        result = await asyncio.to_thread(read_result, self.settings, job_id, attempt)
+        credentials = await self.credentials(row["user_id"])
+        request = self._request(job_id, attempt)
+        status = await self.compute.status(row["resource_id"], credentials)
+        if status.phase is WorkloadPhase.RUNNING and not row["workload_started"]:
+            status = await self._start(row, request, credentials, status)
+        folder = request.artifacts_dir
+        if status.phase is WorkloadPhase.RUNNING:
+            try:
+                await self.compute.collect(row["resource_id"], request, credentials)
+            except ProviderTransient as exc:
+                log.info("job %s: collecting reports failed for now: %s", job_id, exc.message)
+            except ProviderError as exc:
+                await self._stop(row, WorkloadPhase.FAILED, exc.message, await asyncio.to_thread(read_log_tail, folder))
+                return
+        result = await asyncio.to_thread(read_result, folder)
         if result is not None:
-            result = _localised(result, artifacts_dir(self.settings, job_id, attempt))
-            await self._terminate(row)
-            phase = {"completed": WorkloadPhase.SUCCEEDED, "interrupted": WorkloadPhase.PREEMPTED}.get(
-                result.status, WorkloadPhase.FAILED)
-            await self._end(job_id, attempt, phase, result=result, message=result.error_message, log_tail=tail,
-                            cost_usd=cost)
+            await self._finish(row, result, folder)
             return
-        status = await self.compute.status(row["resource_id"], await self.credentials(row["user_id"]))
+        tail = await asyncio.to_thread(read_log_tail, folder)
         if status.phase is None:
-            await self._end(job_id, attempt, WorkloadPhase.PREEMPTED, log_tail=tail, cost_usd=cost,
+            await self._end(job_id, attempt, WorkloadPhase.PREEMPTED, log_tail=tail, cost_usd=_cost(row),
                             message=f"the {self.provider} resource went away mid-run ({status.detail})")
-        elif status.phase is WorkloadPhase.PROVISIONING and row["age_s"] > self.provisioning_limit_s:
-            await self._terminate(row)
-            await self._end(job_id, attempt, WorkloadPhase.PREEMPTED, cost_usd=cost,
-                            message=f"stuck provisioning for over {self.provisioning_limit_s:.0f}s; terminated")
         elif status.phase is WorkloadPhase.FAILED:
-            await self._terminate(row)
-            await self._end(job_id, attempt, WorkloadPhase.FAILED, message=status.detail, log_tail=tail,
-                            cost_usd=cost)
-        elif status.phase is WorkloadPhase.RUNNING:
-            if row["state"] != "running":
-                await self.workloads.running(job_id, attempt)
-            await self.report(self._seen(row, WorkloadPhase.RUNNING, log_tail=tail))
+            await self._stop(row, WorkloadPhase.FAILED, status.detail, tail)
+        elif status.phase is WorkloadPhase.PROVISIONING:
+            await self._provisioning(row, status)
         else:
-            await self.report(self._seen(row, WorkloadPhase.PROVISIONING, message=status.detail))
+            await self._running(row, status, folder, tail)
+
+    async def _start(self, row, request: WorkloadRequest, credentials, status: ResourceStatus) -> ResourceStatus:
+        try:
+            await self.compute.start(row["resource_id"], request, credentials)
+        except ProviderTransient as exc:
+            return ResourceStatus(WorkloadPhase.PROVISIONING, f"up, but not reachable yet: {exc.message}",
+                                  status.cost_per_hour)
+        except ProviderError as exc:
+            return ResourceStatus(WorkloadPhase.FAILED, exc.message, status.cost_per_hour)
+        await self.workloads.started(str(row["job_id"]), row["attempt"])
+        return status
+
+    async def _provisioning(self, row: asyncpg.Record, status: ResourceStatus) -> None:
+        job_id, attempt = str(row["job_id"]), row["attempt"]
+        limit = self.settings.provisioning_timeout_s
+        waited = row["state_age_s"] if row["state"] == "provisioning" else 0.0
+        if waited > limit:
+            await self._stop(row, WorkloadPhase.PREEMPTED, f"stuck provisioning for over {limit:.0f}s "
+                                                           f"({status.detail}); terminated", None)
+            return
+        await self.workloads.enter(job_id, attempt, "provisioning")
+        await self._report_now(row, WorkloadPhase.PROVISIONING, message=status.detail)
+
+    async def _running(self, row: asyncpg.Record, status: ResourceStatus, folder: Path, tail: str | None) -> None:
+        job_id, attempt = str(row["job_id"]), row["attempt"]
+        await self.workloads.enter(job_id, attempt, "running")
+        if status.uptime_s is not None:
+            restarted = row["last_uptime_s"] is not None and status.uptime_s + 1.0 < row["last_uptime_s"]
+            await self.workloads.saw_uptime(job_id, attempt, status.uptime_s, restarted)
+            restarts = row["restarts"] + int(restarted)
+            if restarted:
+                log.warning("job %s attempt %s: the container restarted (%s so far)", job_id, attempt, restarts)
+            if restarts >= self.settings.max_container_restarts:
+                await self._stop(row, WorkloadPhase.FAILED, f"the container exited and was restarted {restarts} "
+                                                            f"times without finishing; its log ends:\n{tail or ''}",
+                                 tail)
+                return
+        progress = await asyncio.to_thread(read_progress, folder)
+        if progress and progress.get("phase") == "training" and isinstance(progress.get("beats"), int):
+            beats = progress["beats"]
+            await self.workloads.saw_progress(job_id, attempt, beats)
+            stalled_for = row["progress_age_s"] if row["last_progress"] == beats else 0.0
+            if stalled_for and stalled_for > self.settings.stall_timeout_s:
+                await self._stop(row, WorkloadPhase.PREEMPTED,
+                                 f"stalled: no training progress for over {self.settings.stall_timeout_s:.0f}s "
+                                 f"(at step {progress.get('step')}); terminated", tail)
+                return
+        await self._report_now(row, WorkloadPhase.RUNNING, log_tail=tail)
+
+    async def _report_now(self, row: asyncpg.Record, phase: WorkloadPhase, **kw) -> None:
+        """Report on a change of state, else every ``report_every_s``: cost and log tail stay fresh."""
+        fresh = row["state"] == phase.value and row["report_age_s"] is not None
+        if fresh and row["report_age_s"] < self.report_every_s:
+            return
+        await self.report(self._event(row["job_id"], row["attempt"], phase, resource_id=row["resource_id"],
+                                      cost_usd=_cost(row), **kw))
+        await self.workloads.reported(str(row["job_id"]), row["attempt"])
+
+    async def _finish(self, row: asyncpg.Record, result: TrainerResult, folder: Path) -> None:
+        """The workload reported its end: end the resource, deliver what it could not, report how it ended."""
+        job_id, attempt = str(row["job_id"]), row["attempt"]
+        await self._terminate(row)
+        await asyncio.to_thread(replay_spool, self.settings, job_id, folder)
+        tail = await asyncio.to_thread(read_log_tail, folder)
+        await self._end(job_id, attempt, result_phase(result), result=_localised(result, folder),
+                        message=result.error_message, log_tail=tail, cost_usd=_cost(row))
+
+    async def _stop(self, row: asyncpg.Record, phase: WorkloadPhase, message: str, tail: str | None) -> None:
+        log.warning("job %s attempt %s: %s", row["job_id"], row["attempt"], message.splitlines()[0])
+        await self._terminate(row)
+        await self._end(str(row["job_id"]), row["attempt"], phase, message=message, log_tail=tail,
+                        cost_usd=_cost(row))
 
     async def reconcile(self) -> int:
-        """Terminate every resource of this provider that no live workload owns. Returns how many."""
+        """Terminate every resource of this provider that no live workload owns, and any second resource of an
+        attempt that already has one. Returns how many."""
         ended = 0
         for user_id in await self.workloads.users():
             try:
@@ -157,10 +277,23 @@ class CloudRunner:
                 resources = await self.compute.list_own(credentials)
             except (ProviderError, MissingCredentials):
                 continue
+            live_names = {resource_name(str(r["job_id"]), r["attempt"]) for r in await self.workloads.live()}
+            try:
+                await self.compute.tidy(credentials, live_names)
+            except ProviderError as exc:
+                log.info("tidying %s failed: %s", self.provider, exc.message)
             for resource in resources:
-                if not await self.workloads.is_live(resource.job_id, resource.attempt):
-                    log.warning("terminating %s %s: no live job owns it", self.provider, resource.resource_id)
-                    await self.compute.terminate(resource.resource_id, credentials)
+                recorded = await self.workloads.resource_of(resource.job_id, resource.attempt)
+                if recorded == "":
+                    continue  # its create is in flight; the creator looks it up by name
+                if recorded is None or recorded != resource.resource_id:
+                    why = "no live job owns it" if recorded is None else f"its attempt runs on {recorded}"
+                    log.warning("terminating %s %s: %s", self.provider, resource.resource_id, why)
+                    try:
+                        await self.compute.terminate(resource.resource_id, credentials)
+                    except ProviderError as exc:
+                        log.warning("terminating %s failed: %s", resource.resource_id, exc.message)
+                        continue
                     ended += 1
         return ended
 
@@ -174,12 +307,19 @@ class CloudRunner:
         if await self.workloads.ended(job_id, attempt):
             await self.report(self._event(job_id, attempt, phase, **kw))
 
+    async def close(self) -> None:
+        await self.compute.close()
+
 
 def _localised(result: TrainerResult, folder: Path) -> TrainerResult:
-    """Paths in a remote result point into the container; after the upload the artifacts are in ``folder``."""
-    adapter = folder / "adapter"
-    return result.model_copy(update={"output_dir": str(folder),
-                                     "adapter_path": str(adapter) if adapter.is_dir() else None})
+    """Paths in a remote result point into the machine; the artifacts are in ``folder`` now."""
+
+    def here(path: str | None) -> str | None:
+        found = folder / Path(path).name if path else None
+        return str(found) if found is not None and found.is_dir() else None
+
+    return result.model_copy(update={"output_dir": str(folder), "adapter_path": here(result.adapter_path),
+                                     "merged_path": here(result.merged_path)})
 
 
 def _cost(row: asyncpg.Record) -> float:

@@ -1,23 +1,26 @@
-"""FastStream wiring shared by the cloud provider services."""
+"""FastStream wiring shared by every provider service."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 from shared import subjects
 from shared.bus import COMMANDS, Bus, durable_consumer
 from shared.events import ProvisionJob, TerminateJob
 from shared.providers import Compute
 from shared.service import Hooks, ServiceContext
+from shared.settings import Settings
 
 from .runner import CloudRunner
 
 
-def wire_cloud_provider(compute: Compute):
+def wire_provider(make_compute: Callable[[ServiceContext], Compute],
+                  poll_interval_s: Callable[[Settings], float] = lambda s: s.cloud_poll_interval_s):
     async def wire(ctx: ServiceContext) -> Hooks:
+        compute = make_compute(ctx)
         runner = CloudRunner(compute, ctx.settings, ctx.pool, Bus(ctx.broker).publish,
-                             provisioning_limit_s=ctx.settings.provisioning_timeout_s,
-                             poll_interval_s=ctx.settings.cloud_poll_interval_s)
+                             poll_interval_s=poll_interval_s(ctx.settings))
         broker, name = ctx.broker, compute.name
 
         @broker.subscriber(subjects.provision(name), stream=COMMANDS, **durable_consumer(f"provider-{name}-provision"))
@@ -31,6 +34,6 @@ def wire_cloud_provider(compute: Compute):
         async def start_polling() -> None:
             ctx.background.append(asyncio.create_task(runner.poll_forever(), name=f"{name}-poller"))
 
-        return Hooks(after_start=start_polling)
+        return Hooks(after_start=start_polling, before_stop=runner.close)
 
     return wire

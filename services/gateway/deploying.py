@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import asyncpg
 
@@ -15,6 +17,7 @@ from shared.config import METHOD_FORMATS, DataFormat, TrainingConfig
 from shared.dataformats import DatasetError, validate_file
 from shared.errors import ConfigIncompatible, NotFound, ValidationFailed
 from shared.events import DeployRequested
+from shared.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +84,35 @@ def _check_train_path(config: TrainingConfig) -> ResolvedData:
     except (DatasetError, UnicodeDecodeError) as exc:
         raise ValidationFailed(f"data.train_path: {exc}", field="data.train_path") from exc
     return ResolvedData(str(path.resolve()), summary.format, summary.rows)
+
+
+def _unreachable(url: str) -> str | None:
+    """Why a remote machine could not reach ``url``, or None when it may."""
+    host = urlsplit(url).hostname or ""
+    if host == "localhost" or host.endswith(".localhost"):
+        return "it names this machine (localhost)"
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return None if host else "it has no host"
+    if address.is_loopback or address.is_unspecified or address.is_link_local:
+        return f"{host} is a loopback, unspecified or link-local address"
+    return None
+
+
+def require_reachable_urls(settings: Settings, provider: str) -> None:
+    """Refuse a cloud deploy whose workload could not call back: it fetches its bundle from the gateway and
+    sends metrics to ingest, from another machine. The sandbox's workloads run here, so it is exempt."""
+    if settings.sandbox:
+        return
+    for variable, value, purpose in (
+            ("TUNEFLEET_GATEWAY_PUBLIC_URL", settings.gateway_public_url, "fetches its bundle and sends its output"),
+            ("TUNEFLEET_INGEST_PUBLIC_URL", settings.ingest_public_url, "sends its metrics")):
+        why = "it is not set" if not value else _unreachable(value)
+        if why:
+            raise ValidationFailed(
+                f"a {provider} workload {purpose} at {variable}, and {why}; the operator must set {variable} to an "
+                "address that machines on the internet can reach (https://... of this server)", field=variable)
 
 
 async def request_deploy(pool: asyncpg.Pool, bus: Bus, *, user_id: str, provider: str, config: TrainingConfig,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Any
 
@@ -39,24 +40,44 @@ class LocalDeploymentRequest(DeploymentRequest):
     pass
 
 
+_IMAGE = re.compile(r"[a-z0-9]+(?:[._-][a-z0-9]+)*(?::[0-9]+)?(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*"
+                    r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@sha256:[a-f0-9]{64})?")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
 class RunPodDeploymentRequest(DeploymentRequest):
     gpu_type: str = Field(description="A RunPod GPU type id, e.g. 'NVIDIA A100 80GB PCIe'.")
     gpu_count: int = Field(default=1, ge=1, le=8)
-    docker_image: str | None = Field(default=None, description="An image with TuneFleet's trainer installed.")
-    volume_size_gb: int = Field(default=50, ge=0, le=4000)
+    docker_image: str | None = Field(
+        default=None, max_length=255,
+        description="The pod's image; a stock PyTorch image by default. Any image with Python and pip works: "
+                    "the bootstrap installs the trainer unless the image already has this TuneFleet's.")
+    volume_size_gb: int | None = Field(
+        default=None, ge=10, le=4000,
+        description="The pod's volume (model cache, checkpoints, the trainer's venv); sized for the model when "
+                    "unset.")
     environment_variables: dict[str, str] = Field(default_factory=dict)
     preflight: bool = Field(default=True, description="Dry-run the config on this machine's CPU first.")
+
+    @field_validator("docker_image")
+    @classmethod
+    def _image_reference(cls, image: str | None) -> str | None:
+        if image is not None and not _IMAGE.fullmatch(image):
+            raise ValueError(f"docker_image {image!r} is not an image reference like 'pytorch/pytorch:2.8.0-cuda12.8-"
+                             "cudnn9-runtime' or 'ghcr.io/you/trainer:tag'")
+        return image
 
     @field_validator("environment_variables")
     @classmethod
     def _plain_env(cls, env: dict[str, str]) -> dict[str, str]:
         for key, value in env.items():
-            if not key.replace("_", "").isalnum() or key.upper().startswith("TUNEFLEET_"):
-                raise ValueError(f"environment variable name {key!r} must be letters, digits and _ "
-                                 "and must not start with TUNEFLEET_")
-            if '"' in value or "\\" in value:
-                raise ValueError(f"environment variable {key} holds a double quote or backslash, "
-                                 "which RunPod's API cannot carry")
+            if not _ENV_NAME.fullmatch(key) or key.upper().startswith("TUNEFLEET_"):
+                raise ValueError(f"environment variable name {key!r} must be letters, digits and _ (not first a "
+                                 "digit) and must not start with TUNEFLEET_")
+            bad = next((c for c in value if ord(c) < 32 or ord(c) == 127), None)
+            if bad is not None:
+                raise ValueError(f"environment variable {key} holds a control character ({bad!r}: a newline, tab or "
+                                 "the like), which a pod's environment cannot carry; put it on one line")
         return env
 
     def provider_options(self) -> dict:

@@ -1,8 +1,9 @@
-from services.cloud.subscribers import wire_cloud_provider
+"""The Lambda Cloud provider: a plain instance reached over SSH (paramiko) and SFTP."""
+from services.cloud.subscribers import wire_provider
 from shared.service import run_service
-from shared.settings import Settings
 
 from .compute import LambdaCompute
 
 if __name__ == "__main__":
-    run_service("provider_lambda", owns=("provider_lambda",), wire=wire_cloud_provider(LambdaCompute(Settings())))
+    run_service("provider_lambda", owns=("provider_lambda",),
+                wire=wire_provider(lambda ctx: LambdaCompute(ctx.settings, ctx.pool)))

@@ -1,30 +1,68 @@
-"""Lambda Cloud's REST API (v1) through httpx: there is no official Python SDK."""
+"""Lambda Cloud's REST API (v1) through httpx: there is no official Python SDK.
+
+Lambda allows about one request per second per account and one launch per 12 seconds (its API spec 1.8.3: "one
+request per 12 seconds, or five requests per minute"); going over answers 429 with no JSON and no Retry-After.
+Every call therefore waits its turn at a per-account limiter in this process before it is sent, retries included.
+Reads are retried with back-off; a launch is sent once (see ``Compute.provision``).
+"""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import hashlib
 import os
+import time
+
+from aiolimiter import AsyncLimiter
 
 from services.cloud.http import json_of, retrying, send
 from shared.errors import NoCapacity, ProviderError
 
 DEFAULT_BASE_URL = "https://cloud.lambdalabs.com/api/v1"
+#: Seconds between requests, and between launches, of one account, with a margin over Lambda's limits.
+REQUEST_INTERVAL_S = 1.05
+LAUNCH_INTERVAL_S = 12.5
+INSTANCE_TYPES_TTL_S = 60.0
+LIVE = ("booting", "active", "unhealthy")
+
+
+class NotFoundAtLambda(ProviderError):
+    code = "not_found_at_provider"
+
+
+_limiters: dict[tuple[int, str, str], AsyncLimiter] = {}
+_locks: dict[tuple[int, str, str], asyncio.Lock] = {}
+_cache: dict[tuple[str, str], tuple[float, object]] = {}
+
+
+def _limiter(account: str, kind: str, interval: float) -> AsyncLimiter:
+    key = (id(asyncio.get_running_loop()), account, kind)
+    if key not in _limiters:
+        _limiters[key] = AsyncLimiter(1, interval)
+    return _limiters[key]
 
 
 class LambdaClient:
-    def __init__(self, api_key: str, *, attempts: int = 6, timeout: float = 30.0):
+    def __init__(self, api_key: str, *, attempts: int = 8, timeout: float = 30.0):
         self._api_key, self.attempts, self.timeout = api_key, attempts, timeout
+        self._account = hashlib.sha256(api_key.encode()).hexdigest()[:16]
 
     def __repr__(self) -> str:
         return "LambdaClient(api_key=***)"
 
-    async def _call(self, method: str, path: str, json: dict | None = None) -> dict | list:
+    async def _call(self, method: str, path: str, json: dict | None = None, *, retry: bool = True) -> dict | list:
+        if not retry:
+            return await self._send(method, path, json)
         async for attempt in retrying(self.attempts):
             with attempt:
                 return await self._send(method, path, json)
         raise AssertionError("unreachable")
 
     async def _send(self, method: str, path: str, json: dict | None) -> dict | list:
+        if path == "/instance-operations/launch":
+            await _limiter(self._account, "launch", LAUNCH_INTERVAL_S).acquire()
+        await _limiter(self._account, "request", REQUEST_INTERVAL_S).acquire()
         base = os.environ.get("LAMBDA_API_BASE_URL", DEFAULT_BASE_URL).rstrip("/")
         response = await send(method, base + path, cloud="Lambda", provider="lambda", json=json,
                               headers={"Authorization": f"Bearer {self._api_key}"}, request_timeout=self.timeout)
@@ -34,33 +72,54 @@ class LambdaClient:
             code, message = error.get("code", ""), error.get("message", "unknown error")
             if code == "instance-operations/launch/insufficient-capacity":
                 raise NoCapacity(f"Lambda: {message}")
-            if code == "global/object-does-not-exist":
-                raise LookupError(message)
-            fields = ", ".join(body.get("field_errors") or {})
-            raise ProviderError(f"Lambda: {message}" + (f" ({fields})" if fields else ""),
-                                field=next(iter(body.get("field_errors") or {}), None))
+            if code == "global/object-does-not-exist" or response.status_code == 404:
+                raise NotFoundAtLambda(f"Lambda: {message}")
+            fields = body.get("field_errors") or {}
+            suggestion = f" {error['suggestion']}" if error.get("suggestion") else ""
+            raise ProviderError(f"Lambda: {message}{suggestion}" + (f" ({', '.join(fields)})" if fields else ""),
+                                field=next(iter(fields), None))
         return body["data"]
 
-    async def instance_types(self) -> dict:
-        return await self._call("GET", "/instance-types")
+    async def _cached(self, what: str, ttl: float, fetch):
+        """``fetch()``, or its answer of less than ``ttl`` seconds ago; concurrent callers share one call."""
+        key = (self._account, what)
+        lock = _locks.setdefault((id(asyncio.get_running_loop()), *key), asyncio.Lock())
+        async with lock:
+            hit = _cache.get(key)
+            if hit is not None and time.monotonic() - hit[0] < ttl:
+                return hit[1]
+            value = await fetch()
+            _cache[key] = (time.monotonic(), value)
+            return value
 
-    async def instances(self) -> list[dict]:
-        return await self._call("GET", "/instances")
+    async def instance_types(self) -> dict:
+        return await self._cached("instance-types", INSTANCE_TYPES_TTL_S,
+                                  lambda: self._call("GET", "/instance-types"))
+
+    async def instances(self, *, max_age_s: float = 0.0) -> list[dict]:
+        """The account's instances; with ``max_age_s`` an answer up to that old is reused (one list call per
+        poll round serves every instance of the account)."""
+        return await self._cached("instances", max_age_s, lambda: self._call("GET", "/instances"))
 
     async def instance(self, instance_id: str) -> dict | None:
         try:
             return await self._call("GET", f"/instances/{instance_id}")
-        except LookupError:
+        except NotFoundAtLambda:
             return None
 
     async def launch(self, *, region: str, instance_type: str, ssh_key_name: str, name: str) -> str:
+        """One launch request, never retried here: a lost answer may have launched the instance."""
         data = await self._call("POST", "/instance-operations/launch", {
             "region_name": region, "instance_type_name": instance_type, "ssh_key_names": [ssh_key_name],
-            "file_system_names": [], "quantity": 1, "name": name})
+            "file_system_names": [], "name": name}, retry=False)
+        _cache.pop((self._account, "instances"), None)
         return data["instance_ids"][0]
 
     async def terminate(self, instance_id: str) -> None:
-        await self._call("POST", "/instance-operations/terminate", {"instance_ids": [instance_id]})
+        """Idempotent: an instance Lambda does not know (any more) is already gone."""
+        with contextlib.suppress(NotFoundAtLambda):
+            await self._call("POST", "/instance-operations/terminate", {"instance_ids": [instance_id]})
+        _cache.pop((self._account, "instances"), None)
 
     async def ssh_keys(self) -> list[dict]:
         return await self._call("GET", "/ssh-keys")
@@ -69,5 +128,5 @@ class LambdaClient:
         return await self._call("POST", "/ssh-keys", {"name": name, "public_key": public_key})
 
     async def delete_ssh_key(self, key_id: str) -> None:
-        with contextlib.suppress(LookupError):
+        with contextlib.suppress(NotFoundAtLambda):
             await self._call("DELETE", f"/ssh-keys/{key_id}")

@@ -1,8 +1,14 @@
-"""RunPod's GraphQL API: the ``runpod`` package writes the queries, httpx carries them.
+"""RunPod's GraphQL API, carried by httpx.
 
-The package's own transport cannot take a per-call key for mutations (it reads a module global, unsafe with
-many users in one process), hides ``Retry-After`` and raises plain JSON errors on a 502 page, so calls go
-through httpx with the same headers and body, and the same ``RUNPOD_API_BASE_URL`` override, read per call.
+The ``runpod`` package writes the documents it gets right (the GPU list, the pod list, terminate; pod ids are
+RunPod's own); the pod
+mutation and the pod query are built in ``.graphql``, because the package's versions interpolate strings without
+escaping, cannot send ``minCudaVersion`` and select no ``runtime.uptimeInSeconds``. httpx carries them because
+the package's transport reads a module-global key for mutations (unsafe with many users), hides
+``Retry-After`` and raises plain JSON errors on a 502 page. ``RUNPOD_API_BASE_URL`` is read per call.
+
+A create is sent once and never retried here: if its answer is lost the pod may exist (see
+``Compute.provision``). Reads and terminate are retried with back-off.
 """
 
 from __future__ import annotations
@@ -17,8 +23,14 @@ from runpod.user_agent import USER_AGENT
 from services.cloud.http import json_of, retrying, send
 from shared.errors import NoCapacity, ProviderError
 
+from .graphql import Enum, document
+
 DEFAULT_BASE_URL = "https://api.runpod.io"
 NO_CAPACITY = "no longer any instances available"
+#: What RunPod answers (HTTP 200) to terminating a pod it does not know.
+POD_NOT_FOUND = "pod not found to terminate"
+POD_FIELDS = ("id", "name", "desiredStatus", "costPerHr", "imageName", "gpuCount", "lastStatusChange",
+              ("runtime", ("uptimeInSeconds", ("ports", ("ip", "isIpPublic", "privatePort", "publicPort", "type")))))
 
 
 class RunPodClient:
@@ -30,7 +42,9 @@ class RunPodClient:
     def __repr__(self) -> str:
         return "RunPodClient(api_key=***)"
 
-    async def _call(self, query: str) -> dict:
+    async def _call(self, query: str, *, retry: bool = True) -> dict:
+        if not retry:
+            return await self._post(query)
         async for attempt in retrying(self.attempts):
             with attempt:
                 return await self._post(query)
@@ -57,19 +71,25 @@ class RunPodClient:
         return (await self._call(pod_queries.QUERY_POD))["myself"]["pods"]
 
     async def pod(self, pod_id: str) -> dict | None:
-        return (await self._call(pod_queries.generate_pod_query(pod_id)))["pod"]
+        return (await self._call(document("query", "pod", {"input": {"podId": pod_id}}, POD_FIELDS)))["pod"]
 
     async def create_pod(self, *, name: str, image: str, gpu_type_id: str, gpu_count: int, volume_in_gb: int,
-                         env: dict[str, str], docker_args: str) -> dict:
-        for key, value in {**env, "name": name, "image": image, "docker_args": docker_args}.items():
-            if '"' in value or "\\" in value:
-                raise ProviderError(f"{key} holds a double quote or backslash, which RunPod's API cannot carry",
-                                    field=key)
-        mutation = pod_mutations.generate_pod_deployment_mutation(
-            name=name, image_name=image, gpu_type_id=gpu_type_id, gpu_count=gpu_count, volume_in_gb=volume_in_gb,
-            container_disk_in_gb=20, min_vcpu_count=1, min_memory_in_gb=1, docker_args=docker_args, env=env,
-            support_public_ip=True, start_ssh=False)
-        return (await self._call(mutation))["podFindAndDeployOnDemand"]
+                         container_disk_in_gb: int, volume_mount_path: str, env: dict[str, str], docker_args: str,
+                         min_cuda_version: str) -> dict:
+        """``podFindAndDeployOnDemand``, sent once. No public IP (the workload only calls out) and no SSH."""
+        mutation = document("mutation", "podFindAndDeployOnDemand", {"input": {
+            "name": name, "imageName": image, "cloudType": Enum("ALL"), "gpuTypeId": gpu_type_id,
+            "gpuCount": gpu_count, "supportPublicIp": False, "startSsh": False, "volumeInGb": volume_in_gb,
+            "containerDiskInGb": container_disk_in_gb, "volumeMountPath": volume_mount_path,
+            "minVcpuCount": 2, "minMemoryInGb": 8, "minCudaVersion": min_cuda_version, "dockerArgs": docker_args,
+            "env": [{"key": k, "value": v} for k, v in env.items()]}},
+            ("id", "imageName", "machineId", "costPerHr", ("machine", ("podHostId",))))
+        return (await self._call(mutation, retry=False))["podFindAndDeployOnDemand"]
 
     async def terminate_pod(self, pod_id: str) -> None:
-        await self._call(pod_mutations.generate_pod_terminate_mutation(pod_id))
+        """Idempotent: a pod RunPod does not know is already gone."""
+        try:
+            await self._call(pod_mutations.generate_pod_terminate_mutation(pod_id))
+        except ProviderError as exc:
+            if POD_NOT_FOUND not in exc.message:
+                raise

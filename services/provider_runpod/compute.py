@@ -1,39 +1,66 @@
-"""RunPod behind the shared compute interface."""
+"""RunPod behind the shared compute interface.
+
+A pod runs a stock image (``Settings.runpod_default_image``, a public PyTorch image with CUDA 12) unless the deploy
+names one. Its start command is the fixed bootstrap (``trainer.bootstrap.START_ARGV``), given as RunPod's JSON
+form of ``dockerArgs`` so that it replaces the image's ENTRYPOINT instead of being handed to it as arguments. The
+volume, mounted at /workspace, holds the Hugging Face cache, the job folder with its checkpoints and the trainer's
+venv, so a restarted container neither downloads nor installs again.
+
+RunPod restarts a container whose command exits and keeps ``desiredStatus`` RUNNING, so the bootstrap never
+exits (it reports its end and holds); the runner counts restarts from ``runtime.uptimeInSeconds``.
+"""
 
 from __future__ import annotations
 
-import shlex
+import json
 
 from shared.credentials import RunPodCredentials
 from shared.errors import ProviderError
 from shared.events import WorkloadPhase
 from shared.providers import Compute, OwnResource, Provisioned, ResourceStatus, WorkloadRequest, parse_resource_name
+from shared.settings import Settings
+from trainer.bootstrap import START_ARGV
 
 from .api_client import RunPodClient
 
-DEFAULT_IMAGE = "ghcr.io/tunefleet/trainer:0.1.0"
+#: The default image is built for CUDA 12.8: a host whose driver is older cannot run it.
+MIN_CUDA_VERSION = "12.8"
+VOLUME_MOUNT = "/workspace"
+CONTAINER_DISK_GB = 30
+DEFAULT_VOLUME_GB = 50
+GONE = ("EXITED", "TERMINATED", "DEAD")
 
 
 def pod_phase(pod: dict | None) -> ResourceStatus:
-    """RunPod's pod states onto TuneFleet's phases, in one place. ``desiredStatus`` is what was asked for;
-    a RUNNING pod without ``runtime`` is still pulling its image."""
+    """RunPod's pod states onto TuneFleet's phases, in one place. ``desiredStatus`` is what was asked for, not
+    what is: a RUNNING pod without ``runtime`` is pulling its image, starting, or on a host in trouble; EXITED
+    comes from a stop or a terminate (by the user or by RunPod), never from the container's command ending."""
     if pod is None:
         return ResourceStatus(phase=None, detail="the pod does not exist")
     desired, cost = pod.get("desiredStatus"), pod.get("costPerHr")
     cost = float(cost) if cost is not None else None
     if desired == "RUNNING":
-        if pod.get("runtime") is None:
-            return ResourceStatus(WorkloadPhase.PROVISIONING, "starting the container", cost)
-        return ResourceStatus(WorkloadPhase.RUNNING, "running", cost)
-    if desired in ("EXITED", "DEAD"):
-        return ResourceStatus(WorkloadPhase.FAILED, f"the container stopped ({desired.lower()})", cost)
-    if desired == "TERMINATED":
-        return ResourceStatus(phase=None, detail="the pod was terminated")
+        runtime = pod.get("runtime")
+        if runtime is None:
+            return ResourceStatus(WorkloadPhase.PROVISIONING, "waiting for the container (image pull or start)", cost)
+        uptime = runtime.get("uptimeInSeconds")
+        return ResourceStatus(WorkloadPhase.RUNNING, "running", cost, float(uptime) if uptime is not None else None)
+    if desired in GONE:
+        change = pod.get("lastStatusChange") or desired.lower()
+        return ResourceStatus(phase=None, detail=f"the pod was stopped ({change})")
     return ResourceStatus(WorkloadPhase.PROVISIONING, f"pod is {str(desired).lower()}", cost)
+
+
+def docker_args() -> str:
+    """The fixed start command in RunPod's JSON form, which replaces the image's ENTRYPOINT."""
+    return json.dumps({"entrypoint": START_ARGV[:2], "cmd": START_ARGV[2:]})
 
 
 class RunPodCompute(Compute[RunPodCredentials]):
     name = "runpod"
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
 
     def client(self, credentials: RunPodCredentials) -> RunPodClient:
         return RunPodClient(credentials.api_key.get_secret_value())
@@ -47,12 +74,24 @@ class RunPodCompute(Compute[RunPodCredentials]):
 
     async def provision(self, request: WorkloadRequest, credentials: RunPodCredentials) -> Provisioned:
         opts = request.options
+        env = {"HF_HOME": f"{VOLUME_MOUNT}/huggingface", **opts.get("environment_variables", {}), **request.env,
+               "TUNEFLEET_WORKDIR": f"{VOLUME_MOUNT}/tunefleet-job",
+               "TUNEFLEET_VENV_DIR": f"{VOLUME_MOUNT}/tunefleet-venv"}
         pod = await self.client(credentials).create_pod(
-            name=request.name, image=opts.get("docker_image") or DEFAULT_IMAGE, gpu_type_id=opts["gpu_type"],
-            gpu_count=int(opts.get("gpu_count", 1)), volume_in_gb=int(opts.get("volume_size_gb", 0)),
-            env={**opts.get("environment_variables", {}), **request.env}, docker_args=shlex.join(request.command))
-        status = await self.status(pod["id"], credentials)
-        return Provisioned(resource_id=pod["id"], cost_per_hour=status.cost_per_hour or 0.0)
+            name=request.name, image=opts.get("docker_image") or self.settings.runpod_default_image,
+            gpu_type_id=opts["gpu_type"], gpu_count=int(opts.get("gpu_count", 1)),
+            volume_in_gb=int(opts.get("volume_size_gb") or DEFAULT_VOLUME_GB), container_disk_in_gb=CONTAINER_DISK_GB,
+            volume_mount_path=VOLUME_MOUNT, env=env, docker_args=docker_args(), min_cuda_version=MIN_CUDA_VERSION)
+        cost = pod.get("costPerHr")
+        if cost is None:
+            cost = (await self.status(pod["id"], credentials)).cost_per_hour
+        return Provisioned(resource_id=pod["id"], cost_per_hour=float(cost or 0.0))
+
+    async def find(self, name: str, credentials: RunPodCredentials) -> Provisioned | None:
+        for pod in await self.client(credentials).pods():
+            if pod.get("name") == name and pod.get("desiredStatus") not in GONE:
+                return Provisioned(pod["id"], float(pod.get("costPerHr") or 0.0))
+        return None
 
     async def status(self, resource_id: str, credentials: RunPodCredentials) -> ResourceStatus:
         return pod_phase(await self.client(credentials).pod(resource_id))
@@ -63,6 +102,6 @@ class RunPodCompute(Compute[RunPodCredentials]):
     async def list_own(self, credentials: RunPodCredentials) -> list[OwnResource]:
         own = []
         for pod in await self.client(credentials).pods():
-            if parsed := parse_resource_name(pod.get("name") or ""):
+            if pod.get("desiredStatus") not in GONE and (parsed := parse_resource_name(pod.get("name") or "")):
                 own.append(OwnResource(pod["id"], *parsed))
         return own

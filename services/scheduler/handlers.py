@@ -147,7 +147,8 @@ async def _requeue(evt: WorkloadReported, *, job_attempt: int, stop_requested: b
     if stop_requested:
         new, reason, bump = JobStatus.STOPPED, "stopped while preempted", False
     elif job_attempt >= MAX_ATTEMPTS:
-        new, reason, bump = JobStatus.FAILED, f"preempted {job_attempt} times; giving up", False
+        last = f": {evt.message}" if evt.message else ""
+        new, reason, bump = JobStatus.FAILED, f"preempted {job_attempt} times; giving up (last{last})", False
     else:
         new, reason, bump = JobStatus.QUEUED, f"retrying after preemption (attempt {job_attempt + 1})", True
     t = await jobs.transition(evt.job_id, new, source_event_id=derived_id(evt.event_id, "requeue"),

@@ -16,7 +16,10 @@ import uvicorn
 
 from services.cli.embedded import free_port
 from services.cli.sse import iter_events
+from services.sandbox.images import sandbox_images
 from services.sandbox.lambda_cloud import LambdaEmulator
+from services.sandbox.machines import StockImages, build_stock_images
+from services.sandbox.mirror import mirror_app, python_url
 from services.sandbox.runpod import RunPodEmulator
 
 TERMINAL = {"completed", "failed", "stopped", "budget_exceeded"}
@@ -106,39 +109,54 @@ class EmulatorServer:
 
 
 RUNPOD_KEY = "rp-e2e-key-0123456789"
+LAMBDA_KEY = "lambda-e2e-key-0123456789"
+#: Stack-wide timers, scaled down: provisioning may last this long before the resource is replaced.
+PROVISIONING_TIMEOUT_S = 15.0
 
 
 @pytest.fixture(scope="session")
-def runpod(tmp_path_factory) -> RunPodEmulator:
-    emulator = RunPodEmulator(tmp_path_factory.mktemp("runpod"), {RUNPOD_KEY}, boot_delay_s=0.5)
+def stock_images() -> StockImages:
+    """The emulated clouds' stock machine images, built once and kept between sessions of this machine."""
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tunefleet" / "sandbox-images"
+    return build_stock_images(cache)
+
+
+@pytest.fixture(scope="session")
+def mirror(stock_images) -> str:
+    """"The internet" of the emulated machines: the CPython archive a Python 3.10 machine downloads."""
+    with EmulatorServer(mirror_app(stock_images)) as server:
+        yield python_url(server.url, stock_images)
+
+
+@pytest.fixture(scope="session")
+def runpod(tmp_path_factory, stock_images) -> RunPodEmulator:
+    emulator = RunPodEmulator(tmp_path_factory.mktemp("runpod"), {RUNPOD_KEY}, stock=stock_images,
+                              images=sandbox_images(stock_images))
     with EmulatorServer(emulator.app) as server:
         emulator.url = server.url
         yield emulator
 
 
-LAMBDA_KEY = "lambda-e2e-key-0123456789"
-
-
 @pytest.fixture(scope="session")
-def lambda_cloud(tmp_path_factory) -> LambdaEmulator:
-    emulator = LambdaEmulator(tmp_path_factory.mktemp("lambda"), {LAMBDA_KEY}, boot_delay_s=0.5)
+def lambda_cloud(tmp_path_factory, stock_images) -> LambdaEmulator:
+    emulator = LambdaEmulator(tmp_path_factory.mktemp("lambda"), {LAMBDA_KEY}, stock=stock_images,
+                              boot_delay_s=0.5, sshd_delay_s=2.0, ssh_port=free_port())
     with EmulatorServer(emulator.app) as server:
         emulator.url = f"{server.url}/api/v1"
         yield emulator
 
 
 @pytest.fixture(scope="session")
-def stack(tmp_path_factory, tiny_model_dir, runpod, lambda_cloud):
+def stack(tmp_path_factory, tiny_model_dir, runpod, lambda_cloud, mirror, stock_images):
     s = RunningStack(tmp_path_factory.mktemp("e2e") / "home", {
         "RUNPOD_API_BASE_URL": runpod.url, "LAMBDA_API_BASE_URL": lambda_cloud.url,
         "TUNEFLEET_LAMBDA_SSH_PORT": str(lambda_cloud.ssh_port), "TUNEFLEET_CLOUD_POLL_INTERVAL_S": "0.5",
-        "TUNEFLEET_PROVISIONING_TIMEOUT_S": "8"})
+        "TUNEFLEET_PROVISIONING_TIMEOUT_S": str(PROVISIONING_TIMEOUT_S), "TUNEFLEET_SANDBOX": "true",
+        "TUNEFLEET_WORKLOAD_PYTHON_URL": mirror, "TUNEFLEET_WORKLOAD_PYTHON_SHA256": stock_images.python_sha256})
     s.start()
     yield s
     if s.process and s.process.poll() is None:
         s.stop()
-
-
 
 
 @pytest.fixture(scope="session")

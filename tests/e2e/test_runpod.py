@@ -1,9 +1,12 @@
-"""RunPod end to end through HTTP: the real start command and trainer run in the emulator's "pod"; faults
-end as the provider contract says, nothing is left running, and the key appears nowhere."""
+"""RunPod end to end through HTTP, against an emulator at least as strict as RunPod: the real start command runs
+the real bootstrap on a stock image (Python and torch, no TuneFleet), which installs the trainer from the bundle;
+crashes loop as RunPod restarts containers; checkpoints survive a lost pod; nothing is left running."""
 
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 import time
 import uuid
 from pathlib import Path
@@ -11,13 +14,16 @@ from pathlib import Path
 import nats
 import pytest
 
+from services.cloud.checkpoints import latest_checkpoint
+from services.sandbox.images import TRAINER_IMAGE
 from shared import subjects
+from shared.settings import Settings
 
-from .conftest import RUNPOD_KEY, wait_for_status
+from .conftest import PROVISIONING_TIMEOUT_S, RUNPOD_KEY, wait_for_status
 
 pytestmark = pytest.mark.e2e
 
-GPU = "NVIDIA RTX A6000"
+GPU = "NVIDIA RTX A4000"
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +41,7 @@ def config(alice, tiny_model_dir, tmp_path_factory) -> dict:
 
 
 def deploy(client, config, **extra) -> str:
-    body = {"config": config, "gpu_type": GPU, "gpu_count": 1, "volume_size_gb": 20, "preflight": False, **extra}
+    body = {"config": config, "gpu_type": GPU, "gpu_count": 1, "preflight": False, **extra}
     r = client.post("/api/training/deploy/runpod", json=body)
     assert r.status_code == 202, r.text
     return r.json()["job_id"]
@@ -49,7 +55,20 @@ def wait_until(predicate, timeout=60.0, what="condition"):
 
 
 def pods_of(runpod, job_id):
+    """The pods of a job that RunPod lists (terminated ones leave the list)."""
     return [p for p in list(runpod.pods.values()) if job_id in p.name]
+
+
+def all_pods_of(runpod, job_id):
+    return [p for p in [*runpod.pods.values(), *runpod.ended.values()] if job_id in p.name]
+
+
+def container_log(pod) -> str:
+    return (pod.folder / "container.log").read_text(errors="replace")
+
+
+def trainer_log(pod) -> str:
+    return (pod.folder / "volume" / "tunefleet-job" / "output" / "train.log").read_text(errors="replace")
 
 
 def stream_texts(stack) -> str:
@@ -70,11 +89,10 @@ def stream_texts(stack) -> str:
     return asyncio.run(read())
 
 
-def test_runpod_job_trains_in_a_pod_and_comes_back_registered(stack, alice, runpod, config):
-    job_id = deploy(alice, config, environment_variables={"HF_HUB_OFFLINE": "1"})
-    job = wait_for_status(alice, job_id, {"completed"}, timeout=300)
-    assert [h["status"] for h in job["history"]][-1] == "completed"
-    assert "running" in [h["status"] for h in job["history"]]
+def test_a_job_on_the_stock_image_installs_the_trainer_trains_and_comes_back(stack, alice, runpod, config):
+    job_id = deploy(alice, config, environment_variables={"HF_HUB_OFFLINE": "1", "NOTE": 'quotes " and \\ pass'})
+    job = wait_for_status(alice, job_id, {"completed"}, timeout=400)
+    assert "running" in [h["status"] for h in job["history"]] and job["attempt"] == 1
     assert job["resource_id"] and job["cost_usd"] > 0
     by_pod = alice.get("/api/training/deploy/runpod", params={"pod_id": job["resource_id"]}).json()
     assert by_pod["job_id"] == job_id
@@ -85,49 +103,106 @@ def test_runpod_job_trains_in_a_pod_and_comes_back_registered(stack, alice, runp
     model = next(m for m in alice.get("/api/models").json() if m["job_id"] == job_id)
     assert Path(model["adapter_path"], "adapter_config.json").exists()  # the artifacts came back
     wait_until(lambda: not pods_of(runpod, job_id), what="the pod to be terminated")
-    # The pod got its configuration as data: a signed bundle URL, never the key or the config in its command.
+    pod = all_pods_of(runpod, job_id)[0]
+    assert not runpod.running_processes(pod.id)
+    # The stock image had no trainer: the bootstrap installed the wheel from the bundle into a venv on the volume.
+    log = trainer_log(pod)
+    assert "installing the trainer" in log and "[trainer] completed" in log
+    assert (pod.folder / "volume" / "tunefleet-venv" / "bin" / "python").exists()
+    assert (pod.folder / "volume" / "huggingface").parent.is_dir()
+    # What the pod was asked for: no public IP, a minimum CUDA, its disk and volume, and a fixed start command
+    # in RunPod's JSON form (the image's ENTRYPOINT does not wrap it); the job's data only as env values.
     query = next(q for q in runpod.requests if "podFindAndDeployOnDemand" in q and job_id in q)
-    assert "python -m trainer.bootstrap" in query and "TUNEFLEET_BUNDLE_URL" in query and "HF_HUB_OFFLINE" in query
+    assert "supportPublicIp: false" in query and 'minCudaVersion: "12.8"' in query
+    assert 'volumeMountPath: "/workspace"' in query and "containerDiskInGb: 30" in query
+    assert json.loads(pod.docker_args)["entrypoint"] == ["bash", "-c"]
+    assert pod.env["NOTE"] == 'quotes " and \\ pass' and pod.env["HF_HOME"] == "/workspace/huggingface"
+    assert pod.image == Settings.model_fields["runpod_default_image"].default
+    assert config["model"]["base_model"] not in query  # the configuration travels in the bundle
 
 
-def test_transient_api_errors_and_a_429_storm_are_retried(stack, alice, runpod, config):
+def test_an_image_with_this_trainer_skips_the_install_and_api_errors_are_retried(stack, alice, runpod, config):
     runpod.faults.rate_limited, runpod.faults.http_errors = 3, 2
-    job_id = deploy(alice, config)
+    job_id = deploy(alice, config, docker_image=TRAINER_IMAGE)
     wait_for_status(alice, job_id, {"completed"}, timeout=300)
     assert runpod.faults.rate_limited == 0 and runpod.faults.http_errors == 0
+    log = trainer_log(all_pods_of(runpod, job_id)[0])
+    assert "the image already has this trainer" in log and "installing the trainer" not in log
 
 
-def test_a_pod_stuck_provisioning_is_terminated_and_the_job_fails_after_retries(stack, alice, runpod, config):
-    runpod.faults.stuck_provisioning = True
+def test_a_lost_create_answer_leaves_exactly_one_pod(stack, alice, runpod, config):
+    runpod.faults.lost_create_answers = 1
+    job_id = deploy(alice, config, docker_image=TRAINER_IMAGE)
+    job = wait_for_status(alice, job_id, {"completed"}, timeout=300)
+    assert runpod.faults.lost_create_answers == 0
+    assert len(all_pods_of(runpod, job_id)) == 1 and job["attempt"] == 1
+
+
+def test_a_crashing_container_fails_the_job_with_its_log_after_a_few_restarts(stack, alice, runpod, config):
+    runpod.faults.crash_after_s = 4.0
     try:
         job_id = deploy(alice, config)
         job = wait_for_status(alice, job_id, {"failed"}, timeout=180)
     finally:
-        runpod.faults.stuck_provisioning = False
+        runpod.faults.crash_after_s = None
+    pod = all_pods_of(runpod, job_id)[0]
+    assert len(all_pods_of(runpod, job_id)) == 1 and pod.starts >= 3  # RunPod restarted it; it stayed RUNNING
+    assert "restarted 3 times" in job["status_reason"] and "[bootstrap]" in job["status_reason"]
+    wait_until(lambda: not pods_of(runpod, job_id), what="the pod to be terminated")
+    assert not runpod.running_processes(pod.id)
+
+
+def test_an_unknown_image_never_starts_and_the_job_fails_after_retries(stack, alice, runpod, config):
+    job_id = deploy(alice, config, docker_image="ghcr.io/example/no-such-image:1")
+    job = wait_for_status(alice, job_id, {"failed"}, timeout=5 * PROVISIONING_TIMEOUT_S)
     statuses = [h["status"] for h in job["history"]]
     assert statuses.count("preempted") == 3 and statuses[-1] == "failed"
-    assert any("stuck provisioning" in (h["reason"] or "") for h in job["history"])
+    assert "stuck provisioning" in job["status_reason"]
     wait_until(lambda: not pods_of(runpod, job_id), what="the stuck pods to be terminated")
 
 
-def test_a_workload_killed_mid_run_is_reported_preempted_and_retried(stack, alice, runpod, config):
-    long = {**config, "training": {**config["training"], "max_steps": 100_000}}
-    job_id = deploy(alice, long)
-    wait_for_status(alice, job_id, {"running"}, timeout=120)
-    wait_until(lambda: alice.get(f"/api/training/metrics/{job_id}").json()["total_count"] > 0, 120, "metrics")
+def test_a_slow_pull_and_a_runtime_gone_mid_run_are_not_stuck_provisioning(stack, alice, runpod, config):
+    """Timers count from the last entry into provisioning: a pull of 0.6 of the limit passes, and so does a
+    runtime that goes null for half the limit after the pod has lived longer than the limit."""
+    runpod.faults.slow_pull_s = 0.6 * PROVISIONING_TIMEOUT_S
+    try:
+        long = {**config, "training": {**config["training"], "max_steps": 100_000, "eval_steps": 100_000}}
+        job_id = deploy(alice, long, docker_image=TRAINER_IMAGE)
+        wait_for_status(alice, job_id, {"running"}, timeout=120)
+    finally:
+        runpod.faults.slow_pull_s = 0.0
+    pod = pods_of(runpod, job_id)[0]
+    wait_until(lambda: time.time() - pod.created > PROVISIONING_TIMEOUT_S + 2, 60, "the pod to outlive the limit")
+    runpod.hide_runtime(pod.id, PROVISIONING_TIMEOUT_S / 2)
+    time.sleep(PROVISIONING_TIMEOUT_S / 2 + 3)
+    job = alice.get(f"/api/training/jobs/{job_id}").json()
+    assert job["status"] == "running" and job["attempt"] == 1, job
+    assert "preempted" not in [h["status"] for h in job["history"]]
+    assert pods_of(runpod, job_id) == [pod]
+    alice.post(f"/api/training/jobs/{job_id}/stop")
+    wait_for_status(alice, job_id, {"stopped"}, timeout=60)
+
+
+def test_a_pod_lost_mid_run_resumes_from_its_uploaded_checkpoint(stack, alice, runpod, config):
+    resumable = {**config, "training": {**config["training"], "max_steps": 40, "save_steps": 4, "eval_steps": 40}}
+    job_id = deploy(alice, resumable, docker_image=TRAINER_IMAGE)
+    settings = Settings(home=stack.home)
+    wait_until(lambda: latest_checkpoint(settings, job_id) is not None, 240, "an uploaded checkpoint")
     first = pods_of(runpod, job_id)[0]
     runpod.kill_workload(first.id)
-    wait_until(lambda: any(p.id != first.id for p in pods_of(runpod, job_id)), 120, "a second attempt")
-    job = alice.get(f"/api/training/jobs/{job_id}").json()
-    statuses = [h["status"] for h in job["history"]]
-    killed = statuses.index("preempted")
-    assert statuses[killed - 1:killed + 2] == ["running", "preempted", "queued"]
-    assert "went away mid-run" in job["history"][killed]["reason"]
+    job = wait_for_status(alice, job_id, {"completed"}, timeout=400)
     assert job["attempt"] == 2
-    alice.post(f"/api/training/jobs/{job_id}/stop")
-    wait_for_status(alice, job_id, {"stopped"}, timeout=120)
-    wait_until(lambda: not pods_of(runpod, job_id), what="the pod to be terminated after stop")
-    assert not [p for p in runpod.running_processes() if job_id in p.name]
+    statuses = [h["status"] for h in job["history"]]
+    assert statuses[statuses.index("preempted") - 1:statuses.index("preempted") + 2] == \
+        ["running", "preempted", "queued"]
+    second = next(p for p in all_pods_of(runpod, job_id) if p.id != first.id)
+    log = trainer_log(second)
+    resumed = int(re.search(r"resuming from \S*checkpoint-(\d+)", log).group(1))
+    first_step = int(re.search(r"\[trainer\] train step=(\d+)/", log).group(1))
+    assert resumed >= 4 and first_step == resumed + 1  # training carried on from the checkpoint
+    metrics = alice.get(f"/api/training/metrics/{job_id}", params={"limit": 1000}).json()["metrics"]
+    assert [m["step"] for m in metrics] == list(range(1, 41))  # each step exactly once, no gap
+    wait_until(lambda: not pods_of(runpod, job_id), what="the pod to be terminated")
 
 
 def test_a_refused_key_fails_the_job_with_the_fix(stack, alice, runpod, config):
@@ -138,6 +213,16 @@ def test_a_refused_key_fails_the_job_with_the_fix(stack, alice, runpod, config):
     finally:
         alice.put("/api/secrets/runpod", json={"api_key": RUNPOD_KEY})
     assert "PUT /api/secrets/runpod" in job["status_reason"]
+
+
+def test_bad_deploy_options_get_a_422_naming_the_field(stack, alice, config):
+    r = alice.post("/api/training/deploy/runpod", json={"config": config, "gpu_type": GPU, "preflight": False,
+                                                         "environment_variables": {"NOTE": "two\nlines"}})
+    assert r.status_code == 422 and "NOTE" in r.text and "environment_variables" in r.text
+    big = {**config, "model": {**config["model"], "base_model": "meta-llama/Meta-Llama-3-70B"}}
+    r = alice.post("/api/training/deploy/runpod", json={"config": big, "gpu_type": GPU, "preflight": False,
+                                                         "volume_size_gb": 40})
+    assert r.status_code == 422 and r.json()["detail"]["field"] == "volume_size_gb"
 
 
 def test_orphan_pods_are_terminated_by_reconciliation(stack, alice, runpod, config):

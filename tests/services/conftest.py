@@ -12,13 +12,18 @@ import pytest
 from opentelemetry.sdk.trace import TracerProvider
 
 from services.cli.stack import migrate_all
+from services.cloud.subscribers import wire_provider
 from services.gateway.app import create_app
 from services.gateway.users import create_api_key
+from services.provider_local.compute import LocalCompute
 from shared.db import create_pool
 from shared.service import Hooks, ServiceContext, add_health_responder, service_resources
 from shared.settings import Settings
 
 Wire = Callable[[ServiceContext], Awaitable[Hooks | None]]
+
+#: The local provider as its service wires it (``python -m services.provider_local``).
+wire_local = wire_provider(lambda ctx: LocalCompute(ctx.settings), lambda s: s.local_poll_interval_s)
 
 
 @asynccontextmanager

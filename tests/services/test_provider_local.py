@@ -1,4 +1,4 @@
-"""The local provider with the scheduler, running the real trainer as a subprocess."""
+"""The local provider under the shared runner, with the scheduler, running the real trainer as a process."""
 
 from __future__ import annotations
 
@@ -11,18 +11,18 @@ import pytest
 import uvicorn
 from faststream.nats import NatsBroker
 
+from services.cloud.bundles import artifacts_dir, bundle_dir
+from services.cloud.runner import CloudRunner
 from services.metrics_ingest.app import create_app as create_ingest
-from services.provider_local.bundle import Bundle
-from services.provider_local.compute import LocalCompute, _Running
-from services.provider_local.subscribers import wire as wire_local
-from services.provider_local.workloads import WorkloadRepository
+from services.provider_local.compute import LocalCompute
 from services.scheduler.repository import JobRepository
 from services.scheduler.subscribers import wire as wire_scheduler
 from shared.bus import publish
 from shared.config import DataFormat, TrainingConfig
-from shared.events import DeployRequested, StopRequested
+from shared.events import DeployRequested, ProvisionJob, StopRequested, WorkloadPhase
+from shared.jobspec import TrainerResult
 
-from .conftest import running_service
+from .conftest import running_service, wire_local
 from .test_scheduler import wait_status
 
 
@@ -47,12 +47,16 @@ def dataset(tmp_path) -> str:
     return write_sample_dataset(str(tmp_path / "data.jsonl"), rows=32, fmt="instruction")
 
 
-def deploy(job_id: str, base_model: str, dataset: str, max_steps: int) -> DeployRequested:
-    config = TrainingConfig.model_validate({
+def config_for(base_model: str, dataset: str, max_steps: int) -> TrainingConfig:
+    return TrainingConfig.model_validate({
         "model": {"base_model": base_model, "max_seq_length": 64}, "data": {"train_path": dataset},
         "training": {"max_steps": max_steps, "batch_size": 2, "logging_steps": 1},
         "predictions": {"enabled": False}})
-    return DeployRequested(job_id=job_id, user_id="alice", provider="local", config=config, dataset_path=dataset,
+
+
+def deploy(job_id: str, base_model: str, dataset: str, max_steps: int) -> DeployRequested:
+    return DeployRequested(job_id=job_id, user_id="alice", provider="local",
+                           config=config_for(base_model, dataset, max_steps), dataset_path=dataset,
                            dataset_format=DataFormat.INSTRUCTION, dataset_rows=32)
 
 
@@ -69,8 +73,8 @@ async def test_trainer_failure_reports_reason_exit_code_and_log(migrated, pool, 
     assert "no-such-model" in job["status_reason"]
     assert job["result"]["status"] == "failed" and job["result"]["error_type"]
     assert "no-such-model" in job["log_tail"]
-    bundle = Bundle(migrated.jobs_dir / job_id / "attempt-1")
-    assert oct(bundle.spec_path.stat().st_mode & 0o777) == "0o600"  # it holds the job's ingest token
+    spec = bundle_dir(migrated, job_id, 1) / "spec.json"
+    assert oct(spec.stat().st_mode & 0o777) == "0o600"  # it holds the job's ingest token
 
 
 async def test_stop_ends_the_trainer_process_group(migrated, pool, nats_url, dataset, tiny_model_dir):
@@ -81,7 +85,8 @@ async def test_stop_ends_the_trainer_process_group(migrated, pool, nats_url, dat
         await broker.start()
         await publish(broker, deploy(job_id, tiny_model_dir, dataset, 100_000))
         await wait_status(pool, job_id, "running", timeout=60)
-        pid = await pool.fetchval("SELECT pid FROM local_workloads WHERE job_id = $1", job_id)
+        pid = int((await pool.fetchval("SELECT resource_id FROM local_workloads WHERE job_id = $1",
+                                       job_id)).split(":")[0])
 
         async def metrics_arrive():
             while not await pool.fetchval("SELECT count(*) FROM metric_points WHERE job_id = $1", job_id):
@@ -90,56 +95,70 @@ async def test_stop_ends_the_trainer_process_group(migrated, pool, nats_url, dat
         await asyncio.wait_for(metrics_arrive(), 120)
         await publish(broker, StopRequested(job_id=job_id, user_id="alice"))
         await wait_status(pool, job_id, "stopped", timeout=60)
+
+        async def trainer_gone():
+            while psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                await asyncio.sleep(0.2)
+
+        await asyncio.wait_for(trainer_gone(), 60)  # SIGTERM: it checkpoints, then exits
         await broker.stop()
-    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
     job = await JobRepository(pool).get(job_id)
     assert job["status_reason"] == "stopped on request"
 
 
-async def test_metrics_left_in_the_spool_are_replayed_after_the_trainer_ends(migrated, pool, tmp_path):
+async def test_metrics_left_in_the_spool_are_replayed_when_the_result_is_read(migrated, pool, dataset):
+    """The trainer ended with metrics it could not send: the runner sends them before it reports the end."""
     from trainer.reporter import MetricsReporter
 
     job_id = str(uuid.uuid4())
-    bundle = Bundle(tmp_path / "bundle")
-    bundle.output_dir.mkdir(parents=True)
-    offline = MetricsReporter(None, job_id, "unused", str(bundle.spool_path))  # ingest unreachable: spool only
-    for step in range(1, 6):
-        offline.log_metrics(step, step / 5, {"loss": 1.0 / step})
-    offline.close(timeout=5)
-    assert bundle.has_spooled_metrics()
-
-    compute = LocalCompute(migrated, WorkloadRepository(pool), report=None)
-    async with running_ingest(migrated):
-        await asyncio.to_thread(compute._replay_spool, _Running(job_id, 1, bundle, pid=-1))
-    steps = await pool.fetch("SELECT step FROM metric_points WHERE job_id = $1 ORDER BY step", job_id)
-    assert [r["step"] for r in steps] == [1, 2, 3, 4, 5]
-    assert not bundle.has_spooled_metrics()
-
-
-async def test_a_restarted_provider_adopts_a_trainer_still_running(migrated, pool, tmp_path):
-    """A provider that restarts finds its trainer still running, watches it, and reports how it ended."""
-    from shared.events import WorkloadPhase
-    from shared.jobspec import TrainerResult
-
-    job_id = str(uuid.uuid4())
-    bundle = Bundle(tmp_path / "bundle")
-    bundle.output_dir.mkdir(parents=True)
-    bundle.result_path.write_text(TrainerResult(status="completed", global_step=3).model_dump_json())
-    # Stands in for a trainer that outlived the provider process that started it.
-    trainer = await asyncio.create_subprocess_exec("sleep", "2", start_new_session=True)
-    workloads = WorkloadRepository(pool)
-    await workloads.claim(job_id, 1)
-    await workloads.started(job_id, 1, bundle_dir=str(bundle.root), pid=trainer.pid,
-                            pid_started_at=psutil.Process(trainer.pid).create_time())
     reports = []
 
     async def report(event):
         reports.append(event)
 
-    compute = LocalCompute(migrated, workloads, report)
-    await compute.adopt_orphans()
-    await asyncio.wait_for(compute.running[job_id].watcher, 30)
-    await trainer.wait()
-    assert [r.phase for r in reports] == [WorkloadPhase.SUCCEEDED]
-    assert reports[0].result.global_step == 3
-    assert not await workloads.live()
+    runner = CloudRunner(LocalCompute(migrated), migrated, pool, report)
+    cmd = ProvisionJob(job_id=job_id, provider="local", user_id="alice",
+                       config=config_for("unused", dataset, 5), dataset_path=dataset,
+                       dataset_format=DataFormat.INSTRUCTION)
+    # A trainer that already finished: a short process standing in for it, its output in place.
+    runner.compute._argv = lambda spec: ["sleep", "0.2"]
+    await runner.provision(cmd)
+    folder = artifacts_dir(migrated, job_id, 1)
+    offline = MetricsReporter(None, job_id, "unused", str(folder / "metrics-spool.jsonl"))  # ingest down
+    for step in range(1, 6):
+        offline.log_metrics(step, step / 5, {"loss": 1.0 / step})
+    offline.close(timeout=5)
+    (folder / "result.json").write_text(TrainerResult(status="completed", global_step=5).model_dump_json())
+    await asyncio.sleep(0.5)
+    async with running_ingest(migrated):
+        await runner.poll_once()
+    steps = await pool.fetch("SELECT step FROM metric_points WHERE job_id = $1 ORDER BY step", job_id)
+    assert [r["step"] for r in steps] == [1, 2, 3, 4, 5]
+    assert [r.phase for r in reports] == [WorkloadPhase.PROVISIONING, WorkloadPhase.SUCCEEDED]
+
+
+async def test_a_restarted_provider_finds_its_trainer_and_reports_how_it_ended(migrated, pool, dataset):
+    """A new provider process (a new runner and compute) polls the trainer the old one started."""
+    job_id = str(uuid.uuid4())
+    reports = []
+
+    async def report(event):
+        reports.append(event)
+
+    first = CloudRunner(LocalCompute(migrated), migrated, pool, report)
+    first.compute._argv = lambda spec: ["sleep", "3"]
+    cmd = ProvisionJob(job_id=job_id, provider="local", user_id="alice", config=config_for("unused", dataset, 5),
+                       dataset_path=dataset, dataset_format=DataFormat.INSTRUCTION)
+    await first.provision(cmd)
+    await first.poll_once()
+    assert reports[-1].phase is WorkloadPhase.RUNNING
+
+    second = CloudRunner(LocalCompute(migrated), migrated, pool, report)  # knows no child processes
+    await second.provision(cmd)  # a redelivered command changes nothing
+    await second.poll_once()
+    assert [r.phase for r in reports] == [WorkloadPhase.PROVISIONING, WorkloadPhase.RUNNING]
+    artifacts_dir(migrated, job_id, 1).joinpath("result.json").write_text(
+        TrainerResult(status="completed", global_step=3).model_dump_json())
+    await second.poll_once()
+    assert reports[-1].phase is WorkloadPhase.SUCCEEDED and reports[-1].result.global_step == 3
+    assert not await second.workloads.live()

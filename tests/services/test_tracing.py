@@ -8,11 +8,10 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from services.provider_local.subscribers import wire as wire_local
 from services.scheduler.subscribers import wire as wire_scheduler
 from shared import subjects
 
-from .conftest import gateway_client, running_service
+from .conftest import gateway_client, running_service, wire_local
 from .test_gateway import INSTRUCTION_ROWS, auth, config_for, upload
 
 

@@ -1,17 +1,25 @@
-"""Where remote workloads fetch their bundle and send back artifacts and log tails. These routes take a
-short-lived signed URL instead of an API key: the workload holds no credential of the user's."""
+"""Where remote workloads fetch their bundle and checkpoints and send back heartbeats, checkpoints and artifacts.
+These routes take a short-lived signed URL instead of an API key: the workload holds no credential of the user's.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import shutil
 import tarfile
-import tempfile
 import uuid
+from pathlib import Path
+from typing import Any
 
 import anyio
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import FileResponse
+from pydantic import BaseModel, Field, ValidationError
 
-from services.cloud.bundles import artifacts_dir, bundle_dir, pack, unpack
+from services.cloud.bundles import LOG_TAIL, PROGRESS, RESULT, artifacts_dir, bundle_archive, write_atomically
+from services.cloud.checkpoints import checkpoints_dir, latest_checkpoint, store_checkpoint
 from shared.errors import NotFound, PayloadTooLarge, TuneFleetError, ValidationFailed
 from shared.signing import verify
 
@@ -20,7 +28,7 @@ from ..deps import SettingsDep
 router = APIRouter(prefix="/api/bundles", tags=["bundles"], include_in_schema=False)
 
 MAX_ARTIFACTS_BYTES = 20 * 1024**3
-MAX_LOG_BYTES = 64 * 1024
+MAX_HEARTBEAT_BYTES = 128 * 1024
 
 
 class Forbidden(TuneFleetError):
@@ -28,44 +36,109 @@ class Forbidden(TuneFleetError):
     http_status = 403
 
 
+class Heartbeat(BaseModel):
+    stage: str = Field(max_length=32)
+    log_tail: str = Field(default="", max_length=64_000)
+    progress: dict[str, Any] | None = None
+
+
 def _check(settings, request: Request, expires: int, sig: str) -> None:
     if not verify(settings.require_secret_key(), request.method, request.url.path, expires, sig):
         raise Forbidden("the link is invalid or has expired")
 
 
+async def _spool(request: Request, target: Path, limit: int) -> None:
+    """Stream the request body into ``target``, refusing it past ``limit`` bytes."""
+    size = 0
+    async with await anyio.open_file(target, "wb") as f:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge(f"the upload is over {limit // 1024**3} GB")
+            await f.write(chunk)
+
+
+def _unpack_output(archive: Path, into: Path) -> None:
+    """Extract safely next to ``into``, then move the files in with result.json last: a reader that sees the
+    result sees the whole output."""
+    incoming = into.parent / f".incoming-{into.name}-{uuid.uuid4().hex[:8]}"
+    try:
+        with tarfile.open(archive, mode="r:gz") as tar:
+            tar.extractall(incoming, filter="data")
+        into.mkdir(parents=True, exist_ok=True)
+        names = sorted(os.listdir(incoming), key=lambda n: n == RESULT)
+        for name in names:
+            target = into / name
+            if target.is_dir() and not target.is_symlink():
+                shutil.rmtree(target)
+            os.replace(incoming / name, target)
+    finally:
+        shutil.rmtree(incoming, ignore_errors=True)
+
+
 @router.get("/{job_id}/{attempt}/bundle.tar.gz")
 async def get_bundle(job_id: uuid.UUID, attempt: int, request: Request, settings: SettingsDep,
-                     expires: int = Query(...), sig: str = Query(...)) -> Response:
+                     expires: int = Query(...), sig: str = Query(...)) -> FileResponse:
     _check(settings, request, expires, sig)
-    folder = bundle_dir(settings, str(job_id), attempt)
-    if not await anyio.Path(folder).is_dir():
+    archive = bundle_archive(settings, str(job_id), attempt)
+    if not await anyio.Path(archive).is_file():
         raise NotFound(f"no bundle for job {job_id} attempt {attempt}")
-    return Response(await asyncio.to_thread(pack, folder), media_type="application/gzip")
+    return FileResponse(archive, media_type="application/gzip")
 
 
 @router.put("/{job_id}/{attempt}/artifacts", status_code=204)
 async def put_artifacts(job_id: uuid.UUID, attempt: int, request: Request, settings: SettingsDep,
                         expires: int = Query(...), sig: str = Query(...)) -> None:
     _check(settings, request, expires, sig)
-    with tempfile.TemporaryFile() as spool:
-        size = 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > MAX_ARTIFACTS_BYTES:
-                raise PayloadTooLarge("artifacts are over 20 GB")
-            await asyncio.to_thread(spool.write, chunk)
-        spool.seek(0)
-        try:
-            await asyncio.to_thread(unpack, spool, artifacts_dir(settings, str(job_id), attempt))
-        except (tarfile.TarError, EOFError, OSError) as exc:
-            raise ValidationFailed(f"artifacts must be a tar.gz archive: {exc}", field="body") from exc
+    folder = artifacts_dir(settings, str(job_id), attempt)
+    await anyio.Path(folder.parent).mkdir(parents=True, exist_ok=True)
+    spooled = folder.parent / f".upload-{uuid.uuid4().hex}"
+    try:
+        await _spool(request, spooled, MAX_ARTIFACTS_BYTES)
+        await asyncio.to_thread(_unpack_output, spooled, folder)
+    except (tarfile.TarError, EOFError, OSError) as exc:
+        raise ValidationFailed(f"artifacts must be a tar.gz archive: {exc}", field="body") from exc
+    finally:
+        await anyio.Path(spooled).unlink(missing_ok=True)
 
 
-@router.put("/{job_id}/{attempt}/log", status_code=204)
-async def put_log(job_id: uuid.UUID, attempt: int, request: Request, settings: SettingsDep,
-                  expires: int = Query(...), sig: str = Query(...)) -> None:
+@router.put("/{job_id}/{attempt}/heartbeat", status_code=204)
+async def put_heartbeat(job_id: uuid.UUID, attempt: int, request: Request, settings: SettingsDep,
+                        expires: int = Query(...), sig: str = Query(...)) -> None:
     _check(settings, request, expires, sig)
-    body = (await request.body())[-MAX_LOG_BYTES:]
-    folder = anyio.Path(artifacts_dir(settings, str(job_id), attempt))
-    await folder.mkdir(parents=True, exist_ok=True)
-    await (folder / "log-tail.txt").write_bytes(body)
+    body = await request.body()
+    if len(body) > MAX_HEARTBEAT_BYTES:
+        raise PayloadTooLarge("a heartbeat is at most 128 KiB")
+    try:
+        beat = Heartbeat.model_validate_json(body)
+    except ValidationError as exc:
+        raise ValidationFailed(f"a heartbeat is JSON with stage, log_tail and progress: {exc.errors()[0]['msg']}",
+                               field="body") from exc
+    folder = artifacts_dir(settings, str(job_id), attempt)
+    progress = {**(beat.progress or {}), "stage": beat.stage}
+    await asyncio.to_thread(write_atomically, folder / LOG_TAIL, beat.log_tail.encode())
+    await asyncio.to_thread(write_atomically, folder / PROGRESS, json.dumps(progress).encode())
+
+
+@router.put("/{job_id}/{attempt}/checkpoint", status_code=204)
+async def put_checkpoint(job_id: uuid.UUID, attempt: int, request: Request, settings: SettingsDep,
+                         expires: int = Query(...), sig: str = Query(...)) -> None:
+    _check(settings, request, expires, sig)
+    folder = checkpoints_dir(settings, str(job_id))
+    await anyio.Path(folder).mkdir(parents=True, exist_ok=True)
+    spooled = folder / f".upload-{uuid.uuid4().hex}"
+    try:
+        await _spool(request, spooled, MAX_ARTIFACTS_BYTES)
+        await asyncio.to_thread(store_checkpoint, settings, str(job_id), spooled)
+    finally:
+        await anyio.Path(spooled).unlink(missing_ok=True)
+
+
+@router.get("/{job_id}/{attempt}/checkpoint.tar.gz")
+async def get_checkpoint(job_id: uuid.UUID, attempt: int, request: Request, settings: SettingsDep,
+                         expires: int = Query(...), sig: str = Query(...)) -> FileResponse:
+    _check(settings, request, expires, sig)
+    latest = await asyncio.to_thread(latest_checkpoint, settings, str(job_id))
+    if latest is None:
+        raise NotFound(f"no checkpoint of job {job_id} was uploaded")
+    return FileResponse(latest, media_type="application/gzip")

@@ -5,10 +5,11 @@ from typing import Literal
 from fastapi import APIRouter, Query
 
 from shared.config import TrainingConfig
+from shared.disk import volume_gb
 from shared.errors import NotFound, ValidationFailed
 
-from ..deploying import load_configuration, request_deploy, resolve_data
-from ..deps import BusDep, CurrentUser, PoolDep
+from ..deploying import load_configuration, request_deploy, require_reachable_urls, resolve_data
+from ..deps import BusDep, CurrentUser, PoolDep, SettingsDep
 from ..schemas import (
     DeploymentRequest,
     DeploymentResponse,
@@ -49,7 +50,8 @@ async def deploy_local(body: LocalDeploymentRequest, user: CurrentUser, pool: Po
 
 
 async def _deploy_to_cloud(provider: str, body: RunPodDeploymentRequest | LambdaDeploymentRequest, user: str,
-                           pool, bus, gpu_count: int | None = None) -> DeploymentResponse:
+                           pool, bus, settings, gpu_count: int | None = None) -> DeploymentResponse:
+    require_reachable_urls(settings, provider)
     config = await _config(body, pool, user)
     if gpu_count is not None and gpu_count != config.training.gpu_count:
         # The pod's GPUs are what the trainer spreads over (accelerate launch when more than one).
@@ -63,24 +65,37 @@ async def _deploy_to_cloud(provider: str, body: RunPodDeploymentRequest | Lambda
         if not report.get("ok"):
             raise ValidationFailed(f"preflight failed: {report.get('error_message') or report}",
                                    field=report.get("error_field") or "config", details={"preflight": report})
-    return await _deploy(provider, body, config, user, pool, bus, body.provider_options())
+    options = body.provider_options()
+    if provider == "runpod":
+        options["volume_size_gb"] = _volume_for(config, body.volume_size_gb)
+    return await _deploy(provider, body, config, user, pool, bus, options)
+
+
+def _volume_for(config: TrainingConfig, asked: int | None) -> int:
+    """The pod's volume holds the model, its checkpoints and the trainer's venv: refuse one too small for them."""
+    needed = volume_gb(config)
+    if asked is not None and asked < needed:
+        raise ValidationFailed(f"volume_size_gb {asked} is too small for {config.model.base_model}: its download, "
+                               f"checkpoints and the trainer need about {needed} GB; ask for at least {needed} or "
+                               "leave it unset", field="volume_size_gb")
+    return asked or needed
 
 
 @router.post("/runpod", status_code=202, response_model=DeploymentResponse)
 async def deploy_runpod(body: RunPodDeploymentRequest, user: CurrentUser, pool: PoolDep,
-                        bus: BusDep) -> DeploymentResponse:
+                        bus: BusDep, settings: SettingsDep) -> DeploymentResponse:
     """Train on a RunPod pod. Your RunPod key must be stored first (PUT /api/secrets/runpod). Unless
     ``preflight`` is false, the configuration is first dry-run on this machine's CPU and refused with 422
     when it fails, before any GPU time is paid for."""
-    return await _deploy_to_cloud("runpod", body, user, pool, bus, gpu_count=body.gpu_count)
+    return await _deploy_to_cloud("runpod", body, user, pool, bus, settings, gpu_count=body.gpu_count)
 
 
 @router.post("/lambda", status_code=202, response_model=DeploymentResponse)
 async def deploy_lambda(body: LambdaDeploymentRequest, user: CurrentUser, pool: PoolDep,
-                        bus: BusDep) -> DeploymentResponse:
+                        bus: BusDep, settings: SettingsDep) -> DeploymentResponse:
     """Train on a Lambda Cloud instance, reached over SSH. Store your key first (PUT /api/secrets/lambda);
     preflight as for RunPod."""
-    return await _deploy_to_cloud("lambda", body, user, pool, bus)
+    return await _deploy_to_cloud("lambda", body, user, pool, bus, settings)
 
 
 @router.get("/{provider}", response_model=JobPublic)
