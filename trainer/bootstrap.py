@@ -132,7 +132,7 @@ class Log:
         self.file = open(path, "ab", buffering=0)  # noqa: SIM115 - lives as long as the process
 
     def say(self, text):
-        line = "[bootstrap] " + text
+        line = f"[bootstrap] {time.strftime('%H:%M:%S')} {text}"
         print(line, flush=True)
         self.file.write((line + "\n").encode("utf-8", "replace"))
 

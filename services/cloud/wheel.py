@@ -15,6 +15,7 @@ import hashlib
 import importlib.metadata as md
 import importlib.util
 import os
+import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -99,11 +100,14 @@ def build_trainer_wheel(cache_dir: Path) -> TrainerWheel:
                                    b"Tag: py3-none-any\n"))
     record = [_record_line(n, d) for n, d in files] + [f"{info}/RECORD,,"]
     files.append((f"{info}/RECORD", ("\n".join(record) + "\n").encode()))
-    partial = path.with_suffix(".partial")
-    with zipfile.ZipFile(partial, "w", compression=zipfile.ZIP_DEFLATED) as wheel:
-        for name, data in files:
-            entry = zipfile.ZipInfo(name, date_time=(2020, 1, 1, 0, 0, 0))
-            entry.external_attr = 0o644 << 16
-            wheel.writestr(entry, data, compress_type=zipfile.ZIP_DEFLATED)
-    os.replace(partial, path)
+    # Several bundles may be written at once (threads, replicas): each builds under its own name, and the
+    # identical results replace one another atomically.
+    with tempfile.NamedTemporaryFile(dir=folder, suffix=".partial", delete=False) as partial:
+        with zipfile.ZipFile(partial, "w", compression=zipfile.ZIP_DEFLATED) as wheel:
+            for name, data in files:
+                entry = zipfile.ZipInfo(name, date_time=(2020, 1, 1, 0, 0, 0))
+                entry.external_attr = 0o644 << 16
+                wheel.writestr(entry, data, compress_type=zipfile.ZIP_DEFLATED)
+    os.chmod(partial.name, 0o644)
+    os.replace(partial.name, path)
     return TrainerWheel(path, digest, requirements)

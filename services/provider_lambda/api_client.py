@@ -2,7 +2,8 @@
 
 Lambda allows about one request per second per account and one launch per 12 seconds (its API spec 1.8.3: "one
 request per 12 seconds, or five requests per minute"); going over answers 429 with no JSON and no Retry-After.
-Every call therefore waits its turn at a per-account limiter in this process before it is sent, retries included.
+Every call therefore waits its turn at a per-account ``Spacing`` in this process before it is sent, retries
+included.
 Reads are retried with back-off; a launch is sent once (see ``Compute.provision``).
 """
 
@@ -14,15 +15,13 @@ import hashlib
 import os
 import time
 
-from aiolimiter import AsyncLimiter
-
 from services.cloud.http import json_of, retrying, send
 from shared.errors import NoCapacity, ProviderError
 
 DEFAULT_BASE_URL = "https://cloud.lambdalabs.com/api/v1"
-#: Seconds between requests, and between launches, of one account, with a margin over Lambda's limits.
-REQUEST_INTERVAL_S = 1.05
-LAUNCH_INTERVAL_S = 12.5
+#: Seconds from one answer to the next request, and to the next launch, of one account (Lambda's limits).
+REQUEST_INTERVAL_S = 1.0
+LAUNCH_INTERVAL_S = 12.0
 INSTANCE_TYPES_TTL_S = 60.0
 LIVE = ("booting", "active", "unhealthy")
 
@@ -31,16 +30,38 @@ class NotFoundAtLambda(ProviderError):
     code = "not_found_at_provider"
 
 
-_limiters: dict[tuple[int, str, str], AsyncLimiter] = {}
+class Spacing:
+    """One request at a time, each sent at least ``interval`` seconds after the previous one was answered: the
+    gap Lambda sees between two arrivals is then never shorter, whatever the latency. (A token bucket counts from
+    when a slot is taken, which a second, nested limit or a slow network can push past the first's.)"""
+
+    def __init__(self, interval: float):
+        self.interval = interval
+        self._lock = asyncio.Lock()
+        self._last = -1e9
+
+    @contextlib.asynccontextmanager
+    async def slot(self):
+        async with self._lock:
+            delay = self._last + self.interval - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            try:
+                yield
+            finally:
+                self._last = time.monotonic()
+
+
+_spacings: dict[tuple[int, str, str], Spacing] = {}
 _locks: dict[tuple[int, str, str], asyncio.Lock] = {}
 _cache: dict[tuple[str, str], tuple[float, object]] = {}
 
 
-def _limiter(account: str, kind: str, interval: float) -> AsyncLimiter:
+def _spacing(account: str, kind: str, interval: float) -> Spacing:
     key = (id(asyncio.get_running_loop()), account, kind)
-    if key not in _limiters:
-        _limiters[key] = AsyncLimiter(1, interval)
-    return _limiters[key]
+    if key not in _spacings:
+        _spacings[key] = Spacing(interval)
+    return _spacings[key]
 
 
 class LambdaClient:
@@ -60,12 +81,15 @@ class LambdaClient:
         raise AssertionError("unreachable")
 
     async def _send(self, method: str, path: str, json: dict | None) -> dict | list:
-        if path == "/instance-operations/launch":
-            await _limiter(self._account, "launch", LAUNCH_INTERVAL_S).acquire()
-        await _limiter(self._account, "request", REQUEST_INTERVAL_S).acquire()
+        launching = path == "/instance-operations/launch"
+        launches = _spacing(self._account, "launch", LAUNCH_INTERVAL_S) if launching else None
         base = os.environ.get("LAMBDA_API_BASE_URL", DEFAULT_BASE_URL).rstrip("/")
-        response = await send(method, base + path, cloud="Lambda", provider="lambda", json=json,
-                              headers={"Authorization": f"Bearer {self._api_key}"}, request_timeout=self.timeout)
+        async with contextlib.AsyncExitStack() as stack:
+            if launches is not None:
+                await stack.enter_async_context(launches.slot())
+            await stack.enter_async_context(_spacing(self._account, "request", REQUEST_INTERVAL_S).slot())
+            response = await send(method, base + path, cloud="Lambda", provider="lambda", json=json,
+                                  headers={"Authorization": f"Bearer {self._api_key}"}, request_timeout=self.timeout)
         body = json_of(response, "Lambda")
         if response.status_code >= 400:
             error = body.get("error") or {}

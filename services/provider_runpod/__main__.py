@@ -5,4 +5,5 @@ from shared.service import run_service
 from .compute import RunPodCompute
 
 if __name__ == "__main__":
-    run_service("provider_runpod", owns=("provider_runpod",), wire=wire_provider(lambda ctx: RunPodCompute(ctx.settings)))
+    run_service("provider_runpod", owns=("provider_runpod",),
+                wire=wire_provider(lambda ctx: RunPodCompute(ctx.settings)))

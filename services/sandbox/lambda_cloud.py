@@ -23,6 +23,7 @@ import base64
 import contextlib
 import itertools
 import secrets
+import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +34,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.routing import Route
 
-from .machines import MachineImage, StockImages, kill_machine, machine_env, machine_processes
+from .machines import MachineImage, StockImages, discard_disk, kill_machine, machine_env, machine_processes
 
 INSTANCE_TYPES = {
     "gpu_1x_a10": {"description": "1x A10 (24 GB PCIe)", "price_cents_per_hour": 75, "gpus": 1},
@@ -103,6 +104,7 @@ class LambdaEmulator:
         self.boot_delay_s, self.sshd_delay_s, self.ssh_port = boot_delay_s, sshd_delay_s, ssh_port
         self.faults = Faults()
         self.instances: dict[str, Instance] = {}
+        self.launched: dict[str, Instance] = {}  # every instance ever launched, as Lambda's billing remembers it
         self.ssh_keys: dict[str, dict] = {}
         self.requests: list[str] = []
         self.rejected: list[str] = []  # requests refused by the rate limits
@@ -163,6 +165,15 @@ class LambdaEmulator:
             instance.sshd.close()
             instance.sshd = None
         await asyncio.to_thread(kill_machine, instance.id)
+        await asyncio.to_thread(discard_disk, instance.home.parent.parent, self.workdir / "logs" / instance.id)
+
+    def log_path(self, instance_id: str, relative: str) -> Path:
+        """A file in an instance's home, or the kept copy of its log once the instance is gone."""
+        instance = self.instances.get(instance_id)
+        live = instance.home / relative if instance else None
+        if live is not None and live.exists():
+            return live
+        return self.workdir / "logs" / instance_id / "home" / "ubuntu" / relative
 
     def kill_workload(self, instance_id: str) -> None:
         """The host failed: the instance and everything on it are gone."""
@@ -170,6 +181,7 @@ class LambdaEmulator:
         if instance.sshd is not None:
             instance.sshd.close()
         kill_machine(instance.id)
+        discard_disk(instance.home.parent.parent, self.workdir / "logs" / instance.id)
 
     def running_processes(self, instance: Instance) -> list:
         return machine_processes(instance.id)
@@ -182,14 +194,15 @@ class LambdaEmulator:
     # SSH ------------------------------------------------------------------------------------------------
 
     async def _run_command(self, instance: Instance, process: asyncssh.SSHServerProcess) -> None:
+        """Run the command as sshd would: a shell of the instance, its other file descriptors closed (so a
+        command that detaches does not hold the session open)."""
         env = machine_env(instance.id, self.image, self.stock, instance.home, {"USER": "ubuntu"})
-        proc = await asyncio.create_subprocess_exec(
-            str(self.stock.tools / "bash"), "-c", process.command or "true", cwd=instance.home, env=env,
-            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-        out, err = await proc.communicate()
-        process.stdout.write(out.decode(errors="replace"))
-        process.stderr.write(err.decode(errors="replace"))
-        process.exit(proc.returncode or 0)
+        done = await asyncio.to_thread(
+            subprocess.run, [str(self.stock.tools / "bash"), "-c", process.command or "true"], cwd=instance.home,
+            env=env, stdin=subprocess.DEVNULL, capture_output=True, close_fds=True, timeout=600)
+        process.stdout.write(done.stdout.decode(errors="replace"))
+        process.stderr.write(done.stderr.decode(errors="replace"))
+        process.exit(done.returncode or 0)
 
     # REST -----------------------------------------------------------------------------------------------
 
@@ -233,7 +246,7 @@ class LambdaEmulator:
         instance_id = secrets.token_hex(16)
         home = self.workdir / "instances" / instance_id / "home" / "ubuntu"
         home.mkdir(parents=True)
-        self.instances[instance_id] = Instance(
+        self.instances[instance_id] = self.launched[instance_id] = Instance(
             instance_id, name or "", type_name, region, keys, home, next(self._addresses), time.time(),
             self.sshd_delay_s + self.faults.ssh_refused_s, asyncssh.generate_private_key("ssh-ed25519"))
         if self.faults.lost_launch_answers > 0:

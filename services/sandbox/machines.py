@@ -26,6 +26,7 @@ import signal
 import subprocess
 import sys
 import tarfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -146,8 +147,21 @@ def machine_env(machine_id: str, image: MachineImage, stock: StockImages, home: 
                 env: dict[str, str]) -> dict[str, str]:
     """The environment a process on an emulated machine starts with: the image's PATH, its own home, the
     shared download cache, and what the cloud's API was asked to set."""
-    return {"PATH": f"{image.bin_dir}:{stock.tools}", "HOME": str(home), "LANG": "C.UTF-8",
+    return {**package_sources(), "PATH": f"{image.bin_dir}:{stock.tools}", "HOME": str(home), "LANG": "C.UTF-8",
             "PIP_CACHE_DIR": str(stock.pip_cache), MACHINE_MARKER: machine_id, **env}
+
+
+def package_sources() -> dict[str, str]:
+    """Where this host's pip finds packages (its index settings and user config, wheels on this disk): what
+    stands in for the internet on an emulated machine, whose own home holds no pip configuration."""
+    sources = {k: v for k, v in os.environ.items()
+               if k.startswith("PIP_") and k not in ("PIP_CACHE_DIR", "PIP_CONFIG_FILE", "PIP_REQUIRE_VIRTUALENV")}
+    for config in (os.environ.get("PIP_CONFIG_FILE"), Path.home() / ".config" / "pip" / "pip.conf",
+                   Path.home() / ".pip" / "pip.conf"):
+        if config and Path(config).is_file():
+            sources["PIP_CONFIG_FILE"] = str(config)
+            break
+    return sources
 
 
 def machine_processes(machine_id: str) -> list[psutil.Process]:
@@ -158,6 +172,22 @@ def machine_processes(machine_id: str) -> list[psutil.Process]:
             if process.status() != psutil.STATUS_ZOMBIE and process.environ().get(MACHINE_MARKER) == machine_id:
                 found.append(process)
     return found
+
+
+LOG_NAMES = ("train.log", "container.log", "bootstrap.out")
+
+
+def discard_disk(folder: Path, keep: Path) -> None:
+    """A terminated machine's disk is gone (removed in the background); its logs are kept under ``keep`` first
+    (the cloud's console keeps them), at the same relative paths."""
+    if not folder.exists():
+        return
+    for log in (p for name in LOG_NAMES for p in folder.rglob(name)):
+        target = keep / log.relative_to(folder)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(OSError):
+            shutil.copyfile(log, target)
+    threading.Thread(target=shutil.rmtree, args=(folder,), kwargs={"ignore_errors": True}, daemon=True).start()
 
 
 def kill_machine(machine_id: str) -> None:

@@ -43,7 +43,16 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.routing import Route
 
-from .machines import MachineImage, StockImages, kill_group, kill_machine, machine_env, machine_processes, spawn
+from .machines import (
+    MachineImage,
+    StockImages,
+    discard_disk,
+    kill_group,
+    kill_machine,
+    machine_env,
+    machine_processes,
+    spawn,
+)
 
 #: id → (display name, memory GB, on-demand secure $/h per GPU; skypilot-catalog's RunPod snapshot).
 GPU_TYPES = {
@@ -209,12 +218,23 @@ class RunPodEmulator:
             kill_group(pod.process)
         kill_machine(pod.id)
 
+    def _discard(self, pod: Pod) -> None:
+        """A terminated pod's disks are gone; its logs stay readable (``log_path``)."""
+        discard_disk(pod.folder, self.workdir / "logs" / pod.id)
+
+    def log_path(self, pod_id: str, relative: str) -> Path:
+        """A file of a pod's disks, or the kept copy of its log once the pod is gone."""
+        pod = self.pods.get(pod_id) or self.ended.get(pod_id)
+        live = pod.folder / relative if pod else None
+        return live if live is not None and live.exists() else self.workdir / "logs" / pod_id / relative
+
     def kill_workload(self, pod_id: str) -> None:
         """A reclaimed host: the container dies and RunPod stops the pod."""
         pod = self.pods.pop(pod_id)
         self._stop_container(pod)
         pod.desired_status, pod.last_status_change = "EXITED", f"Exited by Runpod: {time.ctime()}"
         self.ended[pod_id] = pod
+        self._discard(pod)
 
     def hide_runtime(self, pod_id: str, seconds: float) -> None:
         """Host trouble: the API reports no runtime for a while; the container runs on."""
@@ -286,6 +306,7 @@ class RunPodEmulator:
             self._stop_container(pod)
             pod.desired_status, pod.last_status_change = "EXITED", f"Terminated by user: {time.ctime()}"
             self.ended[pod.id] = pod
+            self._discard(pod)
             return None
         if name == "podStop":
             pod = self.pods.get(given.get("podId"))

@@ -1,18 +1,24 @@
-"""Lambda Cloud end to end through HTTP: the instance is reached over real SSH (asyncssh on loopback), the
-bundle goes up and the artifacts come back by SFTP, and the real trainer runs there."""
+"""Lambda Cloud end to end through HTTP, against an emulator at least as strict as Lambda: instances of Lambda
+Stack's image (python3 3.10, no TuneFleet) behind real SSH on their own loopback addresses, sshd late after
+``active``, Lambda's rate limits enforced; the bootstrap fetches a Python 3.11, installs the trainer and trains."""
 
 from __future__ import annotations
 
 import asyncio
+import re
+import threading
+import time
 import uuid
 from pathlib import Path
 
 import pytest
 
+from services.cloud.checkpoints import latest_checkpoint
 from services.provider_lambda.api_client import LambdaClient
 from services.provider_lambda.ssh import derive_key
+from shared.settings import Settings
 
-from .conftest import LAMBDA_KEY, wait_for_status
+from .conftest import LAMBDA_KEY, PROVISIONING_TIMEOUT_S, wait_for_status
 from .test_runpod import stream_texts, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -40,40 +46,115 @@ def deploy(client, config, **extra) -> str:
     return r.json()["job_id"]
 
 
-def instances_of(lambda_cloud, job_id):
-    return [i for i in list(lambda_cloud.instances.values()) if job_id in i.name]
+def instances_of(lambda_cloud, job_id, *, live_only=True):
+    """The job's instances: live ones, or every one ever launched."""
+    instances = lambda_cloud.instances if live_only else lambda_cloud.launched
+    return [i for i in list(instances.values())
+            if job_id in i.name and (not live_only or i.status in ("booting", "active"))]
 
 
-def test_lambda_job_runs_over_ssh_and_its_artifacts_come_back(stack, alice, lambda_cloud, config):
-    lambda_cloud.faults.rate_limited, lambda_cloud.faults.http_errors = 3, 2  # retried with back-off
-    job_id = deploy(alice, config)
-    wait_until(lambda: instances_of(lambda_cloud, job_id), 60, "an instance")
-    home = instances_of(lambda_cloud, job_id)[0].home
-    job = wait_for_status(alice, job_id, {"completed"}, timeout=300)
-    assert job["cost_usd"] > 0 and job["resource_id"]
-    assert (home / "tunefleet-job" / "spec.json").exists()  # uploaded by SFTP
-    assert "[trainer] completed" in (home / "tunefleet-job" / "train.log").read_text()
+def job_log(lambda_cloud, instance) -> str:
+    return lambda_cloud.log_path(instance.id, "tunefleet-job/output/train.log").read_text(errors="replace")
+
+
+def test_a_job_on_lambda_stack_fetches_python_installs_the_trainer_and_comes_back(stack, alice, lambda_cloud,
+                                                                                   config):
+    lambda_cloud.faults.ssh_refused_s = 4.0  # sshd answers 6 s after "active"
+    try:
+        job_id = deploy(alice, config)
+        wait_until(lambda: instances_of(lambda_cloud, job_id), 60, "an instance")
+    finally:
+        lambda_cloud.faults.ssh_refused_s = 0.0
+    instance = instances_of(lambda_cloud, job_id)[0]
+    spec = instance.home / "tunefleet-job" / "spec.json"
+    wait_until(spec.exists, 60, "the bundle to be uploaded")
+    assert spec.stat().st_mode & 0o777 == 0o600  # uploaded by SFTP, readable by its owner only
+    job = wait_for_status(alice, job_id, {"completed"}, timeout=600)
+    assert job["cost_usd"] > 0 and job["resource_id"] == instance.id and job["attempt"] == 1
+    log = job_log(lambda_cloud, instance)
+    assert "this image's python is 3.10" in log and "fetching CPython" in log  # Lambda Stack's python3
+    assert "installing the trainer" in log and "[trainer] completed" in log
     assert "[trainer]" in job["logs_tail"]  # the log tail travelled back over SSH
     metrics = alice.get(f"/api/training/metrics/{job_id}", params={"limit": 100}).json()
     assert [m["step"] for m in metrics["metrics"]] == list(range(1, 9))
+    assert alice.get(f"/api/training/predictions/{job_id}").json()["predictions"]
     wait_until(lambda: alice.get(f"/api/training/jobs/{job_id}").json()["model_id"], what="registration")
     model = next(m for m in alice.get("/api/models").json() if m["job_id"] == job_id)
     assert Path(model["adapter_path"], "adapter_config.json").exists()  # fetched by SFTP
     wait_until(lambda: not instances_of(lambda_cloud, job_id), what="the instance to be terminated")
-    assert not any(job_id in k["name"] for k in lambda_cloud.ssh_keys.values())  # its key is removed too
-    assert lambda_cloud.faults.rate_limited == 0 and lambda_cloud.faults.http_errors == 0
+    assert not lambda_cloud.running_processes(instance)
+    wait_until(lambda: not any(job_id in k["name"] for k in lambda_cloud.ssh_keys.values()), 60,
+               "its SSH key to be removed")
+
+
+def test_five_launches_at_once_all_complete_under_the_rate_limits(stack, alice, lambda_cloud, config):
+    """One launch answer is lost on the way too: each job still ends up with exactly one instance."""
+    lambda_cloud.faults.lost_launch_answers = 1
+    short = {**config, "training": {**config["training"], "max_steps": 2, "eval_steps": 2}}
+    jobs, threads = [], []
+    for _ in range(5):
+        thread = threading.Thread(target=lambda: jobs.append(deploy(alice, short)))
+        thread.start()
+        threads.append(thread)
+    for thread in threads:
+        thread.join()
+    for job_id in jobs:
+        wait_for_status(alice, job_id, {"completed"}, timeout=900)
+    assert lambda_cloud.faults.lost_launch_answers == 0
+    for job_id in jobs:
+        assert len(instances_of(lambda_cloud, job_id, live_only=False)) == 1, job_id
+    launches = [i.created for i in lambda_cloud.launched.values() if any(j in i.name for j in jobs)]
+    gaps = [b - a for a, b in zip(sorted(launches), sorted(launches)[1:], strict=False)]
+    assert all(gap >= 11.9 for gap in gaps), gaps  # Lambda's launch limit held
+    assert not [r for r in lambda_cloud.rejected if "launch" in r]
+
+
+def test_an_instance_lost_mid_run_resumes_from_its_uploaded_checkpoint(stack, alice, lambda_cloud, config):
+    resumable = {**config, "training": {**config["training"], "max_steps": 40, "save_steps": 4, "eval_steps": 40}}
+    job_id = deploy(alice, resumable)
+    settings = Settings(home=stack.home)
+    wait_until(lambda: latest_checkpoint(settings, job_id) is not None, 600, "an uploaded checkpoint")
+    first = instances_of(lambda_cloud, job_id)[0]
+    lambda_cloud.kill_workload(first.id)
+    job = wait_for_status(alice, job_id, {"completed"}, timeout=900)
+    assert job["attempt"] == 2 and "preempted" in [h["status"] for h in job["history"]]
+    second = next(i for i in instances_of(lambda_cloud, job_id, live_only=False) if i.id != first.id)
+    log = job_log(lambda_cloud, second)
+    resumed = int(re.search(r"resuming from \S*checkpoint-(\d+)", log).group(1))
+    first_step = int(re.search(r"\[trainer\] train step=(\d+)/", log).group(1))
+    assert resumed >= 4 and first_step == resumed + 1
+    metrics = alice.get(f"/api/training/metrics/{job_id}", params={"limit": 1000}).json()["metrics"]
+    assert [m["step"] for m in metrics] == list(range(1, 41))
+    assert not lambda_cloud.running_processes(first)
 
 
 def test_an_instance_stuck_booting_is_terminated_and_the_job_fails_after_retries(stack, alice, lambda_cloud,
                                                                                   config):
     lambda_cloud.faults.stuck_booting = True
     try:
-        job = wait_for_status(alice, deploy(alice, config), {"failed"}, timeout=180)
+        job = wait_for_status(alice, deploy(alice, config), {"failed"}, timeout=6 * PROVISIONING_TIMEOUT_S)
     finally:
         lambda_cloud.faults.stuck_booting = False
     statuses = [h["status"] for h in job["history"]]
     assert statuses.count("preempted") == 3 and statuses[-1] == "failed"
+    assert "stuck provisioning" in job["status_reason"]
     wait_until(lambda: not instances_of(lambda_cloud, job["job_id"]), what="the stuck instances to go")
+
+
+def test_an_instance_whose_ssh_never_answers_is_replaced_then_the_job_fails(stack, alice, lambda_cloud, config):
+    """Lambda says "active" but sshd never lets us in: the instance is billed, so it must not wait forever."""
+    lambda_cloud.faults.ssh_refused_s = 3600.0
+    try:
+        job_id = deploy(alice, config)
+        job = wait_for_status(alice, job_id, {"failed"}, timeout=6 * PROVISIONING_TIMEOUT_S)
+    finally:
+        lambda_cloud.faults.ssh_refused_s = 0.0
+    statuses = [h["status"] for h in job["history"]]
+    assert statuses.count("preempted") == 3 and statuses[-1] == "failed"
+    assert "stuck provisioning" in job["status_reason"] and "not reachable yet" in job["status_reason"]
+    launched = instances_of(lambda_cloud, job_id, live_only=False)
+    assert len(launched) == 4 and all(i.active_at is not None for i in launched)
+    wait_until(lambda: not instances_of(lambda_cloud, job_id), what="the unreachable instances to go")
 
 
 def test_no_capacity_fails_the_job_with_a_clear_reason(stack, alice, lambda_cloud, config):
@@ -85,21 +166,6 @@ def test_no_capacity_fails_the_job_with_a_clear_reason(stack, alice, lambda_clou
     assert "no gpu_1x_a10 capacity" in job["status_reason"]
 
 
-def test_an_instance_lost_mid_run_is_preempted_then_stopped_cleanly(stack, alice, lambda_cloud, config):
-    long = {**config, "training": {**config["training"], "max_steps": 100_000}}
-    job_id = deploy(alice, long)
-    wait_until(lambda: alice.get(f"/api/training/metrics/{job_id}").json()["total_count"] > 0, 180, "metrics")
-    first = instances_of(lambda_cloud, job_id)[0]
-    lambda_cloud.kill_workload(first.id)
-    wait_until(lambda: any(i.id != first.id for i in instances_of(lambda_cloud, job_id)), 120, "a new attempt")
-    statuses = [h["status"] for h in alice.get(f"/api/training/jobs/{job_id}").json()["history"]]
-    assert "preempted" in statuses
-    alice.post(f"/api/training/jobs/{job_id}/stop")
-    wait_for_status(alice, job_id, {"stopped"}, timeout=120)
-    wait_until(lambda: not instances_of(lambda_cloud, job_id), what="the instance to be terminated")
-    assert not lambda_cloud.running_processes(first)
-
-
 def test_orphan_instances_are_terminated_by_reconciliation(stack, alice, lambda_cloud, config, monkeypatch):
     async def make_orphan() -> str:
         client = LambdaClient(LAMBDA_KEY)
@@ -109,7 +175,11 @@ def test_orphan_instances_are_terminated_by_reconciliation(stack, alice, lambda_
 
     monkeypatch.setenv("LAMBDA_API_BASE_URL", lambda_cloud.url)
     orphan = asyncio.run(make_orphan())
-    wait_until(lambda: orphan not in lambda_cloud.instances, 60, "the orphan instance to be terminated")
+    def terminated() -> bool:
+        instance = lambda_cloud.instances.get(orphan)
+        return instance is None or instance.status in ("terminating", "terminated")
+
+    wait_until(terminated, 90, "the orphan instance to be terminated")
 
 
 def test_the_lambda_key_appears_in_no_log_event_or_generated_text(stack, lambda_cloud):
@@ -117,3 +187,18 @@ def test_the_lambda_key_appears_in_no_log_event_or_generated_text(stack, lambda_
         if path.is_file() and path.stat().st_size < 50_000_000:
             assert LAMBDA_KEY.encode() not in path.read_bytes(), path
     assert LAMBDA_KEY not in stream_texts(stack)
+
+
+def test_lambda_answers_are_rate_limited_like_lambda(lambda_cloud, monkeypatch):
+    """The emulator holds clients to Lambda's rates: a burst from a client without a limiter is refused."""
+    import httpx
+
+    rejected = 0
+    with httpx.Client(base_url=lambda_cloud.url, headers={"Authorization": f"Bearer {LAMBDA_KEY}"}) as raw:
+        for _ in range(3):
+            r = raw.get("/instance-types")
+            rejected += r.status_code == 429
+            if r.status_code == 429:
+                assert r.text == "error code: 1015" and "retry-after" not in r.headers
+    assert rejected >= 1
+    time.sleep(1.1)

@@ -176,3 +176,28 @@ async def test_accepted_deploy_survives_a_bus_outage(migrated, api_key, pool, re
         _, sent = await recorder.wait_for(lambda m: m[0] == subjects.DEPLOY_REQUESTED)
         assert sent["job_id"] == cmd.job_id
         assert await relay_outbox(pool, Bus(app_broker)) == 0
+
+
+async def test_a_cloud_deploy_that_its_workload_could_not_reach_back_is_refused(migrated, api_key):
+    """Outside the sandbox, a remote workload must reach the gateway and ingest from another machine."""
+    unknown = str(uuid.uuid4())
+    bodies = {"runpod": {"configuration_id": unknown, "gpu_type": "NVIDIA RTX A4000"},
+              "lambda": {"configuration_id": unknown, "instance_type": "gpu_1x_a10"}}
+    cases = [({}, "TUNEFLEET_GATEWAY_PUBLIC_URL", "it is not set"),
+             ({"gateway_public_url": "http://127.0.0.1:8000"}, "TUNEFLEET_GATEWAY_PUBLIC_URL", "loopback"),
+             ({"gateway_public_url": "http://localhost:8000"}, "TUNEFLEET_GATEWAY_PUBLIC_URL", "localhost"),
+             ({"gateway_public_url": "https://tunefleet.example.com", "ingest_public_url": "http://[::1]:8001"},
+              "TUNEFLEET_INGEST_PUBLIC_URL", "loopback")]
+    for overrides, variable, why in cases:
+        settings = migrated.model_copy(update={"sandbox": False, **overrides})
+        async with gateway_client(settings) as client:
+            for provider, body in bodies.items():
+                r = await client.post(f"/api/training/deploy/{provider}", headers=auth(api_key), json=body)
+                assert r.status_code == 422, (provider, overrides, r.text)
+                detail = r.json()["detail"]
+                assert detail["field"] == variable and why in detail["message"], detail
+    reachable = migrated.model_copy(update={"sandbox": False, "gateway_public_url": "https://tunefleet.example.com",
+                                            "ingest_public_url": "https://ingest.tunefleet.example.com"})
+    async with gateway_client(reachable) as client:
+        r = await client.post("/api/training/deploy/runpod", headers=auth(api_key), json=bodies["runpod"])
+        assert r.status_code == 404, r.text  # past the URL check: no such configuration
