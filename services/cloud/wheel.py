@@ -102,12 +102,12 @@ def build_trainer_wheel(cache_dir: Path) -> TrainerWheel:
     files.append((f"{info}/RECORD", ("\n".join(record) + "\n").encode()))
     # Several bundles may be written at once (threads, replicas): each builds under its own name, and the
     # identical results replace one another atomically.
-    with tempfile.NamedTemporaryFile(dir=folder, suffix=".partial", delete=False) as partial:
-        with zipfile.ZipFile(partial, "w", compression=zipfile.ZIP_DEFLATED) as wheel:
-            for name, data in files:
-                entry = zipfile.ZipInfo(name, date_time=(2020, 1, 1, 0, 0, 0))
-                entry.external_attr = 0o644 << 16
-                wheel.writestr(entry, data, compress_type=zipfile.ZIP_DEFLATED)
+    with (tempfile.NamedTemporaryFile(dir=folder, suffix=".partial", delete=False) as partial,
+          zipfile.ZipFile(partial, "w", compression=zipfile.ZIP_DEFLATED) as wheel):
+        for name, data in files:
+            entry = zipfile.ZipInfo(name, date_time=(2020, 1, 1, 0, 0, 0))
+            entry.external_attr = 0o644 << 16
+            wheel.writestr(entry, data, compress_type=zipfile.ZIP_DEFLATED)
     os.chmod(partial.name, 0o644)
     os.replace(partial.name, path)
     return TrainerWheel(path, digest, requirements)

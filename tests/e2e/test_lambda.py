@@ -153,7 +153,7 @@ def test_an_instance_whose_ssh_never_answers_is_replaced_then_the_job_fails(stac
     assert statuses.count("preempted") == 3 and statuses[-1] == "failed"
     assert "stuck provisioning" in job["status_reason"] and "not reachable yet" in job["status_reason"]
     launched = instances_of(lambda_cloud, job_id, live_only=False)
-    assert len(launched) == 4 and all(i.active_at is not None for i in launched)
+    assert len(launched) == 3 and all(i.active_at is not None for i in launched)  # one per attempt, each "active"
     wait_until(lambda: not instances_of(lambda_cloud, job_id), what="the unreachable instances to go")
 
 
