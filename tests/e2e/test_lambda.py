@@ -202,3 +202,16 @@ def test_lambda_answers_are_rate_limited_like_lambda(lambda_cloud, monkeypatch):
                 assert r.text == "error code: 1015" and "retry-after" not in r.headers
     assert rejected >= 1
     time.sleep(1.1)
+
+
+def test_terminating_a_vanished_instance_is_not_an_error(lambda_cloud, monkeypatch):
+    """Lambda answers 404 global/object-does-not-exist; for terminate that means the work is done."""
+    import httpx
+
+    monkeypatch.setenv("LAMBDA_API_BASE_URL", lambda_cloud.url)
+    time.sleep(1.1)  # Lambda's request rate, for the raw call below
+    raw = httpx.post(f"{lambda_cloud.url}/instance-operations/terminate", json={"instance_ids": ["0" * 32]},
+                     headers={"Authorization": f"Bearer {LAMBDA_KEY}"})
+    assert raw.status_code == 404 and raw.json()["error"]["code"] == "global/object-does-not-exist"
+    time.sleep(1.1)
+    asyncio.run(LambdaClient(LAMBDA_KEY).terminate("0" * 32))
