@@ -82,6 +82,8 @@ class QuantizationSection(_Strict):
 
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+#: Where a workload finds the judge key stored with ``PUT /api/secrets/judge`` (``judge_api_key_secret``).
+JUDGE_KEY_ENV = "JUDGE_API_KEY"
 
 
 class RlhfSection(_Strict):
@@ -95,9 +97,13 @@ class RlhfSection(_Strict):
         default=None, description="Base URL of an OpenAI-compatible API (POST {judge_url}/chat/completions)."
     )
     judge_model: str | None = Field(default=None, description="Model name the judge endpoint serves.")
+    judge_api_key_secret: Literal["judge"] | None = Field(
+        default=None, description="The stored secret that holds the judge's API key (PUT /api/secrets/judge): "
+                                  "it reaches this job's trainer only. The way to give a key through the API.")
     judge_api_key_env: str | None = Field(
-        default=None, description="Name of the environment variable that holds the judge's API key (never the key)."
-    )
+        default=None, description="For the trainer run by hand: the name of an environment variable of the trainer's "
+                                  "machine that holds the judge's key. Refused through the API (use "
+                                  "judge_api_key_secret).")
     num_generations: int = Field(default=4, ge=2, le=64, description="Completions sampled per prompt.")
     max_completion_length: int = Field(default=64, ge=1, le=8192)
 
@@ -120,9 +126,16 @@ class RlhfSection(_Strict):
                 raise ValueError("training.rlhf.judge_url must start with http:// or https://")
             if not self.judge_model:
                 raise ValueError("training.rlhf.judge_url needs training.rlhf.judge_model (the model it serves)")
-        elif self.judge_model or self.judge_api_key_env:
-            raise ValueError("training.rlhf.judge_model and judge_api_key_env need training.rlhf.judge_url")
+        elif self.judge_model or self.judge_api_key_env or self.judge_api_key_secret:
+            raise ValueError("training.rlhf.judge_model, judge_api_key_env and judge_api_key_secret need "
+                             "training.rlhf.judge_url")
+        if self.judge_api_key_env and self.judge_api_key_secret:
+            raise ValueError("set only one of training.rlhf.judge_api_key_secret and training.rlhf.judge_api_key_env")
         return self
+
+    def judge_key_env(self) -> str | None:
+        """The environment variable the trainer reads the judge's key from, if the judge takes one."""
+        return JUDGE_KEY_ENV if self.judge_api_key_secret else self.judge_api_key_env
 
 
 class TrainingSection(_Strict):

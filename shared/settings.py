@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 def _default_home() -> Path:
@@ -64,8 +66,30 @@ class Settings(BaseSettings):
     lambda_ssh_port: int = Field(default=22, description="SSH port of Lambda instances (the sandbox's differs).")
     lambda_max_artifacts_gb: float = Field(default=100.0, gt=0, description="Most output fetched from an instance.")
 
+    allow_remote_code: bool = Field(
+        default=False, description="Let configurations set model.trust_remote_code: a model's own Python code then "
+                                   "runs in preflight on this server and in local jobs. Off: refused with 422.")
+    model_dirs: Annotated[list[Path], NoDecode] = Field(
+        default_factory=list, description="Folders (separated by ':') whose models users may name by local path, "
+                                          "besides the data folder's models/ and their own registered models.")
+    data_dirs: Annotated[list[Path], NoDecode] = Field(
+        default_factory=list, description="Folders (separated by ':') whose files users may name as "
+                                          "data.train_path; otherwise only uploaded data sets are used.")
+
     trainer_python: str | None = Field(default=None, description="Python that runs local trainers.")
     stop_grace_seconds: float = 20.0
+
+    @field_validator("model_dirs", "data_dirs", mode="before")
+    @classmethod
+    def _path_list(cls, value):
+        if isinstance(value, str):
+            return [part for part in value.split(os.pathsep) if part.strip()]
+        return value
+
+    @property
+    def models_dir(self) -> Path:
+        """Models every user may name by path (the demo's tiny model lives here)."""
+        return self.home / "models"
 
     @property
     def datasets_dir(self) -> Path:

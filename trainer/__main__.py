@@ -44,7 +44,7 @@ def _printer(*secrets: str | None):
 
 def _secrets(spec: JobSpec) -> tuple[str | None, ...]:
     """The ingest token and the judge's API key: never printed, never in result.json."""
-    key_env = spec.config.training.rlhf.judge_api_key_env
+    key_env = spec.config.training.rlhf.judge_key_env()
     return spec.ingest_token, os.environ.get(key_env) if key_env else None
 
 

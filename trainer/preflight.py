@@ -10,7 +10,8 @@
    and a hidden size of 64) next to the base model's tokenizer; likewise a tiny reward model for RLHF.
 4. Runs the same method through ``trainer.train.run`` for ``steps`` steps on the first rows of the data, on the
    CPU, in float32 (fp16/bf16 off, one process), with predictions disabled and no ingest. Quantization stays on
-   where bitsandbytes can be imported. An LLM judge is called like in the job.
+   where bitsandbytes can be imported. An LLM judge is not called (preflight runs on a server, which must not
+   reach out to addresses a configuration names, nor hold the judge's key): a tiny reward model stands in.
 
 The report says ok or the error (type, config field, message), with timings and the adaptations made (``notes``).
 
@@ -115,7 +116,8 @@ def build_preflight_model(config: TrainingConfig, out_dir: str) -> dict:
 def build_preflight_reward_model(config: TrainingConfig, out_dir: str) -> dict:
     from transformers import AutoModelForSequenceClassification
 
-    return _build_tiny(config.training.rlhf.reward_model, out_dir, auto_class=AutoModelForSequenceClassification,
+    source = config.training.rlhf.reward_model or config.model.base_model  # a judge: the base's architecture
+    return _build_tiny(source, out_dir, auto_class=AutoModelForSequenceClassification,
                        trust_remote_code=config.model.trust_remote_code, num_labels=1)
 
 
@@ -146,7 +148,12 @@ def preflight_config(config: TrainingConfig, *, model_dir: str, data_path: str, 
     if t.quantization.bits and not bitsandbytes_available():
         training["quantization"] = t.quantization.model_copy(update={"bits": None})
         notes.append("quantization off: bitsandbytes cannot be imported on this machine")
-    if reward_dir:
+    if reward_dir and t.rlhf.judge_url:
+        training["rlhf"] = t.rlhf.model_copy(update={
+            "reward_model": reward_dir, "judge_url": None, "judge_model": None, "judge_api_key_env": None,
+            "judge_api_key_secret": None})
+        notes.append("the judge is not called from here: a tiny random reward model stands in for it")
+    elif reward_dir:
         training["rlhf"] = t.rlhf.model_copy(update={"reward_model": reward_dir})
         notes.append("the reward model is a tiny random one with the same architecture and tokenizer")
     return config.model_copy(update={
@@ -199,7 +206,7 @@ def run_preflight(
         model_dir = os.path.join(work_dir, "model")
         report.model = build_preflight_model(config, model_dir)
         reward_dir = None
-        if config.training.method is Method.RLHF and config.training.rlhf.reward_model:
+        if config.training.method is Method.RLHF:
             reward_dir = os.path.join(work_dir, "reward-model")
             build_preflight_reward_model(config, reward_dir)
         printer(f"[preflight] tiny {report.model['architecture']}: {report.model['parameters']} parameters")

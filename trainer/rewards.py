@@ -3,8 +3,10 @@
 * ``training.rlhf.reward_model``: a sequence-classification model with one score, loaded from a path or hub id;
   TRL scores ``prompt + completion`` with it.
 * ``training.rlhf.judge_url`` + ``judge_model``: an OpenAI-compatible chat-completions endpoint grades each
-  completion from 0 to 10 (the reward is the grade / 10). Its API key is read from the environment variable
-  ``judge_api_key_env`` names and sent as ``Authorization: Bearer``; it is never logged or written anywhere.
+  completion from 0 to 10 (the reward is the grade / 10). Its API key is read from the environment: from
+  ``JUDGE_API_KEY``, where the provider puts the user's stored judge secret (``judge_api_key_secret``), or, for
+  the trainer run by hand, from the variable ``judge_api_key_env`` names. It is sent as ``Authorization: Bearer``
+  and never logged or written anywhere.
 
 A judge answer without a number counts as no reward for that completion (NaN, which TRL ignores). A judge that
 refuses the key or the request fails the job with the HTTP status; one that is unreachable or overloaded (5xx, 429)
@@ -108,7 +110,7 @@ class JudgeReward:
             if 200 <= status < 300:
                 return response.json()
             if status in (401, 403):
-                where = f"the variable {self.key_env}" if self.key_env else "training.rlhf.judge_api_key_env"
+                where = f"the key in {self.key_env}" if self.key_env else "training.rlhf.judge_api_key_secret"
                 raise JudgeError(f"the judge at {self.url} refused the API key (HTTP {status}): check {where}")
             if status == 429 or status >= 500:
                 detail = f"HTTP {status}"
@@ -141,5 +143,6 @@ def reward_sources(config: TrainingConfig) -> tuple[list, list | None]:
     if r.reward_model:
         model, tokenizer = load_reward_model(config)
         return [model], [tokenizer]
-    key = os.environ.get(r.judge_api_key_env) if r.judge_api_key_env else None
-    return [JudgeReward(r.judge_url, r.judge_model, key, key_env=r.judge_api_key_env)], None
+    key_env = r.judge_key_env()
+    key = os.environ.get(key_env) if key_env else None
+    return [JudgeReward(r.judge_url, r.judge_model, key, key_env=key_env)], None

@@ -156,12 +156,16 @@ def check_machine(config: TrainingConfig, hw: Hardware) -> None:
 
 def check_judge_key(config: TrainingConfig) -> None:
     r = config.training.rlhf
-    needs_key = config.training.method is Method.RLHF and r.judge_url and r.judge_api_key_env
-    if needs_key and not os.environ.get(r.judge_api_key_env):
-        raise ConfigRefused("training.rlhf.judge_api_key_env", (
-            f"the environment variable {r.judge_api_key_env} named by training.rlhf.judge_api_key_env is not set on "
-            "the trainer machine: set it to the judge's API key (or unset judge_api_key_env for a judge without a key)"
-        ))
+    key_env = r.judge_key_env()
+    if config.training.method is not Method.RLHF or not r.judge_url or not key_env or os.environ.get(key_env):
+        return
+    if r.judge_api_key_secret:
+        raise ConfigRefused("training.rlhf.judge_api_key_secret", (
+            f"the judge's key did not reach the trainer ({key_env} is not set): store it with PUT /api/secrets/judge"))
+    raise ConfigRefused("training.rlhf.judge_api_key_env", (
+        f"the environment variable {key_env} named by training.rlhf.judge_api_key_env is not set on "
+        "the trainer machine: set it to the judge's API key (or unset judge_api_key_env for a judge without a key)"
+    ))
 
 
 def check_resume(spec: JobSpec) -> None:

@@ -22,15 +22,16 @@ from .stack import Stack, wait_for_signal
 DEMO_USER = "demo"
 
 
-def _prepare(home: Path, console: Console) -> tuple[Path, Path]:
+def _prepare(settings: Settings, console: Console) -> tuple[Path, Path]:
+    """The tiny model goes to the data folder's models/, where every user may name a model by path."""
     from trainer.tiny_model import build_tiny_model, write_sample_dataset
 
-    demo_dir = home / "demo"
-    model_dir, data_path = demo_dir / "tiny-model", demo_dir / "sample.jsonl"
+    model_dir, data_path = settings.models_dir / "tiny-demo", settings.home / "demo" / "sample.jsonl"
     if not (model_dir / "config.json").exists():
         with console.status("building a tiny Llama-style model and its tokenizer…"):
             build_tiny_model(str(model_dir))
     if not data_path.exists():
+        data_path.parent.mkdir(parents=True, exist_ok=True)
         write_sample_dataset(str(data_path), rows=96, fmt="instruction")
     return model_dir, data_path
 
@@ -114,7 +115,7 @@ def run_demo(*, steps: int, keep_running: bool, console: Console) -> int:
     from services.cli.main import _new_key
 
     settings = Settings()
-    model_dir, data_path = _prepare(settings.home, console)
+    model_dir, data_path = _prepare(settings, console)
     stack = Stack(settings)
     try:
         with console.status("starting NATS, PostgreSQL and the services…"):

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import asyncpg
 
+from shared.config import JUDGE_KEY_ENV, Method
 from shared.credential_store import MissingCredentials, load_credentials
 from shared.errors import ProviderError, ProviderTransient
 from shared.events import ProvisionJob, WorkloadPhase, WorkloadReported
@@ -67,16 +68,29 @@ class CloudRunner:
     async def credentials(self, user_id: str):
         if not self.compute.needs_credentials:
             return None
+        return await self._stored(user_id, self.provider)
+
+    async def _stored(self, user_id: str, name: str):
         private_key = self.settings.secrets_private_key
         if private_key is None:
             raise ProviderError("TUNEFLEET_SECRETS_PRIVATE_KEY is not set for this provider service")
-        return await load_credentials(self.pool, private_key.get_secret_value(), user_id, self.provider)
+        return await load_credentials(self.pool, private_key.get_secret_value(), user_id, name)
 
-    def _request(self, job_id: str, attempt: int, options: dict | None = None) -> WorkloadRequest:
-        env = {}
+    async def _secret_env(self, cmd: ProvisionJob) -> dict[str, str]:
+        """The user's stored secrets that this job's configuration names, as the workload reads them: these reach
+        this workload only, never a server's environment."""
+        rlhf = cmd.config.training.rlhf
+        if cmd.config.training.method is not Method.RLHF or not rlhf.judge_url or not rlhf.judge_api_key_secret:
+            return {}
+        judge = await self._stored(cmd.user_id, rlhf.judge_api_key_secret)
+        return {JUDGE_KEY_ENV: judge.api_key.get_secret_value()}
+
+    async def _request(self, job_id: str, attempt: int, options: dict | None = None,
+                       command: ProvisionJob | None = None) -> WorkloadRequest:
+        env = await self._secret_env(command) if command is not None else {}
         if self.compute.remote:
-            env = workload_env(self.settings, job_id, attempt, push=self.compute.pushes_reports,
-                               resume=latest_checkpoint(self.settings, job_id) is not None)
+            env.update(workload_env(self.settings, job_id, attempt, push=self.compute.pushes_reports,
+                                    resume=latest_checkpoint(self.settings, job_id) is not None))
         return WorkloadRequest(job_id=job_id, attempt=attempt, env=env, options=options or {},
                                bundle_dir=bundle_dir(self.settings, job_id, attempt),
                                artifacts_dir=artifacts_dir(self.settings, job_id, attempt))
@@ -97,7 +111,7 @@ class CloudRunner:
                 write_bundle, self.settings, cmd, remote=self.compute.remote,
                 ingest_token=job_token(self.settings.require_secret_key(), cmd.job_id),
                 resume_from=None if self.compute.remote else cmd.resume_from_checkpoint)
-            request = self._request(cmd.job_id, cmd.attempt, cmd.provider_options)
+            request = await self._request(cmd.job_id, cmd.attempt, cmd.provider_options, cmd)
             await self.compute.validate(request, credentials)
             provisioned = await self._create(request, credentials)
         except (ProviderError, MissingCredentials, OSError) as exc:
@@ -167,9 +181,11 @@ class CloudRunner:
     async def _poll(self, row: asyncpg.Record) -> None:
         job_id, attempt = str(row["job_id"]), row["attempt"]
         credentials = await self.credentials(row["user_id"])
-        request = self._request(job_id, attempt)
+        request = await self._request(job_id, attempt)
         status = await self.compute.status(row["resource_id"], credentials)
         if status.phase is WorkloadPhase.RUNNING and not row["workload_started"]:
+            command = ProvisionJob.model_validate(row["command"])
+            request = await self._request(job_id, attempt, command.provider_options, command)
             status = await self._start(row, request, credentials, status)
         folder = request.artifacts_dir
         if status.phase is WorkloadPhase.RUNNING:

@@ -7,7 +7,6 @@ import ipaddress
 import logging
 import uuid
 from dataclasses import dataclass
-from pathlib import Path
 from urllib.parse import urlsplit
 
 import asyncpg
@@ -18,6 +17,8 @@ from shared.dataformats import DatasetError, validate_file
 from shared.errors import ConfigIncompatible, NotFound, ValidationFailed
 from shared.events import DeployRequested
 from shared.settings import Settings
+
+from .policy import check_configuration_policy, check_train_path
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +46,10 @@ async def load_configuration(pool: asyncpg.Pool, user_id: str, configuration_id:
     return TrainingConfig.model_validate(raw)
 
 
-async def resolve_data(pool: asyncpg.Pool, user_id: str, config: TrainingConfig) -> ResolvedData:
-    """Find the data set a configuration names and check that its method can train on it."""
+async def resolve_data(settings: Settings, pool: asyncpg.Pool, user_id: str, config: TrainingConfig) -> ResolvedData:
+    """Check the configuration against what this server allows (``policy``), find the data set it names and check
+    that its method can train on it."""
+    await check_configuration_policy(settings, pool, user_id, config)
     if config.data.dataset_id:
         try:
             uuid.UUID(config.data.dataset_id)
@@ -59,7 +62,7 @@ async def resolve_data(pool: asyncpg.Pool, user_id: str, config: TrainingConfig)
                                    "upload one with POST /api/training/datasets", field="data.dataset_id")
         data = ResolvedData(row["path"], DataFormat(row["format"]), row["rows"])
     else:
-        data = await asyncio.to_thread(_check_train_path, config)
+        data = await asyncio.to_thread(_check_train_path, settings, config)
     if config.data.format and config.data.format is not data.format:
         raise ConfigIncompatible(f"data.format is {config.data.format.value} but the data set is "
                                  f"{data.format.value}; drop data.format or upload matching data",
@@ -74,8 +77,8 @@ async def resolve_data(pool: asyncpg.Pool, user_id: str, config: TrainingConfig)
     return data
 
 
-def _check_train_path(config: TrainingConfig) -> ResolvedData:
-    path = Path(config.data.train_path or "").expanduser()
+def _check_train_path(settings: Settings, config: TrainingConfig) -> ResolvedData:
+    path = check_train_path(settings, config.data.train_path or "")
     if not path.is_file():
         raise ValidationFailed(f"data.train_path {str(path)!r} is not a readable file on the gateway's "
                                "machine; upload the file instead", field="data.train_path")
@@ -83,7 +86,7 @@ def _check_train_path(config: TrainingConfig) -> ResolvedData:
         summary = validate_file(str(path), config.data.format)
     except (DatasetError, UnicodeDecodeError) as exc:
         raise ValidationFailed(f"data.train_path: {exc}", field="data.train_path") from exc
-    return ResolvedData(str(path.resolve()), summary.format, summary.rows)
+    return ResolvedData(str(path), summary.format, summary.rows)
 
 
 def _unreachable(url: str) -> str | None:
@@ -115,10 +118,10 @@ def require_reachable_urls(settings: Settings, provider: str) -> None:
                 "address that machines on the internet can reach (https://... of this server)", field=variable)
 
 
-async def request_deploy(pool: asyncpg.Pool, bus: Bus, *, user_id: str, provider: str, config: TrainingConfig,
-                         configuration_id: str | None, budget_limit: float | None,
+async def request_deploy(settings: Settings, pool: asyncpg.Pool, bus: Bus, *, user_id: str, provider: str,
+                         config: TrainingConfig, configuration_id: str | None, budget_limit: float | None,
                          provider_options: dict) -> DeployRequested:
-    data = await resolve_data(pool, user_id, config)
+    data = await resolve_data(settings, pool, user_id, config)
     cmd = DeployRequested(
         job_id=str(uuid.uuid4()), user_id=user_id, provider=provider, config_id=configuration_id,
         config=config, dataset_path=data.path, dataset_format=data.format, dataset_rows=data.rows,

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import sys
 
 import psutil
 
 from services.cloud.bundles import bundle_dir
+from shared.environment import minimal_environment
 from shared.errors import ProviderError
 from shared.events import WorkloadPhase
 from shared.providers import (
@@ -40,8 +40,7 @@ class LocalCompute(Compute[None]):
         return [self.settings.trainer_python or sys.executable, "-m", "trainer", "--spec", spec_path]
 
     async def provision(self, request: WorkloadRequest, credentials: None) -> Provisioned:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("TUNEFLEET_")}
-        env["PYTHONUNBUFFERED"] = "1"
+        env = minimal_environment(request.env)
         try:
             resource_id = await asyncio.to_thread(
                 self.processes.spawn, self._argv(str(request.bundle_dir / "spec.json")), cwd=request.bundle_dir,

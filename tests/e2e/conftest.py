@@ -152,6 +152,8 @@ def stack(tmp_path_factory, tiny_model_dir, runpod, lambda_cloud, mirror, stock_
         "RUNPOD_API_BASE_URL": runpod.url, "LAMBDA_API_BASE_URL": lambda_cloud.url,
         "TUNEFLEET_LAMBDA_SSH_PORT": str(lambda_cloud.ssh_port), "TUNEFLEET_CLOUD_POLL_INTERVAL_S": "0.5",
         "TUNEFLEET_PROVISIONING_TIMEOUT_S": str(PROVISIONING_TIMEOUT_S), "TUNEFLEET_SANDBOX": "true",
+        # The operator's model folder: the tests' tiny models are built under pytest's temporary folder.
+        "TUNEFLEET_MODEL_DIRS": str(tmp_path_factory.getbasetemp()),
         "TUNEFLEET_WORKLOAD_PYTHON_URL": mirror, "TUNEFLEET_WORKLOAD_PYTHON_SHA256": stock_images.python_sha256})
     s.start()
     yield s

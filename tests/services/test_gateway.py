@@ -165,7 +165,7 @@ async def test_accepted_deploy_survives_a_bus_outage(migrated, api_key, pool, re
 
         from services.gateway import deploying
 
-        cmd = await deploying.request_deploy(pool, Down(), user_id="alice", provider="local",
+        cmd = await deploying.request_deploy(migrated, pool, Down(), user_id="alice", provider="local",
                                              config=deploying.TrainingConfig.model_validate(config_for(ds["id"])),
                                              configuration_id=None, budget_limit=None, provider_options={})
         assert await pool.fetchval("SELECT published_at FROM deploy_requests WHERE job_id = $1", cmd.job_id) is None

@@ -77,7 +77,10 @@ async def test_trainer_failure_reports_reason_exit_code_and_log(migrated, pool, 
     assert oct(spec.stat().st_mode & 0o777) == "0o600"  # it holds the job's ingest token
 
 
-async def test_stop_ends_the_trainer_process_group(migrated, pool, nats_url, dataset, tiny_model_dir):
+async def test_stop_ends_the_trainer_process_group(migrated, pool, nats_url, dataset, tiny_model_dir, monkeypatch):
+    """Also: the trainer runs with a minimal environment, none of the provider's settings or credentials."""
+    monkeypatch.setenv("TUNEFLEET_SECRET_KEY", "the-server-signing-key")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "the-server-aws-key")
     job_id = str(uuid.uuid4())
     async with running_ingest(migrated), running_service("scheduler", wire_scheduler, migrated), \
             running_service("provider_local", wire_local, migrated):
@@ -87,6 +90,9 @@ async def test_stop_ends_the_trainer_process_group(migrated, pool, nats_url, dat
         await wait_status(pool, job_id, "running", timeout=60)
         pid = int((await pool.fetchval("SELECT resource_id FROM local_workloads WHERE job_id = $1",
                                        job_id)).split(":")[0])
+        environment = psutil.Process(pid).environ()
+        assert "PATH" in environment and not [k for k in environment if k.startswith("TUNEFLEET_")]
+        assert "the-server-aws-key" not in environment.values()
 
         async def metrics_arrive():
             while not await pool.fetchval("SELECT count(*) FROM metric_points WHERE job_id = $1", job_id):

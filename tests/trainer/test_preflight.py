@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from shared.config import TrainingConfig
 from trainer.preflight import run_preflight, shrink_config
 from trainer.tiny_model import write_sample_dataset
@@ -43,6 +45,26 @@ def test_rlhf_preflight_uses_a_tiny_reward_model(tiny_model_dir, tiny_reward_mod
     report = run_preflight(config, data, "preference", steps=2, work_dir=str(tmp_path / "w"), printer=lambda _l: None)
     assert report.ok, report
     assert any("reward model" in note for note in report.notes)
+
+
+def test_rlhf_preflight_never_calls_the_judge(tiny_model_dir, tmp_path):
+    """Preflight runs on a server: it must not call an address a configuration names (SSRF), nor need the key."""
+    import socket
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    listener.settimeout(0.0)
+    data = write_sample_dataset(str(tmp_path / "pref.jsonl"), rows=20, fmt="preference")
+    judge = {"judge_url": f"http://127.0.0.1:{listener.getsockname()[1]}/v1", "judge_model": "m",
+             "judge_api_key_secret": "judge", "num_generations": 2, "max_completion_length": 4}
+    config = _config(tiny_model_dir, method="rlhf", rlhf=judge)
+    report = run_preflight(config, data, "preference", steps=2, work_dir=str(tmp_path / "w"), printer=lambda _l: None)
+    assert report.ok, report
+    assert any("judge is not called" in note for note in report.notes)
+    with pytest.raises(BlockingIOError):
+        listener.accept()  # nobody connected
+    listener.close()
 
 
 def test_a_broken_data_set_is_caught_with_its_line(tiny_model_dir, tmp_path):

@@ -8,17 +8,18 @@ from shared.config import TrainingConfig
 from shared.errors import NotFound
 
 from ..deploying import resolve_data
-from ..deps import CurrentUser, PoolDep
+from ..deps import CurrentUser, PoolDep, SettingsDep
 from ..schemas import ConfigurationPublic
 
 router = APIRouter(prefix="/api/training/configurations", tags=["configurations"])
 
 
 @router.post("", status_code=201, response_model=ConfigurationPublic)
-async def create_configuration(config: TrainingConfig, user: CurrentUser, pool: PoolDep) -> ConfigurationPublic:
-    """Store a TrainingConfig. Its data set must exist and suit its method."""
-    if config.data.dataset_id:
-        await resolve_data(pool, user, config)
+async def create_configuration(config: TrainingConfig, user: CurrentUser, pool: PoolDep,
+                               settings: SettingsDep) -> ConfigurationPublic:
+    """Store a TrainingConfig. It must keep to what this server allows, and its data set must exist and suit its
+    method."""
+    await resolve_data(settings, pool, user, config)
     row = await pool.fetchrow(
         "INSERT INTO configurations (id, user_id, config) VALUES ($1, $2, $3) RETURNING id, created_at",
         uuid.uuid4(), user, config.model_dump(mode="json"))

@@ -33,9 +33,9 @@ async def _config(body: DeploymentRequest, pool, user: str) -> TrainingConfig:
     return body.config or await load_configuration(pool, user, body.configuration_id)
 
 
-async def _deploy(provider: str, body: DeploymentRequest, config: TrainingConfig, user: str, pool, bus,
+async def _deploy(provider: str, body: DeploymentRequest, config: TrainingConfig, user: str, pool, bus, settings,
                   options: dict) -> DeploymentResponse:
-    cmd = await request_deploy(pool, bus, user_id=user, provider=provider, config=config,
+    cmd = await request_deploy(settings, pool, bus, user_id=user, provider=provider, config=config,
                                configuration_id=body.configuration_id, budget_limit=body.budget_limit,
                                provider_options=options)
     return DeploymentResponse(job_id=cmd.job_id, provider=provider, status="queued", pod_id=cmd.job_id,
@@ -43,10 +43,10 @@ async def _deploy(provider: str, body: DeploymentRequest, config: TrainingConfig
 
 
 @router.post("/local", status_code=202, response_model=DeploymentResponse)
-async def deploy_local(body: LocalDeploymentRequest, user: CurrentUser, pool: PoolDep,
-                       bus: BusDep) -> DeploymentResponse:
+async def deploy_local(body: LocalDeploymentRequest, user: CurrentUser, pool: PoolDep, bus: BusDep,
+                       settings: SettingsDep) -> DeploymentResponse:
     """Train on this machine. The answer comes once the request is stored; follow it by ``job_id``."""
-    return await _deploy("local", body, await _config(body, pool, user), user, pool, bus, {})
+    return await _deploy("local", body, await _config(body, pool, user), user, pool, bus, settings, {})
 
 
 async def _deploy_to_cloud(provider: str, body: RunPodDeploymentRequest | LambdaDeploymentRequest, user: str,
@@ -60,7 +60,7 @@ async def _deploy_to_cloud(provider: str, body: RunPodDeploymentRequest | Lambda
         raise ValidationFailed(f"no {provider} credentials stored; add them with PUT /api/secrets/{provider}",
                                field="provider")
     if body.preflight:
-        data = await resolve_data(pool, user, config)
+        data = await resolve_data(settings, pool, user, config)
         report = await run_preflight_process(config.model_dump_json(), data.path, data.format.value)
         if not report.get("ok"):
             raise ValidationFailed(f"preflight failed: {report.get('error_message') or report}",
@@ -68,7 +68,7 @@ async def _deploy_to_cloud(provider: str, body: RunPodDeploymentRequest | Lambda
     options = body.provider_options()
     if provider == "runpod":
         options["volume_size_gb"] = _volume_for(config, body.volume_size_gb)
-    return await _deploy(provider, body, config, user, pool, bus, options)
+    return await _deploy(provider, body, config, user, pool, bus, settings, options)
 
 
 def _volume_for(config: TrainingConfig, asked: int | None) -> int:

@@ -8,10 +8,11 @@ import tempfile
 
 from fastapi import APIRouter
 
+from shared.environment import minimal_environment
 from shared.errors import ServiceUnavailable, ValidationFailed
 
 from ..deploying import load_configuration, resolve_data
-from ..deps import CurrentUser, PoolDep
+from ..deps import CurrentUser, PoolDep, SettingsDep
 from ..schemas import DeploymentRequest
 
 router = APIRouter(prefix="/api/training", tags=["preflight"])
@@ -20,14 +21,15 @@ PREFLIGHT_TIMEOUT_S = 600.0
 
 
 async def run_preflight_process(config_json: str, data_path: str, data_format: str) -> dict:
-    """Run ``python -m trainer.preflight`` on the CPU of this machine and return its JSON report."""
+    """Run ``python -m trainer.preflight`` on the CPU of this machine and return its JSON report. It runs with a
+    minimal environment (none of the server's settings or credentials) in a folder of its own."""
     with tempfile.TemporaryDirectory(prefix="tunefleet-preflight-") as work:
         config_path = os.path.join(work, "config.json")
         with open(config_path, "w", encoding="utf-8") as f:  # noqa: ASYNC230 - a small local file
             f.write(config_json)
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "trainer.preflight", "--config", config_path, "--data", data_path,
-            "--format", data_format, "--work-dir", work, "--json",
+            "--format", data_format, "--work-dir", work, "--json", cwd=work, env=minimal_environment(),
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, stdin=asyncio.subprocess.DEVNULL)
         try:
             out, err = await asyncio.wait_for(proc.communicate(), PREFLIGHT_TIMEOUT_S)
@@ -43,12 +45,12 @@ async def run_preflight_process(config_json: str, data_path: str, data_format: s
 
 
 @router.post("/preflight")
-async def preflight(body: DeploymentRequest, user: CurrentUser, pool: PoolDep) -> dict:
+async def preflight(body: DeploymentRequest, user: CurrentUser, pool: PoolDep, settings: SettingsDep) -> dict:
     """Dry-run a configuration for a few steps on a tiny random model with the base model's architecture and
     tokenizer, on this machine's CPU: data, template and config errors show in seconds, before GPU time."""
     if (body.configuration_id is None) == (body.config is None):
         raise ValidationFailed("give exactly one of configuration_id (a saved configuration) or config",
                                field="configuration_id")
     config = body.config or await load_configuration(pool, user, body.configuration_id)
-    data = await resolve_data(pool, user, config)
+    data = await resolve_data(settings, pool, user, config)
     return await run_preflight_process(config.model_dump_json(), data.path, data.format.value)

@@ -1,0 +1,101 @@
+"""What a user's configuration may ask of this server, checked before it is stored, preflighted or deployed.
+
+A configuration runs on the server's CPU (preflight) and host (local jobs), so it may not:
+
+* run a model's own Python code (``model.trust_remote_code``) unless the operator allows it;
+* load a model from a local path outside the operator's model folders, the data folder's ``models/``, and the
+  user's own registered models (``model.base_model``, ``training.rlhf.reward_model``);
+* read training data from a path outside the operator's data folders (``data.train_path``): uploaded data sets
+  are the way in;
+* name an environment variable of the server as the judge's key (``training.rlhf.judge_api_key_env``): the key is
+  a secret the user stores (``PUT /api/secrets/judge``) and names with ``judge_api_key_secret``.
+
+Paths are compared after resolving symlinks and ``..``, so a link inside an allowed folder that points out of it
+is refused too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+from pathlib import Path
+
+import asyncpg
+
+from shared.config import Method, TrainingConfig
+from shared.errors import ValidationFailed
+from shared.settings import Settings
+
+#: A Hugging Face hub id: ``name`` or ``owner/name``.
+HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
+
+
+def is_inside(path: Path, folders: list[Path]) -> bool:
+    """Whether ``path``, resolved, is one of ``folders`` (resolved) or below one."""
+    real = Path(os.path.realpath(path))
+    for folder in folders:
+        root = Path(os.path.realpath(folder))
+        if real == root or root in real.parents:
+            return True
+    return False
+
+
+def _is_local_path(reference: str) -> bool:
+    return reference.startswith(("/", "~", ".")) or "\\" in reference or ".." in reference
+
+
+async def _check_model_reference(settings: Settings, pool: asyncpg.Pool, user_id: str, reference: str,
+                                 field: str) -> None:
+    if not _is_local_path(reference):
+        if HUB_ID.match(reference):
+            return
+        raise ValidationFailed(f"{field} {reference!r} is neither a hub id (owner/name) nor an absolute path",
+                               field=field)
+    if not os.path.isabs(reference):
+        raise ValidationFailed(f"{field} {reference!r}: give a local model as an absolute path", field=field)
+    registered = [Path(p) for p in await pool.fetchval(
+        "SELECT coalesce(array_agg(adapter_path), '{}') FROM models WHERE user_id = $1 AND adapter_path IS NOT NULL",
+        user_id)]
+    if await asyncio.to_thread(is_inside, Path(reference), [settings.models_dir, *settings.model_dirs, *registered]):
+        return
+    raise ValidationFailed(
+        f"{field} {reference!r} is not in a model folder this server allows: use a hub id, one of your registered "
+        f"models, or a path under {settings.models_dir} or a folder the operator lists in TUNEFLEET_MODEL_DIRS",
+        field=field)
+
+
+def check_train_path(settings: Settings, reference: str) -> Path:
+    """The path of ``data.train_path`` when the operator allows it; refused otherwise."""
+    path = Path(reference)
+    if not path.is_absolute() or not is_inside(path, settings.data_dirs):
+        raise ValidationFailed(
+            f"data.train_path {reference!r} is not in a data folder this server allows: upload the file with "
+            "POST /api/training/datasets and set data.dataset_id, or ask the operator to list its folder in "
+            "TUNEFLEET_DATA_DIRS", field="data.train_path")
+    return Path(os.path.realpath(path))
+
+
+async def check_configuration_policy(settings: Settings, pool: asyncpg.Pool, user_id: str,
+                                     config: TrainingConfig) -> None:
+    """Refuse (422, naming the field and the fix) what this server does not let a configuration do."""
+    if config.model.trust_remote_code and not settings.allow_remote_code:
+        raise ValidationFailed(
+            "model.trust_remote_code: this server does not run a model's own code (it would run in preflight on the "
+            "server and in local jobs); use a model that transformers supports natively, or ask the operator to set "
+            "TUNEFLEET_ALLOW_REMOTE_CODE=true", field="model.trust_remote_code")
+    await _check_model_reference(settings, pool, user_id, config.model.base_model, "model.base_model")
+    rlhf = config.training.rlhf
+    if config.training.method is Method.RLHF and rlhf.reward_model:
+        await _check_model_reference(settings, pool, user_id, rlhf.reward_model, "training.rlhf.reward_model")
+    if rlhf.judge_api_key_env:
+        raise ValidationFailed(
+            "training.rlhf.judge_api_key_env names a variable of the machine the trainer runs on, which through this "
+            "API is a server's: store the judge's key with PUT /api/secrets/judge and set "
+            "training.rlhf.judge_api_key_secret to \"judge\" instead", field="training.rlhf.judge_api_key_env")
+    if rlhf.judge_api_key_secret and not await pool.fetchval(
+            "SELECT 1 FROM user_secrets WHERE user_id = $1 AND provider = $2", user_id, rlhf.judge_api_key_secret):
+        raise ValidationFailed(
+            f"training.rlhf.judge_api_key_secret names the secret {rlhf.judge_api_key_secret!r}, which you have not "
+            f"stored: PUT /api/secrets/{rlhf.judge_api_key_secret} with {{\"api_key\": \"...\"}} first",
+            field="training.rlhf.judge_api_key_secret")

@@ -1,0 +1,161 @@
+"""A configuration cannot turn the server against itself: each attack tried through the public API (create a
+configuration, preflight, deploy), then the judge key's only way in, and the environment workloads get."""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+
+import pytest
+
+from services.cloud.runner import CloudRunner
+from services.provider_local.compute import LocalCompute
+from shared.config import JUDGE_KEY_ENV, DataFormat, TrainingConfig
+from shared.environment import minimal_environment
+from shared.events import ProvisionJob
+
+from .conftest import gateway_client
+from .test_gateway import INSTRUCTION_ROWS, auth, upload
+
+ROUTES = ("/api/training/configurations", "/api/training/preflight", "/api/training/deploy/local")
+
+
+def body_for(route: str, config: dict) -> dict:
+    return config if route.endswith("configurations") else {"config": config}
+
+
+async def refused_everywhere(client, key, config: dict, field: str, *words: str) -> None:
+    for route in ROUTES:
+        r = await client.post(route, headers=auth(key), json=body_for(route, config))
+        assert r.status_code == 422, (route, r.text)
+        detail = r.json()["detail"]
+        assert detail["field"] == field, (route, detail)
+        for word in words:
+            assert word in detail["message"], (route, word, detail["message"])
+
+
+def base(dataset_id: str, **model) -> dict:
+    return {"model": {"base_model": "/models/tiny", **model}, "data": {"dataset_id": dataset_id},
+            "training": {"max_steps": 1}}
+
+
+def rlhf(dataset_id: str, **judge) -> dict:
+    return {**base(dataset_id), "training": {"method": "rlhf", "max_steps": 1, "rlhf": {
+        "judge_url": "https://judge.example.com/v1", "judge_model": "m", "num_generations": 2, **judge}}}
+
+
+async def test_the_judge_key_cannot_name_a_server_variable_and_must_be_a_stored_secret(migrated, api_key):
+    """C1: judge_api_key_env=TUNEFLEET_SECRET_KEY would send the server's signing key to the judge."""
+    async with gateway_client(migrated) as client:
+        ds = (await upload(client, api_key, INSTRUCTION_ROWS)).json()["id"]
+        await refused_everywhere(client, api_key, rlhf(ds, judge_api_key_env="TUNEFLEET_SECRET_KEY"),
+                                 "training.rlhf.judge_api_key_env", "PUT /api/secrets/judge")
+        await refused_everywhere(client, api_key, rlhf(ds, judge_api_key_secret="judge"),
+                                 "training.rlhf.judge_api_key_secret", "PUT /api/secrets/judge")
+        r = await client.put("/api/secrets/judge", headers=auth(api_key), json={"api_key": "sk-judge-0123"})
+        assert r.status_code == 204
+        r = await client.post(ROUTES[0], headers=auth(api_key), json=rlhf(ds, judge_api_key_secret="judge"))
+        assert r.status_code == 201, r.text
+        assert "sk-judge-0123" not in r.text
+
+
+async def test_remote_code_is_refused_unless_the_operator_allows_it(migrated, api_key):
+    """C2: trust_remote_code would run a model repository's Python in preflight on this server."""
+    async with gateway_client(migrated) as client:
+        ds = (await upload(client, api_key, INSTRUCTION_ROWS)).json()["id"]
+        await refused_everywhere(client, api_key, base(ds, trust_remote_code=True), "model.trust_remote_code",
+                                 "TUNEFLEET_ALLOW_REMOTE_CODE")
+    async with gateway_client(migrated.model_copy(update={"allow_remote_code": True})) as client:
+        r = await client.post(ROUTES[0], headers=auth(api_key), json=base(ds, trust_remote_code=True))
+        assert r.status_code == 201, r.text
+
+
+async def test_models_load_from_the_hub_or_allowed_folders_only(migrated, api_key, other_key, pool, tmp_path):
+    """C2: a local path outside the operator's folders (an artifacts folder another pod uploaded, /etc, a link that
+    leads out) is refused; a user's own registered model is allowed, another user's is not."""
+    allowed = tmp_path / "operator-models"
+    (allowed / "tiny").mkdir(parents=True)
+    (allowed / "escape").symlink_to(tmp_path / "elsewhere")
+    settings = migrated.model_copy(update={"model_dirs": [allowed, *migrated.model_dirs]})
+    theirs = tmp_path / "artifacts" / "their-job" / "adapter"
+    await pool.execute(
+        """INSERT INTO models (id, job_id, user_id, name, base_model, adapter_path, method, provider)
+           VALUES ($1, $2, 'bob', 'm', 'b', $3, 'sft', 'runpod')""", uuid.uuid4(), uuid.uuid4(), str(theirs))
+    async with gateway_client(settings) as client:
+        ds = (await upload(client, api_key, INSTRUCTION_ROWS)).json()["id"]
+        for path in ("/etc", str(allowed / ".." / "x"), str(allowed / "escape" / "m"), str(theirs),
+                     str(settings.home / "artifacts")):
+            await refused_everywhere(client, api_key, {**base(ds), "model": {"base_model": path}},
+                                     "model.base_model", "TUNEFLEET_MODEL_DIRS")
+        await refused_everywhere(client, api_key, {**base(ds), "model": {"base_model": "rel/../../etc"}},
+                                 "model.base_model", "absolute path")
+        reward = {**base(ds), "training": {"method": "rlhf", "rlhf": {"reward_model": "/etc/rm",
+                                                                       "num_generations": 2}}}
+        await refused_everywhere(client, api_key, reward, "training.rlhf.reward_model", "TUNEFLEET_MODEL_DIRS")
+        for ok in (str(allowed / "tiny"), str(settings.models_dir / "mine"), "Qwen/Qwen2.5-0.5B", "gpt2"):
+            r = await client.post(ROUTES[0], headers=auth(api_key), json={**base(ds), "model": {"base_model": ok}})
+            assert r.status_code == 201, (ok, r.text)
+        # bob may fine-tune further from his own registered model
+        ds_bob = (await upload(client, other_key, INSTRUCTION_ROWS)).json()["id"]
+        r = await client.post(ROUTES[0], headers=auth(other_key),
+                              json={**base(ds_bob), "model": {"base_model": str(theirs)}})
+        assert r.status_code == 201, r.text
+
+
+async def test_training_data_comes_from_uploads_or_an_allowed_folder_only(migrated, api_key, tmp_path):
+    """H1: data.train_path could read any file the gateway can: /etc/passwd, the data folder's keys, /proc."""
+    shared_data = tmp_path / "shared-data"
+    shared_data.mkdir()
+    good = shared_data / "ok.jsonl"
+    good.write_text("\n".join(json.dumps({"text": f"hello {i}"}) for i in range(8)))
+    settings = migrated.model_copy(update={"data_dirs": [shared_data]})
+    settings.home.mkdir(parents=True, exist_ok=True)
+    (settings.home / "secret_key").write_text("the-signing-key")
+    async with gateway_client(settings) as client:
+        for path in ("/etc/passwd", str(settings.home / "secret_key"), "/proc/self/environ", "/proc/self/fd/0",
+                     str(shared_data / ".." / "shared-data-not" / "x.jsonl"), "ok.jsonl"):
+            config = {"model": {"base_model": "/models/tiny"}, "data": {"train_path": path}}
+            await refused_everywhere(client, api_key, config, "data.train_path", "POST /api/training/datasets")
+        r = await client.post(ROUTES[0], headers=auth(api_key),
+                              json={"model": {"base_model": "/models/tiny"}, "data": {"train_path": str(good)}})
+        assert r.status_code == 201, r.text
+        assert "the-signing-key" not in r.text
+
+
+def test_workload_processes_get_a_minimal_environment(monkeypatch):
+    for name, value in (("TUNEFLEET_SECRET_KEY", "server-key"), ("TUNEFLEET_DATABASE_URL", "postgresql://x"),
+                        ("AWS_SECRET_ACCESS_KEY", "aws"), ("HF_TOKEN", "hf_server"), ("DATABASE_URL", "pg"),
+                        ("LC_ALL", "C.UTF-8"), ("HF_HOME", "/cache/hf")):
+        monkeypatch.setenv(name, value)
+    env = minimal_environment({"JUDGE_API_KEY": "for-this-job"})
+    assert not [k for k in env if k.startswith("TUNEFLEET_")]
+    assert not {"AWS_SECRET_ACCESS_KEY", "HF_TOKEN", "DATABASE_URL"} & set(env)
+    assert env["PATH"] == os.environ["PATH"] and env["LC_ALL"] == "C.UTF-8" and env["HF_HOME"] == "/cache/hf"
+    assert env["JUDGE_API_KEY"] == "for-this-job"
+
+
+@pytest.mark.parametrize("stored", [True, False])
+async def test_the_judge_secret_reaches_its_own_workload_only(migrated, api_key, pool, stored):
+    async with gateway_client(migrated) as client:
+        if stored:
+            await client.put("/api/secrets/judge", headers=auth(api_key), json={"api_key": "sk-judge-alice"})
+    runner = CloudRunner(LocalCompute(migrated), migrated, pool, report=None)
+    config = TrainingConfig.model_validate({
+        "model": {"base_model": "/models/tiny"}, "data": {"dataset_id": "d"},
+        "training": {"method": "rlhf", "rlhf": {"judge_url": "https://judge.example.com/v1", "judge_model": "m",
+                                                 "judge_api_key_secret": "judge", "num_generations": 2}}})
+    command = ProvisionJob(job_id=str(uuid.uuid4()), provider="local", user_id="alice", config=config,
+                           dataset_path="/x", dataset_format=DataFormat.INSTRUCTION)
+    if stored:
+        request = await runner._request(command.job_id, 1, {}, command)
+        assert request.env == {JUDGE_KEY_ENV: "sk-judge-alice"}
+        bobs = command.model_copy(update={"user_id": "bob"})
+        with pytest.raises(Exception, match="no judge credentials stored"):
+            await runner._request(command.job_id, 1, {}, bobs)
+    else:
+        with pytest.raises(Exception, match="no judge credentials stored"):
+            await runner._request(command.job_id, 1, {}, command)
+    sft = command.model_copy(update={"config": TrainingConfig.model_validate(
+        {"model": {"base_model": "/models/tiny"}, "data": {"dataset_id": "d"}})})
+    assert (await runner._request(sft.job_id, 1, {}, sft)).env == {}
