@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 from enum import StrEnum
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -117,13 +118,24 @@ class RlhfSection(_Strict):
             )
         return v
 
+    @field_validator("judge_url")
+    @classmethod
+    def _base_url(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        if not v.startswith(("http://", "https://")):
+            raise ValueError("training.rlhf.judge_url must start with http:// or https://")
+        parts = urlsplit(v)
+        if "?" in v or "#" in v or "@" in parts.netloc or not parts.hostname:
+            raise ValueError("training.rlhf.judge_url must be the API's base URL with a host and without '?', '#' or "
+                             "credentials (e.g. https://host/v1); the key goes in judge_api_key_secret")
+        return v
+
     @model_validator(mode="after")
     def _reward_source(self) -> RlhfSection:
         if self.reward_model and self.judge_url:
             raise ValueError("set only one of training.rlhf.reward_model and training.rlhf.judge_url")
         if self.judge_url:
-            if not self.judge_url.startswith(("http://", "https://")):
-                raise ValueError("training.rlhf.judge_url must start with http:// or https://")
             if not self.judge_model:
                 raise ValueError("training.rlhf.judge_url needs training.rlhf.judge_model (the model it serves)")
         elif self.judge_model or self.judge_api_key_env or self.judge_api_key_secret:

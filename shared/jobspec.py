@@ -26,6 +26,9 @@ class JobSpec(BaseModel):
     resume_from_checkpoint: str | None = None
     checkpoint_upload_url: str | None = Field(
         default=None, repr=False, description="Signed PUT URL: each saved checkpoint is sent there as a tar.gz.")
+    public_addresses_only: bool = Field(
+        default=False, description="Call URLs the configuration names (an RLHF judge) only at public addresses: set "
+                                   "for trainers on a server of TuneFleet's (shared.netpolicy).")
 
     @classmethod
     def read(cls, path: str) -> JobSpec:

@@ -69,6 +69,9 @@ class Settings(BaseSettings):
     allow_remote_code: bool = Field(
         default=False, description="Let configurations set model.trust_remote_code: a model's own Python code then "
                                    "runs in preflight on this server and in local jobs. Off: refused with 422.")
+    allow_private_urls: bool = Field(
+        default=False, description="Let a local job's RLHF judge (training.rlhf.judge_url) be at a private, loopback "
+                                   "or link-local address: one on the operator's own network.")
     model_dirs: Annotated[list[Path], NoDecode] = Field(
         default_factory=list, description="Folders (separated by ':') whose models users may name by local path, "
                                           "besides the data folder's models/ and their own registered models.")

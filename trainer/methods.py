@@ -160,5 +160,5 @@ def build_trainer(spec: JobSpec, *, model, tokenizer, data, peft_config, callbac
         from trl import RLOOTrainer as RLTrainer
     else:
         from trl import GRPOTrainer as RLTrainer
-    reward_funcs, reward_classes = reward_sources(spec.config)
+    reward_funcs, reward_classes = reward_sources(spec.config, public_only=spec.public_addresses_only)
     return RLTrainer(**common, reward_funcs=reward_funcs, reward_processing_classes=reward_classes)

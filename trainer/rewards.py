@@ -24,6 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 
 from shared.config import TrainingConfig
+from shared.netpolicy import BlockedAddress, public_address
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +57,9 @@ class JudgeReward:
     __name__ = "judge"
 
     def __init__(self, url: str, model: str, api_key: str | None = None, *, key_env: str | None = None,
-                 timeout: float = 60.0, retries: int = 3, workers: int = 4):
+                 timeout: float = 60.0, retries: int = 3, workers: int = 4, public_only: bool = False):
         self.url = chat_completions_url(url)
+        self.public_only = public_only
         self.model = model
         self.key_env = key_env
         self.retries = retries
@@ -102,7 +104,7 @@ class JudgeReward:
             if attempt:
                 time.sleep(min(0.5 * 2 ** (attempt - 1), 8.0))
             try:
-                response = self._client.post(self.url, json=body)
+                response = self._send(body)
             except httpx.HTTPError as exc:
                 detail = type(exc).__name__
                 continue
@@ -115,10 +117,24 @@ class JudgeReward:
             if status == 429 or status >= 500:
                 detail = f"HTTP {status}"
                 continue
-            raise JudgeError(f"the judge at {self.url} answered HTTP {status} ({response.text[:200]!r}): check "
-                             "training.rlhf.judge_url (the API's base URL, e.g. https://host/v1) and judge_model")
+            raise JudgeError(f"the judge at {self.url} answered HTTP {status}: check training.rlhf.judge_url (the "
+                             "API's base URL, e.g. https://host/v1) and judge_model")
         raise JudgeError(f"the judge at {self.url} did not answer ({detail}) after {self.retries + 1} tries: check "
                          "training.rlhf.judge_url and that the endpoint is up")
+
+    def _send(self, body: dict) -> httpx.Response:
+        """POST to the judge; with ``public_only``, to the public address its host resolves to now (pinned for
+        this request, the name kept for Host and TLS), never to a private one."""
+        if not self.public_only:
+            return self._client.post(self.url, json=body)
+        url = httpx.URL(self.url)
+        try:
+            address = public_address(url.host, url.port or (443 if url.scheme == "https" else 80))
+        except BlockedAddress as exc:
+            raise JudgeError(f"training.rlhf.judge_url: {exc}") from None
+        pinned = url.copy_with(host=address)
+        return self._client.post(pinned, json=body, headers={"Host": url.netloc.decode("ascii")},
+                                 extensions={"sni_hostname": url.host})
 
     def close(self) -> None:
         self._client.close()
@@ -137,12 +153,13 @@ def load_reward_model(config: TrainingConfig):
     return model.eval(), tokenizer
 
 
-def reward_sources(config: TrainingConfig) -> tuple[list, list | None]:
-    """``(reward_funcs, reward_processing_classes)`` for TRL's GRPO/RLOO trainers."""
+def reward_sources(config: TrainingConfig, *, public_only: bool = False) -> tuple[list, list | None]:
+    """``(reward_funcs, reward_processing_classes)`` for TRL's GRPO/RLOO trainers; ``public_only`` as in
+    ``JobSpec.public_addresses_only``."""
     r = config.training.rlhf
     if r.reward_model:
         model, tokenizer = load_reward_model(config)
         return [model], [tokenizer]
     key_env = r.judge_key_env()
     key = os.environ.get(key_env) if key_env else None
-    return [JudgeReward(r.judge_url, r.judge_model, key, key_env=key_env)], None
+    return [JudgeReward(r.judge_url, r.judge_model, key, key_env=key_env, public_only=public_only)], None

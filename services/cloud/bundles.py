@@ -83,7 +83,7 @@ def write_bundle(settings: Settings, cmd: ProvisionJob, *, remote: bool, ingest_
         spec = JobSpec(job_id=cmd.job_id, attempt=cmd.attempt, config=cmd.config,
                        dataset_path=str(folder / "data.jsonl"), dataset_format=cmd.dataset_format,
                        output_dir=str(output), ingest_url=settings.ingest_url, ingest_token=ingest_token,
-                       resume_from_checkpoint=resume_from)
+                       resume_from_checkpoint=resume_from, public_addresses_only=not settings.allow_private_urls)
     _write_private(folder / "spec.json", spec.model_dump_json(indent=2))
     if remote:
         archive = bundle_archive(settings, cmd.job_id, cmd.attempt)

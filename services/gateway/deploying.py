@@ -18,7 +18,7 @@ from shared.errors import ConfigIncompatible, NotFound, ValidationFailed
 from shared.events import DeployRequested
 from shared.settings import Settings
 
-from .policy import check_configuration_policy, check_train_path
+from .policy import check_configuration_policy, check_local_job, check_train_path
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +122,8 @@ async def request_deploy(settings: Settings, pool: asyncpg.Pool, bus: Bus, *, us
                          config: TrainingConfig, configuration_id: str | None, budget_limit: float | None,
                          provider_options: dict) -> DeployRequested:
     data = await resolve_data(settings, pool, user_id, config)
+    if provider == "local":
+        await check_local_job(settings, config)
     cmd = DeployRequested(
         job_id=str(uuid.uuid4()), user_id=user_id, provider=provider, config_id=configuration_id,
         config=config, dataset_path=data.path, dataset_format=data.format, dataset_rows=data.rows,

@@ -8,7 +8,8 @@ A configuration runs on the server's CPU (preflight) and host (local jobs), so i
 * read training data from a path outside the operator's data folders (``data.train_path``): uploaded data sets
   are the way in;
 * name an environment variable of the server as the judge's key (``training.rlhf.judge_api_key_env``): the key is
-  a secret the user stores (``PUT /api/secrets/judge``) and names with ``judge_api_key_secret``.
+  a secret the user stores (``PUT /api/secrets/judge``) and names with ``judge_api_key_secret``;
+* have a local job call a judge at a private, loopback or link-local address (``check_local_job``).
 
 Paths are compared after resolving symlinks and ``..``, so a link inside an allowed folder that points out of it
 is refused too.
@@ -20,11 +21,13 @@ import asyncio
 import os
 import re
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import asyncpg
 
 from shared.config import Method, TrainingConfig
 from shared.errors import ValidationFailed
+from shared.netpolicy import BlockedAddress, public_address
 from shared.settings import Settings
 
 #: A Hugging Face hub id: ``name`` or ``owner/name``.
@@ -99,3 +102,17 @@ async def check_configuration_policy(settings: Settings, pool: asyncpg.Pool, use
             f"training.rlhf.judge_api_key_secret names the secret {rlhf.judge_api_key_secret!r}, which you have not "
             f"stored: PUT /api/secrets/{rlhf.judge_api_key_secret} with {{\"api_key\": \"...\"}} first",
             field="training.rlhf.judge_api_key_secret")
+
+
+async def check_local_job(settings: Settings, config: TrainingConfig) -> None:
+    """A local job's trainer runs on this server: its judge must be at a public address (checked here for a
+    clear 422, and again by the trainer at each call, against DNS rebinding)."""
+    rlhf = config.training.rlhf
+    if config.training.method is not Method.RLHF or not rlhf.judge_url or settings.allow_private_urls:
+        return
+    url = urlsplit(rlhf.judge_url)
+    try:
+        await asyncio.to_thread(public_address, url.hostname or "", url.port or (443 if url.scheme == "https" else 80))
+    except BlockedAddress as exc:
+        raise ValidationFailed(f"training.rlhf.judge_url: {exc}; a local job calls it from this server",
+                               field="training.rlhf.judge_url") from None

@@ -30,7 +30,8 @@ async def refused_everywhere(client, key, config: dict, field: str, *words: str)
         r = await client.post(route, headers=auth(key), json=body_for(route, config))
         assert r.status_code == 422, (route, r.text)
         detail = r.json()["detail"]
-        assert detail["field"] == field, (route, detail)
+        fields = [detail.get("field")] + [e["field"].removeprefix("config.") for e in detail.get("errors", [])]
+        assert field in fields, (route, detail)
         for word in words:
             assert word in detail["message"], (route, word, detail["message"])
 
@@ -159,3 +160,25 @@ async def test_the_judge_secret_reaches_its_own_workload_only(migrated, api_key,
     sft = command.model_copy(update={"config": TrainingConfig.model_validate(
         {"model": {"base_model": "/models/tiny"}, "data": {"dataset_id": "d"}})})
     assert (await runner._request(sft.job_id, 1, {}, sft)).env == {}
+
+
+async def test_a_local_job_may_not_aim_its_judge_into_the_servers_network(migrated, api_key):
+    """H2: a local job's trainer would call judge_url from this server: metadata services, loopback admin ports."""
+    async with gateway_client(migrated) as client:
+        ds = (await upload(client, api_key, INSTRUCTION_ROWS)).json()["id"]
+        await client.put("/api/secrets/judge", headers=auth(api_key), json={"api_key": "sk-judge-0123"})
+        for url in ("http://169.254.169.254/latest", "http://127.0.0.1:8000/v1", "http://localhost/v1",
+                    "http://10.0.0.8/v1", "http://[::1]:9/v1", "http://[::ffff:127.0.0.1]/v1"):
+            r = await client.post("/api/training/deploy/local", headers=auth(api_key),
+                                  json={"config": rlhf(ds, judge_api_key_secret="judge", judge_url=url)})
+            assert r.status_code == 422, (url, r.text)
+            assert r.json()["detail"]["field"] == "training.rlhf.judge_url"
+            assert "TUNEFLEET_ALLOW_PRIVATE_URLS" in r.json()["detail"]["message"]
+        for url in ("https://judge.example.com/v1?x=#", "https://judge.example.com/v1#", "https://u:p@judge/v1"):
+            await refused_everywhere(client, api_key, rlhf(ds, judge_api_key_secret="judge", judge_url=url),
+                                     "training.rlhf.judge_url", "without '?', '#' or credentials")
+    allowing = migrated.model_copy(update={"allow_private_urls": True})
+    async with gateway_client(allowing) as client:
+        r = await client.post("/api/training/deploy/local", headers=auth(api_key), json={
+            "config": rlhf(ds, judge_api_key_secret="judge", judge_url="http://10.0.0.8/v1")})
+        assert r.status_code == 202, r.text

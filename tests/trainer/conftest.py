@@ -21,6 +21,7 @@ class JsonServer:
 
     def __init__(self):
         self.lock = threading.Lock()
+        self.hosts: list[str | None] = []  # the Host header of each request
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}{self.path_prefix}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
@@ -35,6 +36,7 @@ class JsonServer:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
+                owner.hosts.append(self.headers.get("Host"))
                 status, headers, answer = owner.answer(self.path, self.headers.get("Authorization"), body)
                 payload = json.dumps(answer).encode()
                 self.send_response(status)

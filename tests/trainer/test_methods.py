@@ -111,6 +111,30 @@ def test_a_judge_that_refuses_the_key_fails_clearly(judge):
         down(["Q?"], ["A"])
 
 
+def test_a_judge_on_a_private_address_is_not_called_from_a_server(judge, monkeypatch):
+    """A local job's trainer runs on the server: judge_url may not reach into the operator's network (SSRF)."""
+    guarded = JudgeReward(judge.url, "grader-1", judge.key, retries=0, public_only=True)
+    with pytest.raises(JudgeError, match=r"127\.0\.0\.1, a private, loopback.*TUNEFLEET_ALLOW_PRIVATE_URLS"):
+        guarded(["Q?"], ["A"])
+    metadata = JudgeReward("http://169.254.169.254/v1", "m", retries=0, public_only=True)
+    with pytest.raises(JudgeError, match=r"169\.254\.169\.254"):
+        metadata(["Q?"], ["A"])
+    assert judge.requests == [] and judge.hosts == []
+    # A name that resolved to a public address when checked is called at that very address (pinned), with its
+    # own name as Host: a second resolution (DNS rebinding) never decides where the request goes.
+    port = int(judge.url.rsplit(":", 1)[1].split("/")[0])
+    checked = []
+
+    def resolve(host, port):
+        checked.append(host)
+        return "127.0.0.1"  # stands in for the public address the name had when checked
+
+    monkeypatch.setattr("trainer.rewards.public_address", resolve)
+    named = JudgeReward(f"http://judge.invalid:{port}/v1", "grader-1", judge.key, retries=0, public_only=True)
+    assert named(["Q?"], ["A"]) == [pytest.approx(0.7)]
+    assert checked == ["judge.invalid"] and judge.hosts == [f"judge.invalid:{port}"]
+
+
 def test_judge_helpers():
     assert chat_completions_url("https://api.example.com/v1/") == "https://api.example.com/v1/chat/completions"
     assert chat_completions_url("http://h/v1/chat/completions") == "http://h/v1/chat/completions"
