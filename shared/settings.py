@@ -64,7 +64,9 @@ class Settings(BaseSettings):
         description="The image of RunPod pods when a deploy names none: a stock PyTorch image.")
 
     lambda_ssh_port: int = Field(default=22, description="SSH port of Lambda instances (the sandbox's differs).")
-    lambda_max_artifacts_gb: float = Field(default=100.0, gt=0, description="Most output fetched from an instance.")
+    max_artifacts_gb: float = Field(
+        default=100.0, gt=0, description="Most output (and largest checkpoint) a workload may send back or have "
+                                         "fetched, decompressed.")
 
     allow_remote_code: bool = Field(
         default=False, description="Let configurations set model.trust_remote_code: a model's own Python code then "

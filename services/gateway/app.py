@@ -13,6 +13,7 @@ from shared.bus import Bus
 from shared.service import service_resources
 from shared.settings import Settings
 
+from .auth import KeyFirst
 from .deploying import run_relay
 from .errors import install_error_handlers
 from .routes import (
@@ -51,6 +52,7 @@ def create_app(settings: Settings, tracer_provider: TracerProvider | None = None
                   description="Fine-tune open LLMs on rented GPUs. Every route but /healthz needs "
                               "'Authorization: Bearer <api key>'.")
     install_error_handlers(app)
+    app.add_middleware(KeyFirst)
     install_tracing(app, tracer_provider)
     for module in (health, configurations, datasets, preflight, deploy, jobs, events, metrics, models, secrets,
                    bundles):

@@ -9,10 +9,9 @@ from fastapi import Depends, Header, Request
 from faststream.nats import NatsBroker
 
 from shared.bus import Bus
-from shared.errors import Unauthorized
 from shared.settings import Settings
 
-from .users import user_for_key
+from .auth import authenticate
 
 
 def get_settings(request: Request) -> Settings:
@@ -37,14 +36,11 @@ BrokerDep = Annotated[NatsBroker, Depends(get_broker)]
 BusDep = Annotated[Bus, Depends(get_bus)]
 
 
-async def current_user(pool: PoolDep, authorization: Annotated[str | None, Header()] = None) -> str:
-    scheme, _, key = (authorization or "").partition(" ")
-    if scheme.lower() != "bearer" or not key:
-        raise Unauthorized("send your API key as 'Authorization: Bearer <key>' (tunefleet keys create)")
-    user = await user_for_key(pool, key.strip())
-    if user is None:
-        raise Unauthorized("unknown or revoked API key; create one with 'tunefleet keys create --user NAME'")
-    return user
+async def current_user(request: Request, pool: PoolDep,
+                       authorization: Annotated[str | None, Header()] = None) -> str:
+    """The user ``auth.KeyFirst`` found before the body was read (looked up here when it did not run)."""
+    user = getattr(request.state, "user", None)
+    return user if user is not None else await authenticate(pool, authorization)
 
 
 CurrentUser = Annotated[str, Depends(current_user)]

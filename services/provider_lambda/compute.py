@@ -169,7 +169,7 @@ class LambdaCompute(Compute[LambdaCredentials]):
         instance = await self._reachable(resource_id, credentials)
         session = await self._session(instance)
         await asyncio.to_thread(self._collect_over_ssh, session, request,
-                                int(self.settings.lambda_max_artifacts_gb * 2**30))
+                                int(self.settings.max_artifacts_gb * 2**30))
 
     @staticmethod
     def _collect_over_ssh(session: Session, request: WorkloadRequest, max_bytes: int) -> None:

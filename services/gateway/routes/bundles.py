@@ -8,7 +8,6 @@ import asyncio
 import json
 import os
 import shutil
-import tarfile
 import uuid
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, Field, ValidationError
 
+from services.cloud.archives import extract_tar_gz
 from services.cloud.bundles import LOG_TAIL, PROGRESS, RESULT, artifacts_dir, bundle_archive, write_atomically
 from services.cloud.checkpoints import checkpoints_dir, latest_checkpoint, store_checkpoint
 from shared.errors import NotFound, PayloadTooLarge, TuneFleetError, ValidationFailed
@@ -27,7 +27,7 @@ from ..deps import SettingsDep
 
 router = APIRouter(prefix="/api/bundles", tags=["bundles"], include_in_schema=False)
 
-MAX_ARTIFACTS_BYTES = 20 * 1024**3
+MAX_ARTIFACT_MEMBERS = 10_000
 MAX_HEARTBEAT_BYTES = 128 * 1024
 
 
@@ -54,17 +54,26 @@ async def _spool(request: Request, target: Path, limit: int) -> None:
         async for chunk in request.stream():
             size += len(chunk)
             if size > limit:
-                raise PayloadTooLarge(f"the upload is over {limit // 1024**3} GB")
+                raise PayloadTooLarge(f"the upload is over {limit // 2**20} MiB")
             await f.write(chunk)
 
 
-def _unpack_output(archive: Path, into: Path) -> None:
+async def _read(request: Request, limit: int) -> bytes:
+    """The request body, refused as soon as it is over ``limit`` bytes (never buffered past it)."""
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise PayloadTooLarge(f"the body is over {limit // 1024} KiB")
+    return bytes(body)
+
+
+def _unpack_output(archive: Path, into: Path, max_bytes: int) -> None:
     """Extract safely next to ``into``, then move the files in with result.json last: a reader that sees the
     result sees the whole output."""
     incoming = into.parent / f".incoming-{into.name}-{uuid.uuid4().hex[:8]}"
     try:
-        with tarfile.open(archive, mode="r:gz") as tar:
-            tar.extractall(incoming, filter="data")
+        extract_tar_gz(archive, incoming, max_bytes=max_bytes, max_members=MAX_ARTIFACT_MEMBERS)
         into.mkdir(parents=True, exist_ok=True)
         names = sorted(os.listdir(incoming), key=lambda n: n == RESULT)
         for name in names:
@@ -93,11 +102,10 @@ async def put_artifacts(job_id: uuid.UUID, attempt: int, request: Request, setti
     folder = artifacts_dir(settings, str(job_id), attempt)
     await anyio.Path(folder.parent).mkdir(parents=True, exist_ok=True)
     spooled = folder.parent / f".upload-{uuid.uuid4().hex}"
+    limit = int(settings.max_artifacts_gb * 2**30)
     try:
-        await _spool(request, spooled, MAX_ARTIFACTS_BYTES)
-        await asyncio.to_thread(_unpack_output, spooled, folder)
-    except (tarfile.TarError, EOFError, OSError) as exc:
-        raise ValidationFailed(f"artifacts must be a tar.gz archive: {exc}", field="body") from exc
+        await _spool(request, spooled, limit)
+        await asyncio.to_thread(_unpack_output, spooled, folder, limit)
     finally:
         await anyio.Path(spooled).unlink(missing_ok=True)
 
@@ -106,9 +114,7 @@ async def put_artifacts(job_id: uuid.UUID, attempt: int, request: Request, setti
 async def put_heartbeat(job_id: uuid.UUID, attempt: int, request: Request, settings: SettingsDep,
                         expires: int = Query(...), sig: str = Query(...)) -> None:
     _check(settings, request, expires, sig)
-    body = await request.body()
-    if len(body) > MAX_HEARTBEAT_BYTES:
-        raise PayloadTooLarge("a heartbeat is at most 128 KiB")
+    body = await _read(request, MAX_HEARTBEAT_BYTES)
     try:
         beat = Heartbeat.model_validate_json(body)
     except ValidationError as exc:
@@ -128,7 +134,7 @@ async def put_checkpoint(job_id: uuid.UUID, attempt: int, request: Request, sett
     await anyio.Path(folder).mkdir(parents=True, exist_ok=True)
     spooled = folder / f".upload-{uuid.uuid4().hex}"
     try:
-        await _spool(request, spooled, MAX_ARTIFACTS_BYTES)
+        await _spool(request, spooled, int(settings.max_artifacts_gb * 2**30))
         await asyncio.to_thread(store_checkpoint, settings, str(job_id), spooled)
     finally:
         await anyio.Path(spooled).unlink(missing_ok=True)
