@@ -65,19 +65,61 @@ def up(sandbox: bool = typer.Option(False, help="Also start local emulators of t
         console.print("stopped.")
 
 
-@keys.command("create")
-def keys_create(user: str = typer.Option(..., "--user", help="User name; created when new.")) -> None:
-    """Print a new API key for USER."""
+def _with_database(work):
+    """Run ``work(pool)`` against the stack's database (the embedded one, started for the call, when no
+    TUNEFLEET_DATABASE_URL is set)."""
     settings = Settings()
     postgres = None if settings.database_url else EmbeddedPostgres(settings.home / "postgres").start()
     url = settings.database_url or postgres.url
+
+    async def run():
+        await migrate_all(url)
+        pool = await create_pool(url)
+        try:
+            return await work(pool)
+        finally:
+            await pool.close()
+
     try:
-        asyncio.run(migrate_all(url))
-        key = asyncio.run(_new_key(url, user))
+        return asyncio.run(run())
     finally:
         if postgres is not None:
             postgres.stop()
-    typer.echo(key)
+
+
+@keys.command("list")
+def keys_list(user: str = typer.Option(None, "--user", help="Only this user's keys.")) -> None:
+    """List API keys: id, user, the key's first characters, when made and revoked. Keys themselves are not kept."""
+    from services.gateway.users import list_keys
+
+    for row in _with_database(lambda pool: list_keys(pool, user)):
+        revoked = f"revoked {row['revoked_at']:%Y-%m-%d %H:%M}" if row["revoked_at"] else "live"
+        typer.echo(f"{row['id']}  {row['user_id']}  {row['prefix']}…  {row['created_at']:%Y-%m-%d %H:%M}  {revoked}")
+
+
+@keys.command("revoke")
+def keys_revoke(key_id: str = typer.Argument(..., help="The key's id, as `tunefleet keys list` shows it.")) -> None:
+    """Revoke an API key: requests with it are refused from now on."""
+    import uuid
+
+    from services.gateway.users import revoke_key
+
+    try:
+        parsed = uuid.UUID(key_id)
+    except ValueError:
+        raise typer.BadParameter(f"{key_id!r} is not a key id; `tunefleet keys list` shows them") from None
+    if not _with_database(lambda pool: revoke_key(pool, parsed)):
+        typer.echo(f"no live key {key_id}", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"revoked {key_id}")
+
+
+@keys.command("create")
+def keys_create(user: str = typer.Option(..., "--user", help="User name; created when new.")) -> None:
+    """Print a new API key for USER."""
+    from services.gateway.users import create_api_key
+
+    typer.echo(_with_database(lambda pool: create_api_key(pool, user)))
 
 
 @app.command("tiny-model")

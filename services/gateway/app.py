@@ -24,6 +24,7 @@ from .routes import (
     events,
     health,
     jobs,
+    keys,
     metrics,
     models,
     preflight,
@@ -55,6 +56,6 @@ def create_app(settings: Settings, tracer_provider: TracerProvider | None = None
     app.add_middleware(KeyFirst)
     install_tracing(app, tracer_provider)
     for module in (health, configurations, datasets, preflight, deploy, jobs, events, metrics, models, secrets,
-                   bundles):
+                   keys, bundles):
         app.include_router(module.router)
     return app

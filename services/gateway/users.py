@@ -30,3 +30,19 @@ async def user_for_key(pool: asyncpg.Pool, key: str) -> str | None:
 
 async def has_any_key(pool: asyncpg.Pool) -> bool:
     return bool(await pool.fetchval("SELECT EXISTS (SELECT 1 FROM api_keys)"))
+
+
+async def list_keys(pool: asyncpg.Pool, user_id: str | None = None) -> list[asyncpg.Record]:
+    """Keys by id and the prefix shown when they were made (never the key or its hash); all users' without
+    ``user_id``."""
+    return await pool.fetch(
+        """SELECT id, user_id, prefix, created_at, revoked_at FROM api_keys
+           WHERE $1::text IS NULL OR user_id = $1 ORDER BY created_at""", user_id)
+
+
+async def revoke_key(pool: asyncpg.Pool, key_id: uuid.UUID, user_id: str | None = None) -> bool:
+    """Revoke a key (of ``user_id`` only, when given). True when it was live; it stops working at once."""
+    return await pool.fetchval(
+        """UPDATE api_keys SET revoked_at = now()
+           WHERE id = $1 AND revoked_at IS NULL AND ($2::text IS NULL OR user_id = $2) RETURNING true""",
+        key_id, user_id) is not None

@@ -76,6 +76,9 @@ async def handle_stop_requested(cmd: StopRequested, *, jobs: JobRepository, bus:
     job = await jobs.get(cmd.job_id)
     if job is None or JobStatus(job["status"]).is_terminal:
         return
+    if job["user_id"] != cmd.user_id:  # anyone who can publish on the bus could otherwise stop anyone's job
+        log.warning("ignoring a stop of job %s sent for user %r, not its owner", cmd.job_id, cmd.user_id)
+        return
     await jobs.mark_stop_requested(cmd.job_id)
     if JobStatus(job["status"]) in (JobStatus.QUEUED, JobStatus.PREEMPTED):
         t = await jobs.transition(cmd.job_id, JobStatus.STOPPED, source_event_id=cmd.event_id,

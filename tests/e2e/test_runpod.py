@@ -232,3 +232,8 @@ def test_the_key_appears_in_no_log_event_or_generated_text(stack, runpod):
             assert RUNPOD_KEY.encode() not in path.read_bytes(), path
     assert not any(RUNPOD_KEY in q for q in runpod.requests)
     assert RUNPOD_KEY not in stream_texts(stack)
+    # The pods' signed URLs (bundle, heartbeats, artifacts, checkpoints) reached the gateway's access log
+    # without their signatures.
+    access = (stack.home / "logs" / "gateway.log").read_text(errors="replace")
+    assert "/api/bundles/" in access and "sig=[redacted]" in access
+    assert not re.search(r"sig=(?!\[redacted\])", access)

@@ -201,3 +201,26 @@ async def test_a_cloud_deploy_that_its_workload_could_not_reach_back_is_refused(
     async with gateway_client(reachable) as client:
         r = await client.post("/api/training/deploy/runpod", headers=auth(api_key), json=bodies["runpod"])
         assert r.status_code == 404, r.text  # past the URL check: no such configuration
+
+
+async def test_keys_are_listed_by_prefix_and_revoked_at_once(migrated, pool, api_key, other_key):
+    from services.gateway.users import create_api_key
+
+    second = await create_api_key(pool, "alice")
+    async with gateway_client(migrated) as client:
+        listed = (await client.get("/api/keys", headers=auth(api_key))).json()
+        assert [k["prefix"] for k in listed] == [api_key[:8], second[:8]]
+        assert not any(api_key in str(k) or second in str(k) for k in listed)  # prefixes only, never the key
+        bobs = (await client.get("/api/keys", headers=auth(other_key))).json()
+        assert len(bobs) == 1
+        r = await client.delete(f"/api/keys/{bobs[0]['id']}", headers=auth(api_key))
+        assert r.status_code == 404  # not alice's
+        r = await client.delete(f"/api/keys/{listed[1]['id']}", headers=auth(api_key))
+        assert r.status_code == 204
+        assert (await client.get("/api/models", headers=auth(second))).status_code == 401
+        assert (await client.get("/api/models", headers=auth(api_key))).status_code == 200
+        assert (await client.get("/api/models", headers=auth(other_key))).status_code == 200
+        r = await client.delete(f"/api/keys/{listed[1]['id']}", headers=auth(api_key))
+        assert r.status_code == 404  # already revoked
+        listed = (await client.get("/api/keys", headers=auth(api_key))).json()
+        assert listed[1]["revoked_at"] is not None and listed[0]["revoked_at"] is None

@@ -106,6 +106,10 @@ async def test_stop_of_a_queued_job_and_of_a_running_one(migrated, pool, recorde
         await broker.start()
         await publish(broker, deploy(queued))
         await wait_status(pool, queued, "queued")
+        await publish(broker, StopRequested(job_id=queued, user_id="mallory"))  # not the owner: ignored
+        await asyncio.sleep(1.0)
+        assert (await JobRepository(pool).get(queued))["status"] == "queued"
+        assert not (await JobRepository(pool).get(queued))["stop_requested"]
         await publish(broker, StopRequested(job_id=queued, user_id="alice"))
         await wait_status(pool, queued, "stopped")
 
