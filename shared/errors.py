@@ -62,6 +62,13 @@ class PayloadTooLarge(TuneFleetError):
     http_status = 413
 
 
+class QuotaExceeded(TuneFleetError):
+    """A per-user limit of the server; the message names it, the setting, and what to do."""
+
+    code = "quota_exceeded"
+    http_status = 429
+
+
 class ServiceUnavailable(TuneFleetError):
     code = "service_unavailable"
     http_status = 503

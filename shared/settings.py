@@ -81,6 +81,12 @@ class Settings(BaseSettings):
         default_factory=list, description="Folders (separated by ':') whose files users may name as "
                                           "data.train_path; otherwise only uploaded data sets are used.")
 
+    max_local_jobs_per_user: int = Field(default=2, ge=0, description="Local jobs one user may have unfinished.")
+    max_preflights_per_user: int = Field(default=1, ge=0, description="Preflights of one user running at once, "
+                                                                      "per gateway process.")
+    max_streams_per_user: int = Field(default=8, ge=0, description="Live event streams (SSE) one user may hold "
+                                                                   "open, per gateway process.")
+
     trainer_python: str | None = Field(default=None, description="Python that runs local trainers.")
     stop_grace_seconds: float = 20.0
 

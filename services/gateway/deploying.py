@@ -19,6 +19,7 @@ from shared.events import DeployRequested
 from shared.settings import Settings
 
 from .policy import check_configuration_policy, check_local_job, check_train_path
+from .quotas import check_local_jobs
 
 log = logging.getLogger(__name__)
 
@@ -128,9 +129,12 @@ async def request_deploy(settings: Settings, pool: asyncpg.Pool, bus: Bus, *, us
         job_id=str(uuid.uuid4()), user_id=user_id, provider=provider, config_id=configuration_id,
         config=config, dataset_path=data.path, dataset_format=data.format, dataset_rows=data.rows,
         provider_options=provider_options, budget_limit_usd=budget_limit)
-    await pool.execute(
-        "INSERT INTO deploy_requests (job_id, user_id, provider, message) VALUES ($1, $2, $3, $4)",
-        cmd.job_id, user_id, provider, cmd.model_dump(mode="json"))
+    async with pool.acquire() as conn, conn.transaction():
+        if provider == "local":
+            await check_local_jobs(conn, user_id, settings.max_local_jobs_per_user)
+        await conn.execute(
+            "INSERT INTO deploy_requests (job_id, user_id, provider, message) VALUES ($1, $2, $3, $4)",
+            cmd.job_id, user_id, provider, cmd.model_dump(mode="json"))
     try:
         await bus.publish(cmd)
     except Exception:  # the relay publishes it later; the request is accepted all the same

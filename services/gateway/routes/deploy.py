@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
 
 from shared.config import TrainingConfig
 from shared.disk import volume_gb
@@ -19,7 +19,7 @@ from ..schemas import (
     RunPodDeploymentRequest,
 )
 from .jobs import job_public
-from .preflight import run_preflight_process
+from .preflight import run_user_preflight
 
 router = APIRouter(prefix="/api/training/deploy", tags=["deploy"])
 
@@ -49,8 +49,8 @@ async def deploy_local(body: LocalDeploymentRequest, user: CurrentUser, pool: Po
     return await _deploy("local", body, await _config(body, pool, user), user, pool, bus, settings, {})
 
 
-async def _deploy_to_cloud(provider: str, body: RunPodDeploymentRequest | LambdaDeploymentRequest, user: str,
-                           pool, bus, settings, gpu_count: int | None = None) -> DeploymentResponse:
+async def _deploy_to_cloud(provider: str, body: RunPodDeploymentRequest | LambdaDeploymentRequest, request: Request,
+                           user: str, pool, bus, settings, gpu_count: int | None = None) -> DeploymentResponse:
     require_reachable_urls(settings, provider)
     config = await _config(body, pool, user)
     if gpu_count is not None and gpu_count != config.training.gpu_count:
@@ -61,7 +61,8 @@ async def _deploy_to_cloud(provider: str, body: RunPodDeploymentRequest | Lambda
                                field="provider")
     if body.preflight:
         data = await resolve_data(settings, pool, user, config)
-        report = await run_preflight_process(config.model_dump_json(), data.path, data.format.value)
+        report = await run_user_preflight(request, settings, user, config.model_dump_json(), data.path,
+                                          data.format.value)
         if not report.get("ok"):
             raise ValidationFailed(f"preflight failed: {report.get('error_message') or report}",
                                    field=report.get("error_field") or "config", details={"preflight": report})
@@ -82,20 +83,20 @@ def _volume_for(config: TrainingConfig, asked: int | None) -> int:
 
 
 @router.post("/runpod", status_code=202, response_model=DeploymentResponse)
-async def deploy_runpod(body: RunPodDeploymentRequest, user: CurrentUser, pool: PoolDep,
+async def deploy_runpod(body: RunPodDeploymentRequest, request: Request, user: CurrentUser, pool: PoolDep,
                         bus: BusDep, settings: SettingsDep) -> DeploymentResponse:
     """Train on a RunPod pod. Your RunPod key must be stored first (PUT /api/secrets/runpod). Unless
     ``preflight`` is false, the configuration is first dry-run on this machine's CPU and refused with 422
     when it fails, before any GPU time is paid for."""
-    return await _deploy_to_cloud("runpod", body, user, pool, bus, settings, gpu_count=body.gpu_count)
+    return await _deploy_to_cloud("runpod", body, request, user, pool, bus, settings, gpu_count=body.gpu_count)
 
 
 @router.post("/lambda", status_code=202, response_model=DeploymentResponse)
-async def deploy_lambda(body: LambdaDeploymentRequest, user: CurrentUser, pool: PoolDep,
+async def deploy_lambda(body: LambdaDeploymentRequest, request: Request, user: CurrentUser, pool: PoolDep,
                         bus: BusDep, settings: SettingsDep) -> DeploymentResponse:
     """Train on a Lambda Cloud instance, reached over SSH. Store your key first (PUT /api/secrets/lambda);
     preflight as for RunPod."""
-    return await _deploy_to_cloud("lambda", body, user, pool, bus, settings)
+    return await _deploy_to_cloud("lambda", body, request, user, pool, bus, settings)
 
 
 @router.get("/{provider}", response_model=JobPublic)

@@ -7,11 +7,13 @@ from collections.abc import AsyncIterator
 import orjson
 from fastapi import APIRouter, Request
 from sse_starlette.sse import EventSourceResponse
+from starlette.background import BackgroundTask
 
 from shared import subjects
 from shared.states import JobStatus
 
 from ..deps import CurrentUser, PoolDep
+from ..quotas import slots
 from .jobs import job_public
 
 router = APIRouter(prefix="/api/training/jobs", tags=["events"])
@@ -22,6 +24,24 @@ async def job_events(job_id: uuid.UUID, request: Request, user: CurrentUser, poo
     """Server-sent events: first ``snapshot`` (the job as GET returns it), then ``status``, ``metrics`` and
     ``predictions`` as they happen. The stream ends after the job's final status."""
     snapshot = await job_public(pool, user, str(job_id))
+    settings = request.app.state.settings
+    quota = slots(request.app.state, "streams", "event streams", settings.max_streams_per_user,
+                  "TUNEFLEET_MAX_STREAMS_PER_USER")
+    quota.take(user)
+    sub = None
+    closed = False
+
+    async def close() -> None:
+        """Give the stream's slot back and unsubscribe, once: when the stream ends, or after the response when it
+        never started."""
+        nonlocal closed
+        if closed:
+            return
+        closed = True
+        quota.give_back(user)
+        if sub is not None:
+            await sub.unsubscribe()
+
     nc = request.app.state.nc
     queue: asyncio.Queue = asyncio.Queue(maxsize=10_000)
 
@@ -29,7 +49,11 @@ async def job_events(job_id: uuid.UUID, request: Request, user: CurrentUser, poo
         if not queue.full():
             queue.put_nowait(msg)
 
-    sub = await nc.subscribe(subjects.job_all(str(job_id)), cb=on_message)
+    try:
+        sub = await nc.subscribe(subjects.job_all(str(job_id)), cb=on_message)
+    except BaseException:
+        await close()
+        raise
 
     async def stream() -> AsyncIterator[dict]:
         try:
@@ -43,6 +67,6 @@ async def job_events(job_id: uuid.UUID, request: Request, user: CurrentUser, poo
                 if kind == "status" and JobStatus(orjson.loads(msg.data)["status"]).is_terminal:
                     return
         finally:
-            await sub.unsubscribe()
+            await close()
 
-    return EventSourceResponse(stream(), ping=15)
+    return EventSourceResponse(stream(), ping=15, background=BackgroundTask(close))

@@ -6,13 +6,15 @@ import os
 import sys
 import tempfile
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 
 from shared.environment import minimal_environment
 from shared.errors import ServiceUnavailable, ValidationFailed
+from shared.settings import Settings
 
 from ..deploying import load_configuration, resolve_data
 from ..deps import CurrentUser, PoolDep, SettingsDep
+from ..quotas import slots
 from ..schemas import DeploymentRequest
 
 router = APIRouter(prefix="/api/training", tags=["preflight"])
@@ -45,7 +47,8 @@ async def run_preflight_process(config_json: str, data_path: str, data_format: s
 
 
 @router.post("/preflight")
-async def preflight(body: DeploymentRequest, user: CurrentUser, pool: PoolDep, settings: SettingsDep) -> dict:
+async def preflight(body: DeploymentRequest, request: Request, user: CurrentUser, pool: PoolDep,
+                    settings: SettingsDep) -> dict:
     """Dry-run a configuration for a few steps on a tiny random model with the base model's architecture and
     tokenizer, on this machine's CPU: data, template and config errors show in seconds, before GPU time."""
     if (body.configuration_id is None) == (body.config is None):
@@ -53,4 +56,13 @@ async def preflight(body: DeploymentRequest, user: CurrentUser, pool: PoolDep, s
                                field="configuration_id")
     config = body.config or await load_configuration(pool, user, body.configuration_id)
     data = await resolve_data(settings, pool, user, config)
-    return await run_preflight_process(config.model_dump_json(), data.path, data.format.value)
+    return await run_user_preflight(request, settings, user, config.model_dump_json(), data.path, data.format.value)
+
+
+async def run_user_preflight(request: Request, settings: Settings, user: str, config_json: str, data_path: str,
+                             data_format: str) -> dict:
+    """``run_preflight_process`` within the user's share: at most ``max_preflights_per_user`` at once (429)."""
+    quota = slots(request.app.state, "preflights", "preflights", settings.max_preflights_per_user,
+                  "TUNEFLEET_MAX_PREFLIGHTS_PER_USER")
+    async with quota.hold(user):
+        return await run_preflight_process(config_json, data_path, data_format)

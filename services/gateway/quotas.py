@@ -1,0 +1,65 @@
+"""Per-user limits, so that one user cannot take the server's CPU or connections from the others. Going over one
+answers 429, naming the limit and its setting.
+
+Preflights and event streams are counted in this gateway process (each replica keeps its own count); local jobs
+are counted in the database, under a per-user lock, so concurrent deploys cannot slip past the limit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import Counter
+from collections.abc import AsyncIterator
+
+import asyncpg
+
+from shared.errors import QuotaExceeded
+from shared.states import TERMINAL
+
+
+class UserSlots:
+    """At most ``limit`` held at once per user."""
+
+    def __init__(self, what: str, limit: int, setting: str):
+        self.what, self.limit, self.setting = what, limit, setting
+        self.held: Counter[str] = Counter()
+
+    def take(self, user: str) -> None:
+        if self.held[user] >= self.limit:
+            raise QuotaExceeded(f"you have {self.held[user]} {self.what} running, the most this server allows one "
+                                f"user ({self.setting}={self.limit}); wait for one to end and try again")
+        self.held[user] += 1
+
+    def give_back(self, user: str) -> None:
+        self.held[user] -= 1
+        if self.held[user] <= 0:
+            del self.held[user]
+
+    @contextlib.asynccontextmanager
+    async def hold(self, user: str) -> AsyncIterator[None]:
+        self.take(user)
+        try:
+            yield
+        finally:
+            self.give_back(user)
+
+
+def slots(app_state, name: str, what: str, limit: int, setting: str) -> UserSlots:
+    """The process's counter called ``name``, made on first use."""
+    registry = app_state.__dict__.setdefault("_quota_slots", {})
+    if name not in registry:
+        registry[name] = UserSlots(what, limit, setting)
+    return registry[name]
+
+
+async def check_local_jobs(conn: asyncpg.Connection, user_id: str, limit: int) -> None:
+    """Within the transaction that stores a local deploy: refuse it when the user has ``limit`` unfinished."""
+    await conn.execute("SELECT pg_advisory_xact_lock(hashtext('tunefleet-local-jobs:' || $1))", user_id)
+    unfinished = await conn.fetchval(
+        """SELECT count(*) FROM deploy_requests d LEFT JOIN jobs j ON j.id = d.job_id
+           WHERE d.user_id = $1 AND d.provider = 'local' AND (j.id IS NULL OR NOT j.status = ANY($2::text[]))""",
+        user_id, [s.value for s in TERMINAL])
+    if unfinished >= limit:
+        raise QuotaExceeded(f"you have {unfinished} local jobs unfinished, the most this server allows one user "
+                            f"(TUNEFLEET_MAX_LOCAL_JOBS_PER_USER={limit}); stop one or wait for it to end, or deploy "
+                            "on a cloud provider")
