@@ -6,12 +6,18 @@ from typing import Any
 
 import asyncpg
 
-from shared.errors import NotFound
+from shared.errors import NotFound, ValidationFailed
 
 
 def _epoch_bounds(epoch: int | None) -> tuple[float | None, float | None]:
     """Epoch N holds the points with N-1 < epoch <= N (the trainer reports fractional epochs)."""
     return (None, None) if epoch is None else (epoch - 1.0, float(epoch))
+
+
+#: The longest one metrics read may run: a job that logged very many points or names cannot tie up the pool.
+READ_TIMEOUT_MS = 15_000
+#: Series downsampled in one read when none are named.
+MAX_SERIES = 100
 
 
 async def job_row(pool: asyncpg.Pool, user_id: str, job_id: str) -> asyncpg.Record:
@@ -77,6 +83,7 @@ async def metrics_page(pool: asyncpg.Pool, job_id: str, *, epoch: int | None, li
     lo, hi = _epoch_bounds(epoch)
     async with pool.acquire() as conn, conn.transaction(readonly=True):
         await conn.execute("SET LOCAL enable_hashagg = off; SET LOCAL max_parallel_workers_per_gather = 0")
+        await conn.execute(f"SET LOCAL statement_timeout = '{READ_TIMEOUT_MS}ms'")
         if names is None:
             names = await metric_names(conn, job_id)
         if not names:
@@ -137,9 +144,13 @@ async def metrics_downsampled(pool: asyncpg.Pool, job_id: str, *, epoch: int | N
     and per metric ``{name, raw_points, points}``."""
     lo, hi = _epoch_bounds(epoch)
     buckets = max(1, (max_points - 2) // 2)
-    async with pool.acquire() as conn:
+    async with pool.acquire() as conn, conn.transaction(readonly=True):
+        await conn.execute(f"SET LOCAL statement_timeout = '{READ_TIMEOUT_MS}ms'")
         if names is None:
             names = await metric_names(conn, job_id)
+            if len(names) > MAX_SERIES:
+                raise ValidationFailed(f"name: this job logs {len(names)} metrics, more than {MAX_SERIES} downsampled "
+                                       "at once; name the ones you want with name=", field="name")
         raw: dict[str, int] = {}
         picked: dict[str, set[int]] = {}
         for r in await conn.fetch(_BUCKETS, job_id, names, lo, hi, buckets):

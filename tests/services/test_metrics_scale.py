@@ -121,7 +121,29 @@ async def test_bad_read_parameters_get_422_naming_the_field(migrated, pool, api_
         assert r.status_code == 404
 
 
-async def test_a_million_row_job_reads_fast(migrated, pool, api_key):
+async def test_a_job_with_very_many_metric_names_cannot_tie_up_the_reads(migrated, pool, api_key):
+    """A job may log any names: a read is bounded in the series it takes (and in time: see the million-row test)."""
+    from services.gateway import queries
+
+    job_id = await visible_job(pool)
+    names = [f"probe_{i:04d}" for i in range(queries.MAX_SERIES + 50)]
+    now = datetime.now(UTC)
+    async with pool.acquire() as conn:
+        await conn.copy_records_to_table("metric_points", columns=COLUMNS, records=(
+            (uuid.UUID(job_id), name, step, step / 1000, 1.0, now) for name in names for step in range(1, 41)))
+    async with gateway_client(migrated) as client:
+        url = f"/api/training/metrics/{job_id}"
+        r = await client.get(url, headers=auth(api_key), params={"max_points": 100})
+        assert r.status_code == 422 and r.json()["detail"]["field"] == "name" and "150 metrics" in r.text
+        r = await client.get(url, headers=auth(api_key), params={"name": names[:queries.MAX_SERIES + 1]})
+        assert r.status_code == 422 and r.json()["detail"]["field"] == "name"
+        r = await client.get(url, headers=auth(api_key), params={"max_points": 100, "name": names[:3]})
+        assert r.status_code == 200 and len(r.json()["downsampling"]["series"]) == 3
+
+
+async def test_a_million_row_job_reads_fast(migrated, pool, api_key, monkeypatch):
+    from services.gateway import queries
+
     job_id, neighbour = await visible_job(pool), await visible_job(pool)
     names = ("eval_loss", "grad_norm", "learning_rate", "loss")
     for name in names:
@@ -151,6 +173,14 @@ async def test_a_million_row_job_reads_fast(migrated, pool, api_key):
         r = await client.get(f"/api/training/jobs/{job_id}", headers=auth(api_key))
         job = time.perf_counter() - started
         assert r.json()["latest_metrics"]["step"] == 249_999
+        # A read that runs over the statement timeout is cancelled in PostgreSQL and answered 503.
+        monkeypatch.setattr(queries, "READ_TIMEOUT_MS", 1)
+        for params in ({"max_points": 1000}, {"limit": 1000, "offset": 100_000}):
+            r = await client.get(f"/api/training/metrics/{job_id}", headers=auth(api_key), params=params)
+            assert r.status_code == 503 and "ask for less" in r.json()["detail"]["message"], (params, r.text)
+        monkeypatch.setattr(queries, "READ_TIMEOUT_MS", 15_000)
+        r = await client.get(f"/api/training/metrics/{job_id}", headers=auth(api_key), params={"limit": 1})
+        assert r.status_code == 200  # the pool's connections are fine after a cancelled read
     print(f"1M rows: one metric {one * 1000:.0f} ms, four metrics {every * 1000:.0f} ms, "
           f"a page {paged * 1000:.0f} ms, job status {job * 1000:.0f} ms")
     # Generous bounds for a loaded 2-core machine; typical figures are a fifth of these.

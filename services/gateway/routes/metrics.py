@@ -2,9 +2,10 @@ from __future__ import annotations
 
 import uuid
 
+import asyncpg
 from fastapi import APIRouter, Query
 
-from shared.errors import ValidationFailed
+from shared.errors import ServiceUnavailable, ValidationFailed
 
 from .. import queries
 from ..deps import CurrentUser, PoolDep
@@ -30,22 +31,32 @@ async def get_metrics(job_id: uuid.UUID, user: CurrentUser, pool: PoolDep,
     """One row per logged step with every value logged at it, oldest first: paged, or downsampled with
     ``max_points``."""
     if name is not None:
+        if len(name) > queries.MAX_SERIES:
+            raise ValidationFailed(f"name: at most {queries.MAX_SERIES} metrics in one read", field="name")
         for i, n in enumerate(name):
             if not 1 <= len(n) <= MAX_NAME or "\x00" in n:
                 raise ValidationFailed(f"name: metric names are 1..{MAX_NAME} characters without NUL",
                                        field=f"name.{i}")
     await queries.ensure_job_visible(pool, user, str(job_id))
+    try:
+        return await _read_metrics(pool, str(job_id), epoch, name, max_points, limit, offset)
+    except asyncpg.QueryCanceledError as exc:
+        raise ServiceUnavailable(f"the read ran over {queries.READ_TIMEOUT_MS // 1000} s: ask for less (max_points, "
+                                 "name=, epoch, or a smaller limit)") from exc
+
+
+async def _read_metrics(pool, job_id: str, epoch: int | None, name: list[str] | None, max_points: int | None,
+                        limit: int | None, offset: int | None) -> MetricsPage:
     if max_points is None:
-        total, rows = await queries.metrics_page(pool, str(job_id), epoch=epoch, limit=limit or 100,
+        total, rows = await queries.metrics_page(pool, job_id, epoch=epoch, limit=limit or 100,
                                                  offset=offset or 0, names=name)
-        return MetricsPage(job_id=str(job_id), total_count=total, metrics=rows)
+        return MetricsPage(job_id=job_id, total_count=total, metrics=rows)
     for param, value in (("limit", limit), ("offset", offset)):
         if value is not None:
             raise ValidationFailed(f"{param}: not used with max_points, which returns every row in one page",
                                    field=param)
-    rows, series = await queries.metrics_downsampled(pool, str(job_id), epoch=epoch, names=name,
-                                                     max_points=max_points)
-    return MetricsPage(job_id=str(job_id), total_count=len(rows), metrics=rows,
+    rows, series = await queries.metrics_downsampled(pool, job_id, epoch=epoch, names=name, max_points=max_points)
+    return MetricsPage(job_id=job_id, total_count=len(rows), metrics=rows,
                        downsampling=Downsampling(max_points=max_points, series=series))
 
 
