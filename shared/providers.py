@@ -7,6 +7,7 @@ Contracts, as each method's docstring states them, are what the shared runner re
 from __future__ import annotations
 
 import abc
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -15,17 +16,25 @@ from shared.events import WorkloadPhase
 
 Credentials = TypeVar("Credentials")
 
-#: Every resource TuneFleet creates is named with this prefix, the job id and the attempt, so that
-#: ``find`` and ``list_own`` can find it again and reconciliation can tell whose it is.
+#: Every resource TuneFleet creates is named with this prefix, the installation, the job id and the attempt, so
+#: that ``find`` and ``list_own`` can find it again and reconciliation can tell whose it is: two installations
+#: on one cloud account leave each other's resources alone.
 NAME_PREFIX = "tunefleet"
 
 
-def resource_name(job_id: str, attempt: int) -> str:
-    return f"{NAME_PREFIX}-{job_id}-{attempt}"
+def installation_id(secret_key: str) -> str:
+    """Eight hex digits that tell this installation's resources from another's, derived from its secret key:
+    every service of one installation has it, nothing more to configure, and it reveals nothing of the key."""
+    return hashlib.sha256(f"tunefleet-installation:{secret_key}".encode()).hexdigest()[:8]
 
 
-def parse_resource_name(name: str) -> tuple[str, int] | None:
-    prefix = f"{NAME_PREFIX}-"
+def resource_name(installation: str, job_id: str, attempt: int) -> str:
+    return f"{NAME_PREFIX}-{installation}-{job_id}-{attempt}"
+
+
+def parse_resource_name(name: str, installation: str) -> tuple[str, int] | None:
+    """(job id, attempt) of a resource of ``installation``; None for any other name."""
+    prefix = f"{NAME_PREFIX}-{installation}-"
     if not name.startswith(prefix):
         return None
     job_id, _, attempt = name[len(prefix):].rpartition("-")
@@ -45,6 +54,7 @@ class WorkloadRequest:
 
     job_id: str
     attempt: int
+    installation: str
     env: dict[str, str]
     bundle_dir: Path
     artifacts_dir: Path
@@ -52,7 +62,7 @@ class WorkloadRequest:
 
     @property
     def name(self) -> str:
-        return resource_name(self.job_id, self.attempt)
+        return resource_name(self.installation, self.job_id, self.attempt)
 
 
 @dataclass(frozen=True)
@@ -102,6 +112,11 @@ class Compute(abc.ABC, Generic[Credentials]):
     reconciles: bool = True
     #: Acting on the provider needs the user's stored credentials (``PUT /api/secrets/<name>``).
     needs_credentials: bool = True
+
+    @property
+    def installation(self) -> str:
+        """This installation's id (``installation_id``), for the names of the resources it owns."""
+        return installation_id(self.settings.require_secret_key())
 
     async def validate(self, request: WorkloadRequest, credentials: Credentials) -> None:
         """Check the request against the provider (GPU type exists, …) before anything is created.

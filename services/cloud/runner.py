@@ -91,7 +91,8 @@ class CloudRunner:
         if self.compute.remote:
             env.update(workload_env(self.settings, job_id, attempt, push=self.compute.pushes_reports,
                                     resume=latest_checkpoint(self.settings, job_id) is not None))
-        return WorkloadRequest(job_id=job_id, attempt=attempt, env=env, options=options or {},
+        return WorkloadRequest(job_id=job_id, attempt=attempt, installation=self.compute.installation, env=env,
+                               options=options or {},
                                bundle_dir=bundle_dir(self.settings, job_id, attempt),
                                artifacts_dir=artifacts_dir(self.settings, job_id, attempt))
 
@@ -293,7 +294,8 @@ class CloudRunner:
                 resources = await self.compute.list_own(credentials)
             except (ProviderError, MissingCredentials):
                 continue
-            live_names = {resource_name(str(r["job_id"]), r["attempt"]) for r in await self.workloads.live()}
+            live_names = {resource_name(self.compute.installation, str(r["job_id"]), r["attempt"])
+                          for r in await self.workloads.live()}
             try:
                 await self.compute.tidy(credentials, live_names)
             except ProviderError as exc:

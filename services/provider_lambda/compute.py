@@ -198,13 +198,14 @@ class LambdaCompute(Compute[LambdaCredentials]):
         in_use = {n for i in await client.instances() if i["status"] != "terminated" for n in i["ssh_key_names"]}
         for key in await client.ssh_keys():
             name = key["name"]
-            if parse_resource_name(name) and name not in live_names and name not in in_use:
+            if parse_resource_name(name, self.installation) and name not in live_names and name not in in_use:
                 with contextlib.suppress(ProviderError):
                     await client.delete_ssh_key(key["id"])
 
     async def list_own(self, credentials: LambdaCredentials) -> list[OwnResource]:
-        own = []
+        own, installation = [], self.installation
         for instance in await self.client(credentials).instances():
-            if instance["status"] in LIVE and (parsed := parse_resource_name(instance.get("name") or "")):
+            parsed = parse_resource_name(instance.get("name") or "", installation)
+            if instance["status"] in LIVE and parsed:
                 own.append(OwnResource(instance["id"], *parsed))
         return own

@@ -52,7 +52,7 @@ class LocalCompute(Compute[None]):
     async def find(self, name: str, credentials: None) -> Provisioned | None:
         """A trainer already running this attempt's spec (started by a provider that stopped before it
         recorded it)."""
-        parsed = parse_resource_name(name)
+        parsed = parse_resource_name(name, self.installation)
         if parsed is None:
             return None
         wanted = self._argv(str(bundle_dir(self.settings, *parsed) / "spec.json"))[1:]

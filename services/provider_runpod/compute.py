@@ -100,8 +100,9 @@ class RunPodCompute(Compute[RunPodCredentials]):
         await self.client(credentials).terminate_pod(resource_id)
 
     async def list_own(self, credentials: RunPodCredentials) -> list[OwnResource]:
-        own = []
+        own, installation = [], self.installation
         for pod in await self.client(credentials).pods():
-            if pod.get("desiredStatus") not in GONE and (parsed := parse_resource_name(pod.get("name") or "")):
+            parsed = parse_resource_name(pod.get("name") or "", installation)
+            if pod.get("desiredStatus") not in GONE and parsed:
                 own.append(OwnResource(pod["id"], *parsed))
         return own

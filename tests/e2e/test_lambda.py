@@ -16,6 +16,7 @@ import pytest
 from services.cloud.checkpoints import latest_checkpoint
 from services.provider_lambda.api_client import LambdaClient
 from services.provider_lambda.ssh import derive_key
+from shared.providers import installation_id, resource_name
 from shared.settings import Settings
 
 from .conftest import LAMBDA_KEY, PROVISIONING_TIMEOUT_S, wait_for_status
@@ -167,19 +168,28 @@ def test_no_capacity_fails_the_job_with_a_clear_reason(stack, alice, lambda_clou
 
 
 def test_orphan_instances_are_terminated_by_reconciliation(stack, alice, lambda_cloud, config, monkeypatch):
-    async def make_orphan() -> str:
+    """An instance of this installation that no job owns is terminated; one of another installation on the same
+    account (its own name prefix) is left alone."""
+    ours = installation_id((stack.home / "secret_key").read_text().strip())
+
+    async def launch(installation: str) -> str:
         client = LambdaClient(LAMBDA_KEY)
-        name = f"tunefleet-{uuid.uuid4()}-1"
+        name = resource_name(installation, str(uuid.uuid4()), 1)
         await client.add_ssh_key(name, derive_key("another-secret", name)[1])
         return await client.launch(region="us-east-1", instance_type=INSTANCE, ssh_key_name=name, name=name)
 
     monkeypatch.setenv("LAMBDA_API_BASE_URL", lambda_cloud.url)
-    orphan = asyncio.run(make_orphan())
-    def terminated() -> bool:
-        instance = lambda_cloud.instances.get(orphan)
+    orphan = asyncio.run(launch(ours))
+    theirs = asyncio.run(launch("0ther1n5"))
+
+    def terminated(instance_id: str) -> bool:
+        instance = lambda_cloud.instances.get(instance_id)
         return instance is None or instance.status in ("terminating", "terminated")
 
-    wait_until(terminated, 90, "the orphan instance to be terminated")
+    wait_until(lambda: terminated(orphan), 90, "the orphan instance to be terminated")
+    time.sleep(3.0)  # several reconcile rounds later
+    assert lambda_cloud.instances[theirs].status == "active"
+    lambda_cloud.kill_workload(theirs)
 
 
 def test_the_lambda_key_appears_in_no_log_event_or_generated_text(stack, lambda_cloud):

@@ -17,6 +17,7 @@ import pytest
 from services.cloud.checkpoints import latest_checkpoint
 from services.sandbox.images import TRAINER_IMAGE
 from shared import subjects
+from shared.providers import installation_id, resource_name
 from shared.settings import Settings
 
 from .conftest import PROVISIONING_TIMEOUT_S, RUNPOD_KEY, wait_for_status
@@ -221,9 +222,15 @@ def test_bad_deploy_options_get_a_422_naming_the_field(stack, alice, config):
 
 
 def test_orphan_pods_are_terminated_by_reconciliation(stack, alice, runpod, config):
-    orphan = runpod._create({"name": f"tunefleet-{uuid.uuid4()}-1", "imageName": "x", "gpuTypeId": GPU,
-                             "dockerArgs": "sleep 600"})
+    """A pod of this installation that no job owns is terminated; another installation's is left alone."""
+    ours = installation_id((stack.home / "secret_key").read_text().strip())
+    orphan, theirs = (runpod._create({"name": resource_name(installation, str(uuid.uuid4()), 1), "imageName": "x",
+                                      "gpuTypeId": GPU, "dockerArgs": "sleep 600"})
+                      for installation in (ours, "0ther1n5"))
     wait_until(lambda: orphan.id not in runpod.pods, 60, "the orphan pod to be terminated")
+    time.sleep(3.0)  # several reconcile rounds later
+    assert theirs.id in runpod.pods
+    runpod.kill_workload(theirs.id)
 
 
 def test_the_key_appears_in_no_log_event_or_generated_text(stack, runpod):
