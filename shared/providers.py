@@ -7,12 +7,14 @@ Contracts, as each method's docstring states them, are what the shared runner re
 from __future__ import annotations
 
 import abc
+import base64
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from shared.events import WorkloadPhase
+from shared.sealing import seal, unseal
 
 Credentials = TypeVar("Credentials")
 
@@ -20,6 +22,27 @@ Credentials = TypeVar("Credentials")
 #: that ``find`` and ``list_own`` can find it again and reconciliation can tell whose it is: two installations
 #: on one cloud account leave each other's resources alone.
 NAME_PREFIX = "tunefleet"
+
+
+#: The provider option that holds a workload's secret environment values, sealed for the provider services.
+SEALED_ENVIRONMENT = "sealed_environment"
+
+
+def seal_environment(settings, values: dict[str, str]) -> str:
+    """Secret environment values as the gateway stores and publishes them: sealed with the providers' public key."""
+    if not settings.secrets_public_key:
+        raise RuntimeError("TUNEFLEET_SECRETS_PUBLIC_KEY is not set for the gateway")
+    return base64.b64encode(seal(settings.secrets_public_key, values)).decode()
+
+
+def unseal_environment(settings, options: dict) -> dict[str, str]:
+    """The secret environment values of a job's options, opened by a provider service."""
+    sealed = options.get(SEALED_ENVIRONMENT)
+    if not sealed:
+        return {}
+    if settings.secrets_private_key is None:
+        raise RuntimeError("TUNEFLEET_SECRETS_PRIVATE_KEY is not set for this provider service")
+    return unseal(settings.secrets_private_key.get_secret_value(), base64.b64decode(sealed))
 
 
 def installation_id(secret_key: str) -> str:

@@ -6,7 +6,7 @@ import re
 from datetime import datetime
 from typing import Any
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from shared.config import TrainingConfig
 
@@ -56,7 +56,12 @@ class RunPodDeploymentRequest(DeploymentRequest):
         default=None, ge=10, le=4000,
         description="The pod's volume (model cache, checkpoints, the trainer's venv); sized for the model when "
                     "unset.")
-    environment_variables: dict[str, str] = Field(default_factory=dict)
+    environment_variables: dict[str, str] = Field(
+        default_factory=dict, description="Set in the pod. Kept with the job as written: put secrets in "
+                                          "secret_environment_variables.")
+    secret_environment_variables: dict[str, str] = Field(
+        default_factory=dict, description="Set in the pod too, but sealed at once with the providers' key: never "
+                                          "stored, published or shown in plain text.")
     preflight: bool = Field(default=True, description="Dry-run the config on this machine's CPU first.")
 
     @field_validator("docker_image")
@@ -67,7 +72,7 @@ class RunPodDeploymentRequest(DeploymentRequest):
                              "cudnn9-runtime' or 'ghcr.io/you/trainer:tag'")
         return image
 
-    @field_validator("environment_variables")
+    @field_validator("environment_variables", "secret_environment_variables")
     @classmethod
     def _plain_env(cls, env: dict[str, str]) -> dict[str, str]:
         for key, value in env.items():
@@ -80,7 +85,16 @@ class RunPodDeploymentRequest(DeploymentRequest):
                                  "the like), which a pod's environment cannot carry; put it on one line")
         return env
 
+    @model_validator(mode="after")
+    def _env_once(self) -> RunPodDeploymentRequest:
+        both = sorted(set(self.environment_variables) & set(self.secret_environment_variables))
+        if both:
+            raise ValueError(f"environment variable {both[0]} is in both environment_variables and "
+                             "secret_environment_variables; keep it in one")
+        return self
+
     def provider_options(self) -> dict:
+        """The options that travel with the job, secret environment values excepted (the route seals those)."""
         return self.model_dump(include={"gpu_type", "gpu_count", "docker_image", "volume_size_gb",
                                         "environment_variables"})
 

@@ -17,7 +17,15 @@ import json
 from shared.credentials import RunPodCredentials
 from shared.errors import ProviderError
 from shared.events import WorkloadPhase
-from shared.providers import Compute, OwnResource, Provisioned, ResourceStatus, WorkloadRequest, parse_resource_name
+from shared.providers import (
+    Compute,
+    OwnResource,
+    Provisioned,
+    ResourceStatus,
+    WorkloadRequest,
+    parse_resource_name,
+    unseal_environment,
+)
 from shared.settings import Settings
 from trainer.bootstrap import START_ARGV
 
@@ -74,7 +82,8 @@ class RunPodCompute(Compute[RunPodCredentials]):
 
     async def provision(self, request: WorkloadRequest, credentials: RunPodCredentials) -> Provisioned:
         opts = request.options
-        env = {"HF_HOME": f"{VOLUME_MOUNT}/huggingface", **opts.get("environment_variables", {}), **request.env,
+        env = {"HF_HOME": f"{VOLUME_MOUNT}/huggingface", **opts.get("environment_variables", {}),
+               **unseal_environment(self.settings, opts), **request.env,
                "TUNEFLEET_WORKDIR": f"{VOLUME_MOUNT}/tunefleet-job",
                "TUNEFLEET_VENV_DIR": f"{VOLUME_MOUNT}/tunefleet-venv"}
         pod = await self.client(credentials).create_pod(

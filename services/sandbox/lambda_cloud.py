@@ -243,17 +243,23 @@ class LambdaEmulator:
         if self.faults.no_capacity:
             return _error(400, "instance-operations/launch/insufficient-capacity",
                           "Not enough capacity to fulfill launch request.")
-        instance_id = secrets.token_hex(16)
-        home = self.workdir / "instances" / instance_id / "home" / "ubuntu"
-        home.mkdir(parents=True)
-        self.instances[instance_id] = self.launched[instance_id] = Instance(
-            instance_id, name or "", type_name, region, keys, home, next(self._addresses), time.time(),
-            self.sshd_delay_s + self.faults.ssh_refused_s, asyncssh.generate_private_key("ssh-ed25519"))
+        instance_id = self.create_instance(name or "", type_name, region, keys).id
         if self.faults.lost_launch_answers > 0:
             self.faults.lost_launch_answers -= 1
             return PlainTextResponse("<html><body><h1>502 Bad Gateway</h1></body></html>", 502,
                                      media_type="text/html")
         return JSONResponse({"data": {"instance_ids": [instance_id]}})
+
+    def create_instance(self, name: str, type_name: str, region: str, ssh_key_names: list[str]) -> Instance:
+        """A new booting instance, as a launch makes it (tests use it to make one behind TuneFleet's back)."""
+        instance_id = secrets.token_hex(16)
+        home = self.workdir / "instances" / instance_id / "home" / "ubuntu"
+        home.mkdir(parents=True)
+        instance = Instance(instance_id, name, type_name, region, ssh_key_names, home, next(self._addresses),
+                            time.time(), self.sshd_delay_s + self.faults.ssh_refused_s,
+                            asyncssh.generate_private_key("ssh-ed25519"))
+        self.instances[instance_id] = self.launched[instance_id] = instance
+        return instance
 
     async def terminate(self, request: Request) -> JSONResponse:
         ids = (await request.json()).get("instance_ids") or []

@@ -15,7 +15,6 @@ import pytest
 
 from services.cloud.checkpoints import latest_checkpoint
 from services.provider_lambda.api_client import LambdaClient
-from services.provider_lambda.ssh import derive_key
 from shared.providers import installation_id, resource_name
 from shared.settings import Settings
 
@@ -167,20 +166,13 @@ def test_no_capacity_fails_the_job_with_a_clear_reason(stack, alice, lambda_clou
     assert "no gpu_1x_a10 capacity" in job["status_reason"]
 
 
-def test_orphan_instances_are_terminated_by_reconciliation(stack, alice, lambda_cloud, config, monkeypatch):
+def test_orphan_instances_are_terminated_by_reconciliation(stack, alice, lambda_cloud, config):
     """An instance of this installation that no job owns is terminated; one of another installation on the same
-    account (its own name prefix) is left alone."""
+    account (its own name prefix) is left alone. Both are made behind TuneFleet's back, in the emulator."""
     ours = installation_id((stack.home / "secret_key").read_text().strip())
-
-    async def launch(installation: str) -> str:
-        client = LambdaClient(LAMBDA_KEY)
-        name = resource_name(installation, str(uuid.uuid4()), 1)
-        await client.add_ssh_key(name, derive_key("another-secret", name)[1])
-        return await client.launch(region="us-east-1", instance_type=INSTANCE, ssh_key_name=name, name=name)
-
-    monkeypatch.setenv("LAMBDA_API_BASE_URL", lambda_cloud.url)
-    orphan = asyncio.run(launch(ours))
-    theirs = asyncio.run(launch("0ther1n5"))
+    orphan, theirs = (lambda_cloud.create_instance(resource_name(installation, str(uuid.uuid4()), 1), INSTANCE,
+                                                   "us-east-1", []).id
+                      for installation in (ours, "0ther1n5"))
 
     def terminated(instance_id: str) -> bool:
         instance = lambda_cloud.instances.get(instance_id)

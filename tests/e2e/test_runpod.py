@@ -24,6 +24,8 @@ from .conftest import PROVISIONING_TIMEOUT_S, RUNPOD_KEY, wait_for_status
 
 pytestmark = pytest.mark.e2e
 
+SECRET_ENV_VALUE = "hf_secret-env-value-31415926"
+
 GPU = "NVIDIA RTX A4000"
 
 
@@ -87,7 +89,8 @@ def stream_texts(stack) -> str:
 
 
 def test_a_job_on_the_stock_image_installs_the_trainer_trains_and_comes_back(stack, alice, runpod, config):
-    job_id = deploy(alice, config, environment_variables={"HF_HUB_OFFLINE": "1", "NOTE": 'quotes " and \\ pass'})
+    job_id = deploy(alice, config, environment_variables={"HF_HUB_OFFLINE": "1", "NOTE": 'quotes " and \\ pass'},
+                    secret_environment_variables={"HF_TOKEN": SECRET_ENV_VALUE})
     job = wait_for_status(alice, job_id, {"completed"}, timeout=400)
     assert "running" in [h["status"] for h in job["history"]] and job["attempt"] == 1
     assert job["resource_id"] and job["cost_usd"] > 0
@@ -113,6 +116,7 @@ def test_a_job_on_the_stock_image_installs_the_trainer_trains_and_comes_back(sta
     assert 'volumeMountPath: "/workspace"' in query and "containerDiskInGb: 30" in query
     assert json.loads(pod.docker_args)["entrypoint"] == ["bash", "-c"]
     assert pod.env["NOTE"] == 'quotes " and \\ pass' and pod.env["HF_HOME"] == "/workspace/huggingface"
+    assert pod.env["HF_TOKEN"] == SECRET_ENV_VALUE  # opened by the provider only, for the pod
     assert pod.image == Settings.model_fields["runpod_default_image"].default
     assert config["model"]["base_model"] not in query  # the configuration travels in the bundle
 
@@ -215,6 +219,10 @@ def test_bad_deploy_options_get_a_422_naming_the_field(stack, alice, config):
     r = alice.post("/api/training/deploy/runpod", json={"config": config, "gpu_type": GPU, "preflight": False,
                                                          "environment_variables": {"NOTE": "two\nlines"}})
     assert r.status_code == 422 and "NOTE" in r.text and "environment_variables" in r.text
+    r = alice.post("/api/training/deploy/runpod", json={"config": config, "gpu_type": GPU, "preflight": False,
+                                                         "environment_variables": {"HF_TOKEN": "a"},
+                                                         "secret_environment_variables": {"HF_TOKEN": "b"}})
+    assert r.status_code == 422 and "HF_TOKEN is in both" in r.text
     big = {**config, "model": {**config["model"], "base_model": "meta-llama/Meta-Llama-3-70B"}}
     r = alice.post("/api/training/deploy/runpod", json={"config": big, "gpu_type": GPU, "preflight": False,
                                                          "volume_size_gb": 40})
@@ -239,6 +247,11 @@ def test_the_key_appears_in_no_log_event_or_generated_text(stack, runpod):
             assert RUNPOD_KEY.encode() not in path.read_bytes(), path
     assert not any(RUNPOD_KEY in q for q in runpod.requests)
     assert RUNPOD_KEY not in stream_texts(stack)
+    # A secret environment value was sealed at the gateway: no row, stream or log of the stack holds it.
+    for path in stack.home.rglob("*"):
+        if path.is_file() and path.stat().st_size < 50_000_000:
+            assert SECRET_ENV_VALUE.encode() not in path.read_bytes(), path
+    assert SECRET_ENV_VALUE not in stream_texts(stack)
     # The pods' signed URLs (bundle, heartbeats, artifacts, checkpoints) reached the gateway's access log
     # without their signatures.
     access = (stack.home / "logs" / "gateway.log").read_text(errors="replace")

@@ -7,6 +7,7 @@ from fastapi import APIRouter, Query, Request
 from shared.config import TrainingConfig
 from shared.disk import volume_gb
 from shared.errors import NotFound, ValidationFailed
+from shared.providers import SEALED_ENVIRONMENT, seal_environment
 
 from ..deploying import load_configuration, request_deploy, require_reachable_urls, resolve_data
 from ..deps import BusDep, CurrentUser, PoolDep, SettingsDep
@@ -69,6 +70,8 @@ async def _deploy_to_cloud(provider: str, body: RunPodDeploymentRequest | Lambda
     options = body.provider_options()
     if provider == "runpod":
         options["volume_size_gb"] = _volume_for(config, body.volume_size_gb)
+        if body.secret_environment_variables:
+            options[SEALED_ENVIRONMENT] = seal_environment(settings, body.secret_environment_variables)
     return await _deploy(provider, body, config, user, pool, bus, settings, options)
 
 
