@@ -141,7 +141,7 @@ async def test_a_job_with_very_many_metric_names_cannot_tie_up_the_reads(migrate
         assert r.status_code == 200 and len(r.json()["downsampling"]["series"]) == 3
 
 
-async def test_a_million_row_job_reads_fast(migrated, pool, api_key, monkeypatch):
+async def test_a_million_row_job_reads_through_the_index(migrated, pool, api_key, monkeypatch):
     from services.gateway import queries
 
     job_id, neighbour = await visible_job(pool), await visible_job(pool)
