@@ -38,3 +38,16 @@ ALLOWED: dict[JobStatus, frozenset[JobStatus]] = {
 
 def can_transition(current: JobStatus, new: JobStatus) -> bool:
     return new in ALLOWED[current]
+
+
+def catch_up(current: JobStatus, new: JobStatus) -> list[JobStatus] | None:
+    """The statuses to pass through to reach ``new`` from ``current``, when a report arrived before the one it
+    follows (two scheduler replicas, a redelivery): a workload that reports success was running, so a job still
+    ``queued`` goes queued → running → completed. ``[new]`` when the move is direct; None when no report can
+    explain it (a terminal job, or going back)."""
+    if can_transition(current, new):
+        return [new]
+    for between in (_S.RUNNING, _S.PROVISIONING):
+        if can_transition(current, between) and can_transition(between, new):
+            return [between, new]
+    return None

@@ -17,7 +17,7 @@ from shared.events import (
 )
 from shared.ids import derived_id
 from shared.jobspec import TrainerResult
-from shared.states import JobStatus
+from shared.states import JobStatus, catch_up
 
 from .repository import JobRepository, Transition
 
@@ -114,6 +114,15 @@ async def handle_workload_reported(evt: WorkloadReported, *, jobs: JobRepository
         new = JobStatus.STOPPED
     if new is current:
         return
+    path = catch_up(current, new)
+    if path is None:
+        log.info("job %s: %s -> %s not allowed, ignored", evt.job_id, current.value, new.value)
+        return
+    for implied in path[:-1]:  # a report that overtook the ones before it: their states happened too
+        t = await jobs.transition(evt.job_id, implied, source_event_id=derived_id(evt.event_id, "implied", implied),
+                                  occurred_at=evt.occurred_at, reason=f"implied by a later {evt.phase.value} report")
+        if t is not None:
+            await _announce(t, jobs=jobs, bus=bus)
     reason = evt.message or (evt.result.error_message if evt.result else None)
     result = evt.result.model_dump(mode="json") if evt.result else None
     t = await jobs.transition(evt.job_id, new, source_event_id=evt.event_id, occurred_at=evt.occurred_at,

@@ -1,0 +1,79 @@
+"""Fakes for tests that drive handlers without a broker or a database (the one place they live).
+
+``FakeJobs`` keeps the scheduler's jobs on a dict and applies the same state machine and the same idempotency by
+source event as ``services.scheduler.repository.JobRepository``; ``RecordingBus`` keeps what is published."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from services.scheduler.repository import Transition
+from shared.events import DeployRequested, Message
+from shared.ids import derived_id
+from shared.states import JobStatus, can_transition
+
+
+class FakeJobs:
+    def __init__(self) -> None:
+        self.rows: dict[str, dict] = {}
+        self.histories: dict[str, list[Transition]] = {}
+        self._by_source: dict[str, Transition] = {}
+
+    async def create(self, cmd: DeployRequested) -> Transition:
+        status_event_id = derived_id(cmd.job_id, "status", JobStatus.QUEUED, 1)
+        if cmd.job_id not in self.rows:
+            self.rows[cmd.job_id] = {
+                "id": cmd.job_id, "user_id": cmd.user_id, "provider": cmd.provider, "name": cmd.config.name,
+                "config": cmd.config.model_dump(mode="json"), "dataset_path": cmd.dataset_path,
+                "dataset_format": cmd.dataset_format.value, "dataset_rows": cmd.dataset_rows,
+                "provider_options": cmd.provider_options, "budget_limit_usd": cmd.budget_limit_usd,
+                "status": "queued", "status_reason": None, "attempt": 1, "stop_requested": False, "result": None,
+                "cost_usd": 0.0, "log_tail": None, "resource_id": None}
+            self.histories[cmd.job_id] = [Transition(cmd.job_id, None, JobStatus.QUEUED, "deploy requested",
+                                                     status_event_id)]
+        return Transition(cmd.job_id, None, JobStatus.QUEUED, "deploy requested", status_event_id)
+
+    async def get(self, job_id: str) -> dict | None:
+        row = self.rows.get(job_id)
+        return dict(row) if row is not None else None
+
+    async def transition(self, job_id: str, new: JobStatus, *, source_event_id: str, occurred_at: datetime,
+                         reason: str | None = None, result: dict | None = None,
+                         bump_attempt: bool = False) -> Transition | None:
+        if source_event_id in self._by_source:
+            return self._by_source[source_event_id]
+        row = self.rows.get(job_id)
+        if row is None or not can_transition(JobStatus(row["status"]), new):
+            return None
+        current = JobStatus(row["status"])
+        row["attempt"] += int(bump_attempt)
+        row.update(status=new.value, status_reason=reason, result=result if result is not None else row["result"])
+        t = Transition(job_id, current, new, reason, derived_id(job_id, "status", new, row["attempt"],
+                                                                source_event_id))
+        self._by_source[source_event_id] = t
+        self.histories[job_id].append(t)
+        return t
+
+    async def observe(self, job_id: str, *, log_tail: str | None, cost_usd: float | None,
+                      resource_id: str | None = None) -> None:
+        row = self.rows[job_id]
+        for key, value in (("log_tail", log_tail), ("cost_usd", cost_usd), ("resource_id", resource_id)):
+            if value is not None:
+                row[key] = value
+
+    async def mark_stop_requested(self, job_id: str) -> None:
+        self.rows[job_id]["stop_requested"] = True
+
+    def statuses(self, job_id: str) -> list[str]:
+        return [t.status.value for t in self.histories[job_id]]
+
+
+class RecordingBus:
+    def __init__(self) -> None:
+        self.published: list[Message] = []
+
+    async def publish(self, message: Message) -> None:
+        self.published.append(message)
+
+    def types(self) -> list[str]:
+        return [type(m).__name__ for m in self.published]
