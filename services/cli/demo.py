@@ -17,7 +17,7 @@ from rich.table import Table
 from shared.settings import Settings
 
 from .sse import iter_events
-from .stack import Stack, wait_for_signal
+from .stack import Stack
 
 DEMO_USER = "demo"
 
@@ -143,7 +143,7 @@ def run_demo(*, steps: int, keep_running: bool, console: Console) -> int:
             _ask(model, row, console)
             if keep_running:
                 console.print(f"The stack stays up; your API key: {key}. Ctrl-C stops it.")
-                wait_for_signal()
+                stack.supervise_until_signal()
         return 0
     finally:
         with console.status("stopping…"):

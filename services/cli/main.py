@@ -14,7 +14,7 @@ from shared.db import create_pool
 from shared.settings import Settings
 
 from .embedded import EmbeddedPostgres
-from .stack import Stack, migrate_all, wait_for_signal
+from .stack import Stack, migrate_all
 
 warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
 
@@ -58,7 +58,7 @@ def up(sandbox: bool = typer.Option(False, help="Also start local emulators of t
                           f"{stack.sandbox_key} with PUT /api/secrets/runpod and /api/secrets/lambda to deploy "
                           "on them.", soft_wrap=True)
         console.print("Press Ctrl-C to stop.", highlight=False)
-        wait_for_signal()
+        stack.supervise_until_signal()
     finally:
         console.print("stopping…")
         stack.stop()

@@ -10,6 +10,7 @@ import secrets
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,7 @@ from shared.sealing import generate_keypair
 from shared.settings import Settings
 
 from .embedded import EmbeddedNats, EmbeddedPostgres, free_port, wait_for_port
+from .supervisor import Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -43,15 +45,6 @@ def secret_key(home: Path) -> str:
         with os.fdopen(fd, "w") as f:
             f.write(secrets.token_urlsafe(48))
     return path.read_text().strip()
-
-
-def wait_for_signal() -> None:
-    """Block until SIGINT or SIGTERM."""
-    received: list[int] = []
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda s, _f: received.append(s))
-    while not received:
-        signal.pause()
 
 
 async def migrate_all(database_url: str) -> None:
@@ -154,13 +147,27 @@ class Stack:
         if self.sandbox:
             self.start_sandbox()
         for service in subjects.SERVICES:
-            env = {k: v for k, v in self.env.items() if k != "TUNEFLEET_SECRETS_PRIVATE_KEY"}
-            if service.startswith("provider_"):
-                env["TUNEFLEET_SECRETS_PRIVATE_KEY"] = self.sealing_keys[1]
-            with open(logs / f"{service}.log", "ab") as logfile:
-                self.processes[service] = subprocess.Popen(
-                    [sys.executable, "-m", f"services.{service}"], env=env, stdout=logfile,
-                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+            self.processes[service] = self.spawn(service)
+
+    def spawn(self, service: str) -> subprocess.Popen:
+        """Start one service as its own process, its output appended to its log."""
+        env = {k: v for k, v in self.env.items() if k != "TUNEFLEET_SECRETS_PRIVATE_KEY"}
+        if service.startswith("provider_"):
+            env["TUNEFLEET_SECRETS_PRIVATE_KEY"] = self.sealing_keys[1]
+        with open(self.settings.home / "logs" / f"{service}.log", "ab") as logfile:
+            return subprocess.Popen([sys.executable, "-m", f"services.{service}"], env=env, stdout=logfile,
+                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+
+    def supervise_until_signal(self, every_s: float = 1.0) -> None:
+        """Block until SIGINT or SIGTERM, restarting services that exit meanwhile (``supervisor``)."""
+        stopping = threading.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda _s, _f: stopping.set())
+        supervisor = Supervisor(self.settings.home, {n: p for n, p in self.processes.items() if n != "sandbox"},
+                                self.spawn)
+        while not stopping.wait(every_s):
+            supervisor.check()
+            self.processes.update(supervisor.processes)
 
     def wait_ready(self, timeout: float = 90.0) -> None:
         deadline = time.monotonic() + timeout

@@ -6,15 +6,17 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
 from shared import subjects
+from shared.supervision import read_status
 
-from ..deps import BrokerDep
+from ..deps import BrokerDep, SettingsDep
 
 router = APIRouter(tags=["health"])
 
 
 @router.get("/healthz")
-async def healthz(broker: BrokerDep) -> JSONResponse:
-    """200 once every service answers on its health subject; 503 naming the ones that do not."""
+async def healthz(broker: BrokerDep, settings: SettingsDep) -> JSONResponse:
+    """200 once every service answers on its health subject; 503 naming the ones that do not. Under
+    ``tunefleet up``, ``supervisor`` gives each service's restarts and last exit code."""
 
     async def ask(service: str) -> bool:
         if service == "gateway":
@@ -29,4 +31,7 @@ async def healthz(broker: BrokerDep) -> JSONResponse:
     ready = all(states.values())
     body = {"ready": ready, "services": states,
             "not_ready": [name for name, ok in states.items() if not ok]}
+    supervised = (await asyncio.to_thread(read_status, settings.home)).get("services")
+    if supervised:
+        body["supervisor"] = supervised
     return JSONResponse(status_code=200 if ready else 503, content=body)
