@@ -115,9 +115,13 @@ class CloudRunner:
             request = await self._request(cmd.job_id, cmd.attempt, cmd.provider_options, cmd)
             await self.compute.validate(request, credentials)
             provisioned = await self._create(request, credentials)
-        except (ProviderError, MissingCredentials, OSError) as exc:
+        except Exception as exc:  # every failure after the claim is reported: a redelivery would find the claim
             message = getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
-            log.warning("job %s: %s", cmd.job_id, message)
+            if isinstance(exc, ProviderError | MissingCredentials | OSError):
+                log.warning("job %s: %s", cmd.job_id, message)
+            else:
+                log.exception("job %s: provisioning failed unexpectedly", cmd.job_id)
+                message = f"provisioning failed unexpectedly ({message}); see the {self.provider} provider's log"
             await self._end(cmd.job_id, cmd.attempt, WorkloadPhase.FAILED, message=message)
             return
         await self.workloads.provisioned(cmd.job_id, cmd.attempt, provisioned.resource_id, provisioned.cost_per_hour)
