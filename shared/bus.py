@@ -11,6 +11,7 @@ from nats.js.api import RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import NotFoundError
 
 from shared import subjects
+from shared.error_policy import MAX_DELIVER
 from shared.events import Message
 
 log = logging.getLogger(__name__)
@@ -71,10 +72,11 @@ class Bus:
 
 def durable_consumer(durable: str) -> dict:
     """Subscriber keyword arguments for a durable pull consumer, shared by every copy of a service
-    (so N copies split the work), that acks after the handler and redelivers when it raises."""
+    (so N copies split the work), that acks after the handler and redelivers when it raises, with the delays
+    of ``shared.error_policy``."""
     return {
         "durable": durable,
         "pull_sub": PullSub(batch_size=16, timeout=1.0),
         "ack_policy": AckPolicy.NACK_ON_ERROR,
-        "config": ConsumerConfig(ack_wait=60, max_deliver=20),
+        "config": ConsumerConfig(ack_wait=60, max_deliver=MAX_DELIVER),
     }

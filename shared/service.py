@@ -18,6 +18,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from shared import subjects
 from shared.bus import ensure_streams
 from shared.db import apply_migrations, create_pool
+from shared.error_policy import ErrorPolicy
 from shared.settings import Settings
 from shared.telemetry import setup_tracing
 
@@ -37,7 +38,7 @@ def make_broker(settings: Settings, service: str, tracer_provider: TracerProvide
     return NatsBroker(
         settings.require_nats_url(),
         name=f"tunefleet-{service}",
-        middlewares=[NatsTelemetryMiddleware(tracer_provider=tracer_provider)],
+        middlewares=[NatsTelemetryMiddleware(tracer_provider=tracer_provider), ErrorPolicy],
         graceful_timeout=settings.stop_grace_seconds,
         log_level=logging.DEBUG,
     )
