@@ -126,6 +126,10 @@ class RlhfSection(_Strict):
         if not v.startswith(("http://", "https://")):
             raise ValueError("training.rlhf.judge_url must start with http:// or https://")
         parts = urlsplit(v)
+        try:
+            parts.port  # noqa: B018 - raises for a port that is not a number from 0 to 65535
+        except ValueError:
+            raise ValueError("training.rlhf.judge_url has a port that is not a number from 1 to 65535") from None
         if "?" in v or "#" in v or "@" in parts.netloc or not parts.hostname:
             raise ValueError("training.rlhf.judge_url must be the API's base URL with a host and without '?', '#' or "
                              "credentials (e.g. https://host/v1); the key goes in judge_api_key_secret")

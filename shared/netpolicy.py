@@ -31,11 +31,32 @@ def public_address(host: str, port: int) -> str:
     addresses = [info[4][0] for info in infos]
     for address in addresses:
         ip = ipaddress.ip_address(address.split("%")[0])
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
-            ip = ip.ipv4_mapped
-        if not ip.is_global or ip.is_multicast:
+        if not all(_public(a) for a in _with_embedded(ip)):
             raise BlockedAddress(f"{host} resolves to {ip}, a private, loopback, link-local or reserved address "
                                  f"that this server does not call (the operator can allow it with {ALLOW_SETTING})")
     if not addresses:
         raise BlockedAddress(f"{host} does not resolve")
     return addresses[0]
+
+
+_NAT64 = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"))
+
+
+def _with_embedded(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> list:
+    """``ip`` and the IPv4 addresses an IPv6 one carries (mapped, 6to4, NAT64, IPv4-compatible), which a
+    translating network would reach."""
+    found = [ip]
+    if isinstance(ip, ipaddress.IPv6Address):
+        low32 = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+        if ip.ipv4_mapped:
+            found.append(ip.ipv4_mapped)
+        if ip.sixtofour:
+            found.append(ip.sixtofour)
+        if any(ip in net for net in _NAT64) or int(ip) >> 32 == 0:
+            found.append(low32)
+    return found
+
+
+def _public(ip) -> bool:
+    site_local = isinstance(ip, ipaddress.IPv6Address) and ip.is_site_local
+    return ip.is_global and not ip.is_multicast and not site_local

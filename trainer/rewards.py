@@ -67,7 +67,8 @@ class JudgeReward:
         headers = {"Content-Type": "application/json"}
         if api_key:
             headers["Authorization"] = f"Bearer {api_key}"
-        self._client = httpx.Client(headers=headers, timeout=timeout)
+        # A pinned address means nothing through a proxy (the proxy resolves the name), so public_only goes direct.
+        self._client = httpx.Client(headers=headers, timeout=timeout, trust_env=not public_only)
 
     def __call__(self, prompts, completions, reference=None, **_kwargs) -> list[float | None]:
         references = reference if reference is not None else [None] * len(prompts)

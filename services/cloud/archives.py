@@ -8,10 +8,15 @@ decompressed size and the member count are capped while reading, so a small gzip
 
 from __future__ import annotations
 
+import contextlib
+import gzip
+import io
 import os
 import shutil
 import tarfile
+from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 from shared.errors import PayloadTooLarge, ValidationFailed
 
@@ -26,6 +31,36 @@ def _plain_name(name: str) -> str | None:
     return "/".join(cleaned)
 
 
+#: Decompressed bytes allowed beyond the members' content: tar headers, pax and long-name records.
+HEADER_ALLOWANCE = 64 * 2**20
+
+
+class _CappedStream(io.RawIOBase):
+    """A decompressing reader that refuses to produce more than ``cap`` bytes: tarfile reads a pax or long-name
+    header whole into memory, so a small archive could otherwise declare a header of gigabytes."""
+
+    def __init__(self, compressed: BinaryIO, cap: int):
+        self.inner, self.cap, self.produced = gzip.GzipFile(fileobj=compressed), cap, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        n = self.inner.readinto(buffer)
+        self.produced += n
+        if self.produced > self.cap:
+            raise PayloadTooLarge(f"the archive is over {self.cap // 2**20} MiB decompressed")
+        return n
+
+
+@contextlib.contextmanager
+def open_capped(source: BinaryIO, cap: int) -> Iterator[tarfile.TarFile]:
+    """A tar.gz opened for one pass (``r|``) through a decompressor capped at ``cap`` bytes."""
+    stream = io.BufferedReader(_CappedStream(source, cap), buffer_size=CHUNK)
+    with tarfile.open(fileobj=stream, mode="r|") as tar:
+        yield tar
+
+
 def extract_tar_gz(archive: Path, into: Path, *, max_bytes: int, max_members: int) -> None:
     """Extract ``archive`` into the new folder ``into``. Raises ValidationFailed (a member that is not a plain file
     or folder with a plain name, or not a tar.gz) or PayloadTooLarge (over ``max_bytes`` decompressed or
@@ -33,7 +68,7 @@ def extract_tar_gz(archive: Path, into: Path, *, max_bytes: int, max_members: in
     written, members = 0, 0
     into.mkdir(parents=True)
     try:
-        with tarfile.open(archive, mode="r:gz") as tar:
+        with open(archive, "rb") as raw, open_capped(raw, max_bytes + HEADER_ALLOWANCE) as tar:
             for member in tar:
                 members += 1
                 if members > max_members:

@@ -15,10 +15,13 @@ import tarfile
 from pathlib import Path
 from typing import BinaryIO
 
-from shared.errors import ValidationFailed
+from shared.errors import PayloadTooLarge, ValidationFailed
 from shared.settings import Settings
 
+from .archives import HEADER_ALLOWANCE, open_capped
+
 _NAME = re.compile(r"checkpoint-(\d+)")
+MAX_MEMBERS = 10_000
 
 
 def checkpoints_dir(settings: Settings, job_id: str) -> Path:
@@ -36,12 +39,15 @@ def latest_checkpoint(settings: Settings, job_id: str) -> Path | None:
     return max(found, key=_step_of, default=None)
 
 
-def inspect_checkpoint(archive: BinaryIO) -> int:
-    """The step of a checkpoint archive; ValidationFailed when it is not one safe checkpoint folder."""
+def inspect_checkpoint(archive: BinaryIO, max_bytes: int) -> int:
+    """The step of a checkpoint archive; ValidationFailed when it is not one safe checkpoint folder,
+    PayloadTooLarge past ``max_bytes`` decompressed or ``MAX_MEMBERS`` members."""
     try:
-        with tarfile.open(fileobj=archive, mode="r:gz") as tar:
+        with open_capped(archive, max_bytes) as tar:
             tops, has_state = set(), False
-            for member in tar:
+            for count, member in enumerate(tar, start=1):
+                if count > MAX_MEMBERS:
+                    raise PayloadTooLarge(f"a checkpoint holds at most {MAX_MEMBERS} files")
                 parts = member.name.split("/")
                 if member.name.startswith("/") or ".." in parts or not (member.isfile() or member.isdir()):
                     raise ValidationFailed(f"checkpoint archive holds a link or unsafe path: {member.name!r}",
@@ -60,7 +66,7 @@ def inspect_checkpoint(archive: BinaryIO) -> int:
 def store_checkpoint(settings: Settings, job_id: str, spooled: Path) -> int:
     """Keep the checkpoint archive at ``spooled`` (moved, not copied) if it is the newest of the job."""
     with open(spooled, "rb") as f:
-        step = inspect_checkpoint(f)
+        step = inspect_checkpoint(f, int(settings.max_artifacts_gb * 2**30) + HEADER_ALLOWANCE)
     folder = checkpoints_dir(settings, job_id)
     folder.mkdir(parents=True, exist_ok=True)
     current = latest_checkpoint(settings, job_id)

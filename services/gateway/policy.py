@@ -18,6 +18,7 @@ is refused too.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 from pathlib import Path
@@ -48,8 +49,24 @@ def _is_local_path(reference: str) -> bool:
     return reference.startswith(("/", "~", ".")) or "\\" in reference or ".." in reference
 
 
+def _adapter_base(path: Path) -> str | None:
+    """The base model a PEFT adapter folder names (transformers loads it from ``adapter_config.json`` when the
+    folder has no ``config.json`` of its own), or None when ``path`` is no such folder."""
+    if not (path / "adapter_config.json").is_file() or (path / "config.json").exists():
+        return None
+    try:
+        base = json.loads((path / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return base if isinstance(base, str) and base else None
+
+
 async def _check_model_reference(settings: Settings, pool: asyncpg.Pool, user_id: str, reference: str,
-                                 field: str) -> None:
+                                 field: str, depth: int = 0) -> None:
+    """Also the base model an allowed adapter folder names: a user may have rewritten their own adapter's
+    ``adapter_config.json`` (it came back from their machine) to point at any path."""
+    if depth > 2:
+        raise ValidationFailed(f"{field}: adapters name adapters too deep; name the base model itself", field=field)
     if not _is_local_path(reference):
         if HUB_ID.match(reference):
             return
@@ -61,6 +78,9 @@ async def _check_model_reference(settings: Settings, pool: asyncpg.Pool, user_id
         "SELECT coalesce(array_agg(adapter_path), '{}') FROM models WHERE user_id = $1 AND adapter_path IS NOT NULL",
         user_id)]
     if await asyncio.to_thread(is_inside, Path(reference), [settings.models_dir, *settings.model_dirs, *registered]):
+        base = await asyncio.to_thread(_adapter_base, Path(reference))
+        if base is not None:
+            await _check_model_reference(settings, pool, user_id, base, field, depth + 1)
         return
     raise ValidationFailed(
         f"{field} {reference!r} is not in a model folder this server allows: use a hub id, one of your registered "

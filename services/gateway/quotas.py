@@ -53,11 +53,14 @@ def slots(app_state, name: str, what: str, limit: int, setting: str) -> UserSlot
 
 
 async def check_local_jobs(conn: asyncpg.Connection, user_id: str, limit: int) -> None:
-    """Within the transaction that stores a local deploy: refuse it when the user has ``limit`` unfinished."""
+    """Within the transaction that stores a local deploy: refuse it when the user has ``limit`` unfinished. A
+    deploy the scheduler has not made a job of counts for an hour (it would be stuck, not running, after that)."""
     await conn.execute("SELECT pg_advisory_xact_lock(hashtext('tunefleet-local-jobs:' || $1))", user_id)
     unfinished = await conn.fetchval(
         """SELECT count(*) FROM deploy_requests d LEFT JOIN jobs j ON j.id = d.job_id
-           WHERE d.user_id = $1 AND d.provider = 'local' AND (j.id IS NULL OR NOT j.status = ANY($2::text[]))""",
+           WHERE d.user_id = $1 AND d.provider = 'local'
+             AND (NOT j.status = ANY($2::text[])
+                  OR (j.id IS NULL AND d.created_at > now() - interval '1 hour'))""",
         user_id, [s.value for s in TERMINAL])
     if unfinished >= limit:
         raise QuotaExceeded(f"you have {unfinished} local jobs unfinished, the most this server allows one user "

@@ -97,6 +97,15 @@ async def test_models_load_from_the_hub_or_allowed_folders_only(migrated, api_ke
         for ok in (str(allowed / "tiny"), str(settings.models_dir / "mine"), "Qwen/Qwen2.5-0.5B", "gpt2"):
             r = await client.post(ROUTES[0], headers=auth(api_key), json={**base(ds), "model": {"base_model": ok}})
             assert r.status_code == 201, (ok, r.text)
+        # An adapter folder names its base model in adapter_config.json, which transformers then loads: a user
+        # who rewrote their own adapter's file cannot reach a model outside the allowed folders through it.
+        adapter = allowed / "my-adapter"
+        adapter.mkdir()
+        for named, status in (("/etc/other-users-model", 422), ("Qwen/Qwen2.5-0.5B", 201)):
+            (adapter / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": named}))
+            r = await client.post(ROUTES[0], headers=auth(api_key),
+                                  json={**base(ds), "model": {"base_model": str(adapter)}})
+            assert r.status_code == status, (named, r.text)
         # bob may fine-tune further from his own registered model
         ds_bob = (await upload(client, other_key, INSTRUCTION_ROWS)).json()["id"]
         r = await client.post(ROUTES[0], headers=auth(other_key),
@@ -182,3 +191,28 @@ async def test_a_local_job_may_not_aim_its_judge_into_the_servers_network(migrat
         r = await client.post("/api/training/deploy/local", headers=auth(api_key), json={
             "config": rlhf(ds, judge_api_key_secret="judge", judge_url="http://10.0.0.8/v1")})
         assert r.status_code == 202, r.text
+
+
+@pytest.mark.parametrize("address", ["64:ff9b::a9fe:a9fe", "2002:a9fe:a9fe::1", "::a9fe:a9fe", "fec0::1",
+                                     "::ffff:10.0.0.8", "169.254.169.254", "100.64.0.1", "0.0.0.0"])
+def test_addresses_that_lead_into_a_private_network_are_blocked(address):
+    """IPv6 forms that carry an IPv4 address (NAT64, 6to4, IPv4-compatible, mapped) reach that address."""
+    from shared.netpolicy import BlockedAddress, public_address
+
+    with pytest.raises(BlockedAddress, match="private, loopback"):
+        public_address(address, 443)
+
+
+def test_public_addresses_pass():
+    from shared.netpolicy import public_address
+
+    assert public_address("2606:4700:4700::1111", 443) == "2606:4700:4700::1111"
+    assert public_address("8.8.8.8", 80) == "8.8.8.8"
+
+
+def test_a_judge_port_that_is_no_port_is_a_422_not_a_500():
+    from pydantic import ValidationError
+
+    for url in ("https://judge.example.com:99999/v1", "https://judge.example.com:abc/v1"):
+        with pytest.raises(ValidationError, match="port"):
+            TrainingConfig.model_validate(rlhf("d", judge_url=url))

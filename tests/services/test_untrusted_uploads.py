@@ -103,6 +103,8 @@ async def test_artifacts_take_plain_files_only_and_stop_at_the_decompressed_cap(
             "adapter", "adapter/adapter_config.json", "result.json"]
         r = await client.put(_url(settings, job_id, "heartbeat"), content=b"x" * (200 * 1024))
         assert r.status_code == 413, r.text
+        r = await client.put(_url(settings, job_id, "artifacts"), content=good)
+        assert r.status_code == 409  # the output is in: the long-lived link cannot rewrite what was registered
 
 
 def test_member_count_is_capped(tmp_path: Path):
@@ -115,3 +117,18 @@ def test_member_count_is_capped(tmp_path: Path):
     assert len(list((tmp_path / "out").iterdir())) == 6
     with pytest.raises(ValidationFailed, match=r"tar\.gz"):
         extract_tar_gz(tmp_path / "missing.tar.gz", tmp_path / "other", max_bytes=10, max_members=10)
+
+
+def test_a_huge_tar_header_is_refused_before_it_is_read_into_memory(tmp_path: Path):
+    """tarfile reads a pax header whole: 80 MiB of it packs into well under 1 MiB."""
+    info = tarfile.TarInfo("adapter_config.json")
+    info.pax_headers = {"comment": "x" * (80 * 2**20)}
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz", format=tarfile.PAX_FORMAT) as tar:
+        tar.addfile(info, io.BytesIO(b""))
+    archive = tmp_path / "header-bomb.tar.gz"
+    archive.write_bytes(buffer.getvalue())
+    assert archive.stat().st_size < 2**20
+    with pytest.raises(PayloadTooLarge, match="decompressed"):
+        extract_tar_gz(archive, tmp_path / "out", max_bytes=2**20, max_members=10)
+    assert not (tmp_path / "out").exists()

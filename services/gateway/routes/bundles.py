@@ -20,7 +20,7 @@ from pydantic import BaseModel, Field, ValidationError
 from services.cloud.archives import extract_tar_gz
 from services.cloud.bundles import LOG_TAIL, PROGRESS, RESULT, artifacts_dir, bundle_archive, write_atomically
 from services.cloud.checkpoints import checkpoints_dir, latest_checkpoint, store_checkpoint
-from shared.errors import NotFound, PayloadTooLarge, TuneFleetError, ValidationFailed
+from shared.errors import Conflict, NotFound, PayloadTooLarge, TuneFleetError, ValidationFailed
 from shared.signing import verify
 
 from ..deps import SettingsDep
@@ -100,6 +100,9 @@ async def put_artifacts(job_id: uuid.UUID, attempt: int, request: Request, setti
                         expires: int = Query(...), sig: str = Query(...)) -> None:
     _check(settings, request, expires, sig)
     folder = artifacts_dir(settings, str(job_id), attempt)
+    if await anyio.Path(folder / RESULT).exists():
+        # The output is in: a later upload (the link lives for days) may not rewrite what was registered.
+        raise Conflict(f"the output of job {job_id} attempt {attempt} was already received")
     await anyio.Path(folder.parent).mkdir(parents=True, exist_ok=True)
     spooled = folder.parent / f".upload-{uuid.uuid4().hex}"
     limit = int(settings.max_artifacts_gb * 2**30)
