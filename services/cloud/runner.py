@@ -186,11 +186,11 @@ class CloudRunner:
     async def _poll(self, row: asyncpg.Record) -> None:
         job_id, attempt = str(row["job_id"]), row["attempt"]
         credentials = await self.credentials(row["user_id"])
-        request = await self._request(job_id, attempt)
         status = await self.compute.status(row["resource_id"], credentials)
-        if status.phase is WorkloadPhase.RUNNING and not row["workload_started"]:
-            command = ProvisionJob.model_validate(row["command"])
-            request = await self._request(job_id, attempt, command.provider_options, command)
+        starting = status.phase is WorkloadPhase.RUNNING and not row["workload_started"]
+        command = ProvisionJob.model_validate(row["command"]) if starting else None
+        request = await self._request(job_id, attempt, command.provider_options if command else None, command)
+        if starting:
             status = await self._start(row, request, credentials, status)
         folder = request.artifacts_dir
         if status.phase is WorkloadPhase.RUNNING:

@@ -16,6 +16,7 @@ from shared.settings import Settings
 from .auth import KeyFirst
 from .deploying import run_relay
 from .errors import install_error_handlers
+from .quotas import ProcessQuotas
 from .routes import (
     bundles,
     configurations,
@@ -52,6 +53,7 @@ def create_app(settings: Settings, tracer_provider: TracerProvider | None = None
     app = FastAPI(title="TuneFleet", version="0.1.0", lifespan=lifespan,
                   description="Fine-tune open LLMs on rented GPUs. Every route but /healthz needs "
                               "'Authorization: Bearer <api key>'.")
+    app.state.quotas = ProcessQuotas.from_settings(settings)
     install_error_handlers(app)
     app.add_middleware(KeyFirst)
     install_tracing(app, tracer_provider)

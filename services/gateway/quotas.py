@@ -10,10 +10,12 @@ from __future__ import annotations
 import contextlib
 from collections import Counter
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 import asyncpg
 
 from shared.errors import QuotaExceeded
+from shared.settings import Settings
 from shared.states import TERMINAL
 
 
@@ -44,12 +46,19 @@ class UserSlots:
             self.give_back(user)
 
 
-def slots(app_state, name: str, what: str, limit: int, setting: str) -> UserSlots:
-    """The process's counter called ``name``, made on first use."""
-    registry = app_state.__dict__.setdefault("_quota_slots", {})
-    if name not in registry:
-        registry[name] = UserSlots(what, limit, setting)
-    return registry[name]
+@dataclass(frozen=True)
+class ProcessQuotas:
+    """The per-user counters of one gateway process, made with the app from its settings."""
+
+    preflights: UserSlots
+    streams: UserSlots
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ProcessQuotas:
+        return cls(preflights=UserSlots("preflights", settings.max_preflights_per_user,
+                                        "TUNEFLEET_MAX_PREFLIGHTS_PER_USER"),
+                   streams=UserSlots("event streams", settings.max_streams_per_user,
+                                     "TUNEFLEET_MAX_STREAMS_PER_USER"))
 
 
 async def check_local_jobs(conn: asyncpg.Connection, user_id: str, limit: int) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 
-from services.gateway.quotas import slots
 from services.gateway.routes import preflight as preflight_route
 
 from .conftest import gateway_client
@@ -60,7 +59,7 @@ async def test_event_streams_are_capped_per_user(migrated, api_key, pool):
         ds = (await upload(client, api_key, INSTRUCTION_ROWS)).json()["id"]
         job_id = (await client.post("/api/training/deploy/local", headers=auth(api_key),
                                     json={"config": config_for(ds, max_steps=1)})).json()["job_id"]
-        streams = slots(client._transport.app.state, "streams", "event streams", 2, "TUNEFLEET_MAX_STREAMS_PER_USER")
+        streams = client._transport.app.state.quotas.streams
         streams.take("alice")
         streams.take("alice")  # two streams of alice's are open
         third = await client.get(f"/api/training/jobs/{job_id}/events", headers=auth(api_key))

@@ -13,7 +13,6 @@ from shared import subjects
 from shared.states import JobStatus
 
 from ..deps import CurrentUser, PoolDep
-from ..quotas import slots
 from .jobs import job_public
 
 router = APIRouter(prefix="/api/training/jobs", tags=["events"])
@@ -24,9 +23,7 @@ async def job_events(job_id: uuid.UUID, request: Request, user: CurrentUser, poo
     """Server-sent events: first ``snapshot`` (the job as GET returns it), then ``status``, ``metrics`` and
     ``predictions`` as they happen. The stream ends after the job's final status."""
     snapshot = await job_public(pool, user, str(job_id))
-    settings = request.app.state.settings
-    quota = slots(request.app.state, "streams", "event streams", settings.max_streams_per_user,
-                  "TUNEFLEET_MAX_STREAMS_PER_USER")
+    quota = request.app.state.quotas.streams
     quota.take(user)
     sub = None
     closed = False

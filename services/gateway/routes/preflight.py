@@ -14,7 +14,6 @@ from shared.settings import Settings
 
 from ..deploying import load_configuration, resolve_data
 from ..deps import CurrentUser, PoolDep, SettingsDep
-from ..quotas import slots
 from ..schemas import DeploymentRequest
 
 router = APIRouter(prefix="/api/training", tags=["preflight"])
@@ -62,7 +61,5 @@ async def preflight(body: DeploymentRequest, request: Request, user: CurrentUser
 async def run_user_preflight(request: Request, settings: Settings, user: str, config_json: str, data_path: str,
                              data_format: str) -> dict:
     """``run_preflight_process`` within the user's share: at most ``max_preflights_per_user`` at once (429)."""
-    quota = slots(request.app.state, "preflights", "preflights", settings.max_preflights_per_user,
-                  "TUNEFLEET_MAX_PREFLIGHTS_PER_USER")
-    async with quota.hold(user):
+    async with request.app.state.quotas.preflights.hold(user):
         return await run_preflight_process(config_json, data_path, data_format)
