@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import nats
 from faststream import AckPolicy
@@ -11,8 +12,9 @@ from nats.js.api import RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import NotFoundError
 
 from shared import subjects
-from shared.error_policy import MAX_DELIVER
+from shared.error_policy import DEAD_AFTER
 from shared.events import Message
+from shared.waiting import until_reachable
 
 log = logging.getLogger(__name__)
 
@@ -26,15 +28,46 @@ STREAM_CONFIGS = [
     StreamConfig(name=subjects.EVENTS_STREAM, subjects=subjects.EVENTS_SUBJECTS,
                  retention=RetentionPolicy.LIMITS, storage=StorageType.FILE,
                  max_age=7 * 24 * 3600, duplicate_window=DUPLICATE_WINDOW_S),
+    # Kept until replayed or discarded: no age or size limit, so nothing in it is ever dropped.
+    StreamConfig(name=subjects.DEAD_LETTERS_STREAM, subjects=[f"{subjects.DEAD_LETTERS_PREFIX}.>"],
+                 retention=RetentionPolicy.LIMITS, storage=StorageType.FILE, duplicate_window=DUPLICATE_WINDOW_S),
 ]
 
 COMMANDS = JStream(subjects.COMMANDS_STREAM, declare=False)
 EVENTS = JStream(subjects.EVENTS_STREAM, declare=False)
 
 
+#: Every connection to NATS: reconnect for as long as it takes (a restarted server is found again), quickly.
+RECONNECT: dict[str, Any] = {"max_reconnect_attempts": -1, "reconnect_time_wait": 1.0, "connect_timeout": 5}
+
+
+async def connect(nats_url: str, name: str) -> nats.NATS:
+    """A NATS connection that keeps reconnecting (saying so once per outage, not once per try); the first connect
+    is retried until the server answers."""
+    state = {"down": False}
+
+    async def on_error(exc: Exception) -> None:
+        if not state["down"]:
+            log.warning("%s: NATS connection error (%s: %s); reconnecting", name, type(exc).__name__, exc)
+        state["down"] = True
+
+    async def on_disconnected() -> None:
+        if not state["down"]:
+            log.warning("%s: disconnected from NATS; reconnecting", name)
+        state["down"] = True
+
+    async def on_reconnected() -> None:
+        state["down"] = False
+        log.info("%s: reconnected to NATS", name)
+
+    return await until_reachable(lambda: nats.connect(
+        nats_url, name=name, error_cb=on_error, disconnected_cb=on_disconnected, reconnected_cb=on_reconnected,
+        **RECONNECT), "NATS")
+
+
 async def ensure_streams(nats_url: str) -> None:
     """Create or update TuneFleet's streams; safe to call from every service at every start."""
-    nc = await nats.connect(nats_url, connect_timeout=5)
+    nc = await connect(nats_url, "tunefleet-streams")
     try:
         js = nc.jetstream()
         for config in STREAM_CONFIGS:
@@ -73,10 +106,11 @@ class Bus:
 def durable_consumer(durable: str) -> dict:
     """Subscriber keyword arguments for a durable pull consumer, shared by every copy of a service
     (so N copies split the work), that acks after the handler and redelivers when it raises, with the delays
-    of ``shared.error_policy``."""
+    of ``shared.error_policy``. JetStream would stop delivering after ``max_deliver``: the policy moves a message
+    to the dead letters before that (``DEAD_AFTER``), so none is ever dropped silently."""
     return {
         "durable": durable,
         "pull_sub": PullSub(batch_size=16, timeout=1.0),
         "ack_policy": AckPolicy.NACK_ON_ERROR,
-        "config": ConsumerConfig(ack_wait=60, max_deliver=MAX_DELIVER),
+        "config": ConsumerConfig(ack_wait=60, max_deliver=DEAD_AFTER + 10),
     }

@@ -16,11 +16,12 @@ from faststream.nats.opentelemetry import NatsTelemetryMiddleware
 from opentelemetry.sdk.trace import TracerProvider
 
 from shared import subjects
-from shared.bus import ensure_streams
+from shared.bus import RECONNECT, ensure_streams
 from shared.db import apply_migrations, create_pool
 from shared.error_policy import ErrorPolicy
 from shared.settings import Settings
 from shared.telemetry import setup_tracing
+from shared.waiting import until_reachable
 
 log = logging.getLogger(__name__)
 
@@ -41,13 +42,38 @@ def make_broker(settings: Settings, service: str, tracer_provider: TracerProvide
         middlewares=[NatsTelemetryMiddleware(tracer_provider=tracer_provider), ErrorPolicy],
         graceful_timeout=settings.stop_grace_seconds,
         log_level=logging.DEBUG,
+        **RECONNECT,
     )
 
 
-def add_health_responder(broker: NatsBroker, service: str) -> None:
+#: How long the health answer waits for PostgreSQL before calling it unreachable.
+DB_CHECK_TIMEOUT_S = 1.0
+
+
+async def connections(broker: NatsBroker, pool: asyncpg.Pool | None) -> dict:
+    """What this process sees of its servers: NATS (connected, reconnects so far) and PostgreSQL (answers a query
+    within ``DB_CHECK_TIMEOUT_S``, or the error it gave)."""
+    try:
+        nc = broker.connection
+        seen: dict = {"nats": {"connected": nc.is_connected, "reconnects": int(nc.stats.get("reconnects", 0))}}
+    except Exception:  # not connected yet
+        seen = {"nats": {"connected": False, "reconnects": 0}}
+    if pool is not None:
+        try:
+            await asyncio.wait_for(pool.fetchval("SELECT 1"), DB_CHECK_TIMEOUT_S)
+            seen["postgres"] = {"ok": True}
+        except Exception as exc:  # down, restarting, or too slow: all mean "cannot work now"
+            seen["postgres"] = {"ok": False, "error": f"{type(exc).__name__}: {exc}"[:200]}
+    return seen
+
+
+def add_health_responder(broker: NatsBroker, service: str, pool: asyncpg.Pool | None = None) -> None:
+    """Answer on the service's health subject: ready when PostgreSQL answers too."""
+
     @broker.subscriber(subjects.health(service), include_in_schema=False)
     async def _health() -> dict:
-        return {"service": service, "ready": True}
+        seen = await connections(broker, pool)
+        return {"service": service, "ready": seen.get("postgres", {}).get("ok", True), "connections": seen}
 
 
 @dataclass
@@ -62,11 +88,12 @@ class ServiceContext:
 @asynccontextmanager
 async def service_resources(service: str, settings: Settings, *, owns: tuple[str, ...] = (),
                             tracer_provider: TracerProvider | None = None) -> AsyncIterator[ServiceContext]:
-    """Pool, migrations of the tables ``owns`` names, streams, and an unstarted broker."""
-    pool = await create_pool(settings.require_database_url(), min_size=settings.db_pool_min,
-                             max_size=settings.db_pool_max)
+    """Pool, migrations of the tables ``owns`` names, streams, and an unstarted broker; waits for PostgreSQL and
+    NATS for as long as they take to answer."""
+    pool = await until_reachable(lambda: create_pool(settings.require_database_url(), min_size=settings.db_pool_min,
+                                                     max_size=settings.db_pool_max), "PostgreSQL")
     try:
-        await apply_migrations(pool, *owns)
+        await until_reachable(lambda: apply_migrations(pool, *owns), "PostgreSQL")
         await ensure_streams(settings.require_nats_url())
         broker = make_broker(settings, service, tracer_provider)
         yield ServiceContext(settings=settings, broker=broker, pool=pool, tracer_provider=tracer_provider)
@@ -100,7 +127,7 @@ def run_service(service: str, owns: tuple[str, ...],
     async def main() -> None:
         async with service_resources(service, settings, owns=owns, tracer_provider=tracer_provider) as ctx:
             hooks = await wire(ctx) or Hooks()
-            add_health_responder(ctx.broker, service)
+            add_health_responder(ctx.broker, service, ctx.pool)
             await ctx.broker.start()
             if hooks.after_start is not None:
                 await hooks.after_start()

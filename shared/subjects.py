@@ -61,5 +61,9 @@ EVENTS_STREAM = "TUNEFLEET_EVENTS"
 #: ``tunefleet.job.<id>.metrics`` / ``.predictions`` for whoever listens.
 EVENTS_SUBJECTS = [f"{PREFIX}.job.*.status", f"{PREFIX}.workload.>", f"{PREFIX}.model.>"]
 
+#: Messages no subscriber could handle (``shared.dead_letters``), on ``tunefleet.dead.<consumer>``.
+DEAD_LETTERS_STREAM = "TUNEFLEET_DEAD_LETTERS"
+DEAD_LETTERS_PREFIX = f"{PREFIX}.dead"
+
 SERVICES = ("gateway", "scheduler", "provider_local", "provider_runpod", "provider_lambda", "metrics_ingest",
             "model_registry")

@@ -30,10 +30,15 @@ def database_url(postgres: EmbeddedPostgres) -> str:
 
 
 @pytest.fixture
-def nats_url(tmp_path: Path) -> str:
+def nats_server(tmp_path: Path) -> EmbeddedNats:
     server = EmbeddedNats(tmp_path / "nats", port=free_port()).start()
-    yield server.url
+    yield server
     server.stop()
+
+
+@pytest.fixture
+def nats_url(nats_server: EmbeddedNats) -> str:
+    return nats_server.url
 
 
 @pytest.fixture(scope="session")

@@ -54,6 +54,10 @@ class FakeJobs:
         self.histories[job_id].append(t)
         return t
 
+    async def recorded(self, source_event_ids: list[str]) -> list[tuple[str, Transition]]:
+        wanted = set(source_event_ids)
+        return [(source, t) for source, t in self._by_source.items() if source in wanted]
+
     async def observe(self, job_id: str, *, log_tail: str | None, cost_usd: float | None,
                       resource_id: str | None = None) -> None:
         row = self.rows[job_id]

@@ -1,17 +1,37 @@
-"""The embedded infrastructure: a NATS server with JetStream and a PostgreSQL under the data folder."""
+"""The embedded infrastructure: a NATS server with JetStream and a PostgreSQL under the data folder.
+
+Both ask for a password, generated on first start and kept in the data folder, readable by its owner only: NATS
+``user:password`` travels in its URL, PostgreSQL's in its ``postgresql://`` URL, which ``tunefleet up`` hands to
+its services and nobody else. Each runs in the foreground as a child process, so that ``tunefleet up`` can watch
+it and start it again (``spawn``) when it dies.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
+import os
+import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psutil
+
 log = logging.getLogger(__name__)
+
+NATS_USER = "tunefleet"
+PG_USER = "postgres"
+PG_DATABASE = "tunefleet"
+#: PostgreSQL refuses to run as root; as root, the server runs as this system user (as pgserver does).
+PG_SYSTEM_USER = "pgserver"
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -39,6 +59,53 @@ def wait_for_port(port: int, host: str = "127.0.0.1", timeout: float = 20.0) -> 
     raise TimeoutError(f"nothing listens on {host}:{port} after {timeout:.0f}s")
 
 
+def owner_only_secret(path: Path, nbytes: int = 32) -> str:
+    """The secret in ``path``, made on first use (URL-safe text) and readable by its owner only."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileExistsError):
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_urlsafe(nbytes))
+    return path.read_text().strip()
+
+
+def _write_owner_only(path: Path, text: str) -> None:
+    partial = path.with_name(path.name + ".partial")
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    partial.replace(path)
+
+
+def stop_process(process: subprocess.Popen | None, sig: int = signal.SIGTERM, timeout: float = 30.0) -> None:
+    if process is None or process.poll() is not None:
+        return
+    process.send_signal(sig)
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def _stop_stale(pid: int, marker: str, sig: int) -> None:
+    """Stop a server left running by an earlier stack (one killed hard): only a process whose command line
+    names ``marker`` (its own data folder), so a recycled pid is never touched."""
+    try:
+        process = psutil.Process(pid)
+        if marker not in " ".join(process.cmdline()):
+            return
+        log.warning("stopping a server left running from an earlier start (pid %s)", pid)
+        process.send_signal(sig)
+        process.wait(30)
+    except psutil.TimeoutExpired:
+        with contextlib.suppress(psutil.Error):
+            psutil.Process(pid).kill()
+    except psutil.Error:
+        pass
+
+
 def nats_server_binary() -> str:
     found = shutil.which("nats-server") or str(Path(sys.executable).with_name("nats-server"))
     if not Path(found).exists():
@@ -48,64 +115,241 @@ def nats_server_binary() -> str:
 
 @dataclass
 class EmbeddedNats:
-    """``nats-server -js`` storing its streams under ``data_dir``; stopped with SIGTERM."""
+    """``nats-server`` with JetStream storing its streams under ``data_dir``, one user with a password."""
 
     data_dir: Path
     port: int = 4222
     process: subprocess.Popen | None = field(default=None, repr=False)
 
     @property
-    def url(self) -> str:
-        return f"nats://127.0.0.1:{self.port}"
+    def password(self) -> str:
+        return owner_only_secret(self.data_dir / "password")
 
-    def start(self) -> EmbeddedNats:
+    @property
+    def url(self) -> str:
+        return f"nats://{NATS_USER}:{self.password}@127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 20.0) -> EmbeddedNats:
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        pid_file = self.data_dir / "nats.pid"
+        if pid_file.exists():
+            with contextlib.suppress(ValueError, OSError):
+                _stop_stale(int(pid_file.read_text()), str(self.data_dir / "nats.conf"), signal.SIGTERM)
         if not port_is_free(self.port):
             self.port = free_port()
-        logfile = open(self.data_dir / "nats.log", "ab")  # noqa: SIM115 - owned by the process
-        self.process = subprocess.Popen(
-            [nats_server_binary(), "-js", "-sd", str(self.data_dir), "-a", "127.0.0.1", "-p", str(self.port)],
-            stdout=logfile, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        logfile.close()
-        wait_for_port(self.port)
+        self.process = self.spawn()
+        wait_for_port(self.port, timeout=timeout)
+        (self.data_dir / "port").write_text(str(self.port))
         return self
 
+    @classmethod
+    def running(cls, data_dir: Path) -> EmbeddedNats | None:
+        """The server a stack started under ``data_dir`` and that still runs, or None."""
+        try:
+            pid, port = int((data_dir / "nats.pid").read_text()), int((data_dir / "port").read_text())
+        except (OSError, ValueError):
+            return None
+        return cls(data_dir, port) if psutil.pid_exists(pid) and not port_is_free(port) else None
+
+    def spawn(self) -> subprocess.Popen:
+        """Start the server on ``self.port`` (again); returns at once."""
+        config = self.data_dir / "nats.conf"
+        _write_owner_only(config, "\n".join([
+            f"host: 127.0.0.1\nport: {self.port}",
+            f"pid_file: {json.dumps(str(self.data_dir / 'nats.pid'))}",
+            f"jetstream {{ store_dir: {json.dumps(str(self.data_dir))} }}",
+            f"authorization {{ user: {json.dumps(NATS_USER)}, password: {json.dumps(self.password)} }}", ""]))
+        with open(self.data_dir / "nats.log", "ab") as logfile:
+            self.process = subprocess.Popen([nats_server_binary(), "-c", str(config)], stdout=logfile,
+                                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                            start_new_session=True)
+        return self.process
+
     def stop(self, timeout: float = 10.0) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process, signal.SIGTERM, timeout)
+
+
+def _postgres_bin() -> Path:
+    import pgserver
+
+    return Path(pgserver.__file__).parent / "pginstall" / "bin"
 
 
 @dataclass
 class EmbeddedPostgres:
-    """PostgreSQL from the pgserver package, listening on a Unix socket; the database is ``tunefleet``."""
+    """PostgreSQL from the pgserver package's binaries, on a Unix socket only, password (SCRAM) required; the
+    database is ``tunefleet``. The password is kept beside the data folder, in ``<data_dir>.password``."""
 
     data_dir: Path
-    server: object | None = field(default=None, repr=False)
+    process: subprocess.Popen | None = field(default=None, repr=False)
+    socket_dir: Path | None = None
 
-    def start(self) -> EmbeddedPostgres:
-        import pgserver
+    @property
+    def password(self) -> str:
+        return owner_only_secret(self.data_dir.with_name(self.data_dir.name + ".password"))
 
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.server = pgserver.get_server(self.data_dir, cleanup_mode="stop")
-        exists = self.server.psql("SELECT 1 FROM pg_database WHERE datname = 'tunefleet';")
-        if "1 row" not in exists:
-            self.server.psql("CREATE DATABASE tunefleet;")
-        return self
+    @property
+    def _system_user(self) -> str | None:
+        return PG_SYSTEM_USER if os.geteuid() == 0 else None
+
+    def uri(self, database: str) -> str:
+        return f"postgresql://{PG_USER}:{self.password}@/{database}?host={self.socket_dir}"
 
     @property
     def url(self) -> str:
-        return self.server.get_uri("tunefleet")
+        return self.uri(PG_DATABASE)
+
+    def start(self, timeout: float = 60.0) -> EmbeddedPostgres:
+        from pgserver.utils import find_suitable_socket_dir
+
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._prepare_user()
+        self._stop_stale()
+        if not (self.data_dir / "PG_VERSION").exists():
+            self._initdb()
+        if self.socket_dir is None:
+            runtime = Path(os.environ.get("XDG_RUNTIME_DIR") or "/tmp") / "tunefleet-pg"
+            self.socket_dir = find_suitable_socket_dir(self.data_dir, runtime)
+            if self.socket_dir != self.data_dir:
+                self.socket_dir.chmod(0o777)
+        trusting = self._trusts_local()
+        self.process = self.spawn()
+        self.wait_ready(timeout)
+        if trusting:
+            self._require_password()
+        if self.psql("postgres", f"SELECT 1 FROM pg_database WHERE datname = '{PG_DATABASE}'").strip() != "1":
+            self.psql("postgres", f'CREATE DATABASE "{PG_DATABASE}"')
+        return self
+
+    def spawn(self) -> subprocess.Popen:
+        """Start the server (again) in the foreground; returns at once."""
+        self._wait_for_old_backends()
+        argv = [str(_postgres_bin() / "postgres"), "-D", str(self.data_dir), "-k", str(self.socket_dir),
+                "-c", "listen_addresses=",
+                # after a crash, sync the data folder's file system at once rather than file by file
+                "-c", "recovery_init_sync_method=syncfs"]
+        with open(self.data_dir.with_name(self.data_dir.name + ".log"), "ab") as logfile:
+            self.process = subprocess.Popen(argv, stdout=logfile, stderr=subprocess.STDOUT,
+                                            stdin=subprocess.DEVNULL, start_new_session=True,
+                                            user=self._system_user)
+        return self.process
+
+    def _wait_for_old_backends(self, timeout: float = 15.0) -> None:
+        """After a server is killed, its backends stay attached to its shared memory for a moment, and a new
+        server refuses to start until they are gone: wait for them (Linux's /proc/sysvipc/shm tells)."""
+        try:
+            shmid = self.data_dir.joinpath("postmaster.pid").read_text().splitlines()[6].split()[1]
+        except (OSError, IndexError):
+            return
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                rows = [line.split() for line in Path("/proc/sysvipc/shm").read_text().splitlines()[1:]]
+            except OSError:
+                return
+            if not any(row[1] == shmid and row[6] != "0" for row in rows):
+                return
+            time.sleep(0.05)
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process is not None and self.process.poll() is not None:
+                raise RuntimeError(f"PostgreSQL exited with code {self.process.returncode}; see "
+                                   f"{self.data_dir.with_name(self.data_dir.name + '.log')}")
+            ready = subprocess.run([str(_postgres_bin() / "pg_isready"), "-q", "-h", str(self.socket_dir)],
+                                   check=False)
+            if ready.returncode == 0:
+                return
+            time.sleep(0.1)
+        raise TimeoutError(f"PostgreSQL was not ready after {timeout:.0f}s")
+
+    def psql(self, database: str, sql: str) -> str:
+        """Run one statement with psql; the password travels in its environment, never on a command line."""
+        env = {"PATH": os.environ.get("PATH", ""), "PGPASSWORD": self.password, "PGCONNECT_TIMEOUT": "10"}
+        done = subprocess.run([str(_postgres_bin() / "psql"), "-h", str(self.socket_dir), "-U", PG_USER,
+                               "-d", database, "-v", "ON_ERROR_STOP=1", "-tAc", sql],
+                              env=env, capture_output=True, text=True, timeout=60, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"psql failed: {done.stderr.strip()}")
+        return done.stdout
 
     def create_database(self, name: str) -> str:
-        self.server.psql(f'CREATE DATABASE "{name}";')
-        return self.server.get_uri(name)
+        self.psql("postgres", f'CREATE DATABASE "{name}"')
+        return self.uri(name)
 
-    def stop(self) -> None:
-        if self.server is not None:
-            self.server.cleanup()
-            self.server = None
+    def stop(self, timeout: float = 30.0) -> None:
+        stop_process(self.process, signal.SIGINT, timeout)  # SIGINT: PostgreSQL's fast shutdown
+
+    # -- set-up --------------------------------------------------------------------------------------------
+
+    def _prepare_user(self) -> None:
+        if self._system_user is None:
+            return
+        from pgserver.utils import ensure_folder_permissions, ensure_user_exists
+
+        entry = ensure_user_exists(self._system_user)
+        folder = self.data_dir.parent
+        while True:  # the server's user must traverse to its folder (not list what is beside it)
+            folder.chmod(folder.stat().st_mode | 0o011)
+            if folder == folder.parent:
+                break
+            folder = folder.parent
+        ensure_folder_permissions(_postgres_bin(), 0o055)
+        ensure_folder_permissions(_postgres_bin().parent / "lib", 0o044)
+        if self.data_dir.stat().st_uid != entry.pw_uid:
+            os.chown(self.data_dir, entry.pw_uid, entry.pw_gid)
+
+    def _stop_stale(self) -> None:
+        pid_file = self.data_dir / "postmaster.pid"
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            _stop_stale(int(pid_file.read_text().splitlines()[0]), str(self.data_dir), signal.SIGINT)
+
+    def _initdb(self) -> None:
+        with tempfile.TemporaryDirectory(prefix="tunefleet-initdb-") as folder:
+            pwfile = Path(folder) / "password"
+            _write_owner_only(pwfile, self.password)
+            if self._system_user is not None:
+                import pwd
+
+                entry = pwd.getpwnam(self._system_user)
+                for path in (Path(folder), pwfile):
+                    os.chown(path, entry.pw_uid, entry.pw_gid)
+            done = subprocess.run(
+                [str(_postgres_bin() / "initdb"), "-D", str(self.data_dir), "-U", PG_USER, "--encoding=utf8",
+                 "--auth=scram-sha-256", f"--pwfile={pwfile}"],
+                capture_output=True, text=True, user=self._system_user, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"initdb failed: {done.stderr.strip()}")
+
+    def _trusts_local(self) -> bool:
+        """A data folder made before passwords were required (pgserver's ``trust``)."""
+        hba = self.data_dir / "pg_hba.conf"
+        return any(line.split()[-1:] == ["trust"] for line in hba.read_text().splitlines()
+                   if line.strip() and not line.lstrip().startswith("#"))
+
+    def _require_password(self) -> None:
+        """Give the server's user a password, then accept no connection without it."""
+        env = {"PATH": os.environ.get("PATH", ""), "PGCONNECT_TIMEOUT": "10"}
+        statement = f"ALTER USER {PG_USER} PASSWORD '{self.password}'"  # URL-safe text: nothing to escape
+        subprocess.run([str(_postgres_bin() / "psql"), "-h", str(self.socket_dir), "-U", PG_USER, "-d", "postgres",
+                        "-v", "ON_ERROR_STOP=1", "-qc", statement], env=env, check=True, capture_output=True,
+                       timeout=60)
+        hba = self.data_dir / "pg_hba.conf"
+        lines = [" ".join([*line.split()[:-1], "scram-sha-256"]) if line.split()[-1:] == ["trust"]
+                 and not line.lstrip().startswith("#") else line for line in hba.read_text().splitlines()]
+        hba.write_text("\n".join(lines) + "\n")
+        self.psql("postgres", "SELECT pg_reload_conf()")
+        deadline = time.monotonic() + 30
+        while self._connects_without_password():  # the server reads the new rules a moment after the signal
+            if time.monotonic() > deadline:
+                raise RuntimeError("PostgreSQL still accepts connections without a password after reloading "
+                                   f"{hba}")
+            time.sleep(0.1)
+        log.info("the embedded PostgreSQL now requires its password")
+
+    def _connects_without_password(self) -> bool:
+        env = {"PATH": os.environ.get("PATH", ""), "PGCONNECT_TIMEOUT": "10"}
+        return subprocess.run([str(_postgres_bin() / "psql"), "-h", str(self.socket_dir), "-U", PG_USER,
+                               "-d", "postgres", "-w", "-qc", "SELECT 1"], env=env, capture_output=True,
+                              timeout=60, check=False).returncode == 0

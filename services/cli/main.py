@@ -13,7 +13,7 @@ from rich.console import Console
 from shared.db import create_pool
 from shared.settings import Settings
 
-from .embedded import EmbeddedPostgres
+from .embedded import EmbeddedNats, EmbeddedPostgres
 from .stack import Stack, migrate_all
 
 warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
@@ -21,6 +21,8 @@ warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
 app = typer.Typer(help="TuneFleet: fine-tune open LLMs on rented GPUs.", no_args_is_help=True)
 keys = typer.Typer(help="API keys.")
 app.add_typer(keys, name="keys")
+dead = typer.Typer(help="Messages no service could handle, kept in NATS until replayed or discarded.")
+app.add_typer(dead, name="dead-letters")
 console = Console()
 
 
@@ -85,6 +87,82 @@ def _with_database(work):
     finally:
         if postgres is not None:
             postgres.stop()
+
+
+def _with_nats(work):
+    """Run ``work(nc)`` on the stack's NATS: TUNEFLEET_NATS_URL, else the embedded server a running
+    ``tunefleet up`` started."""
+    from shared.bus import connect
+
+    settings = Settings()
+    url = settings.nats_url
+    if not url:
+        running = EmbeddedNats.running(settings.home / "nats")
+        if running is None:
+            console.print(f"[red]no NATS:[/] start the stack (tunefleet up, data in {settings.home}) or set "
+                          "TUNEFLEET_NATS_URL")
+            raise typer.Exit(1)
+        url = running.url
+
+    async def run():
+        nc = await asyncio.wait_for(connect(url, "tunefleet-cli"), 15)
+        try:
+            return await work(nc)
+        finally:
+            await nc.close()
+
+    return asyncio.run(run())
+
+
+@dead.command("list")
+def dead_list(limit: int = typer.Option(100, help="At most this many, oldest first.")) -> None:
+    """List dead letters: sequence, the subject and consumer that failed, when, after how many deliveries, why."""
+    from shared.dead_letters import DeadLetters
+
+    async def work(nc):
+        letters = DeadLetters(nc)
+        return await letters.count(), await letters.list(limit)
+
+    count, letters = _with_nats(work)
+    for letter in letters:
+        typer.echo(f"{letter.seq}  {letter.subject}  consumer={letter.consumer}  deliveries={letter.deliveries}  "
+                   f"{letter.failed_at}  {letter.error}")
+    typer.echo(f"{count} dead letter(s)", err=True)
+
+
+@dead.command("replay")
+def dead_replay(seqs: list[int] = typer.Argument(None, help="Sequences from `tunefleet dead-letters list`."),
+                every: bool = typer.Option(False, "--all", help="Replay every dead letter.")) -> None:
+    """Publish dead letters again on their original subjects (once what made them fail is mended), and remove
+    them. Handlers are idempotent: a subscriber that had handled one sees a harmless repeat."""
+    from shared.dead_letters import DeadLetters
+
+    if every == bool(seqs):
+        console.print("[red]name the dead letters by sequence (see `tunefleet dead-letters list`), or pass --all")
+        raise typer.Exit(2)
+
+    async def work(nc):
+        letters = DeadLetters(nc)
+        wanted = seqs or [letter.seq for letter in await letters.list(10**6)]
+        for seq in wanted:
+            letter = await letters.replay(seq)
+            typer.echo(f"replayed {seq} on {letter.subject}")
+        return len(wanted)
+
+    typer.echo(f"{_with_nats(work)} replayed", err=True)
+
+
+@dead.command("discard")
+def dead_discard(seqs: list[int] = typer.Argument(..., help="Sequences from `tunefleet dead-letters list`.")) -> None:
+    """Remove dead letters for good."""
+    from shared.dead_letters import DeadLetters
+
+    async def work(nc):
+        for seq in seqs:
+            await DeadLetters(nc).discard(seq)
+            typer.echo(f"discarded {seq}")
+
+    _with_nats(work)
 
 
 @keys.command("list")

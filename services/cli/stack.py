@@ -23,7 +23,7 @@ from shared.db import apply_migrations, create_pool
 from shared.sealing import generate_keypair
 from shared.settings import Settings
 
-from .embedded import EmbeddedNats, EmbeddedPostgres, free_port, wait_for_port
+from .embedded import EmbeddedNats, EmbeddedPostgres, free_port, owner_only_secret, wait_for_port
 from .supervisor import Supervisor
 
 log = logging.getLogger(__name__)
@@ -38,13 +38,7 @@ STOP_ORDER = ("gateway", "provider_local", "provider_runpod", "provider_lambda",
 
 def secret_key(home: Path) -> str:
     """The data folder's secret key, made on first use and readable by its owner only."""
-    path = home / "secret_key"
-    if not path.exists():
-        home.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(secrets.token_urlsafe(48))
-    return path.read_text().strip()
+    return owner_only_secret(home / "secret_key", 48)
 
 
 async def migrate_all(database_url: str) -> None:
@@ -150,7 +144,12 @@ class Stack:
             self.processes[service] = self.spawn(service)
 
     def spawn(self, service: str) -> subprocess.Popen:
-        """Start one service as its own process, its output appended to its log."""
+        """Start one service (or the embedded NATS or PostgreSQL) as its own process, its output appended to its
+        log."""
+        if service == "nats" and self.nats is not None:
+            return self.nats.spawn()
+        if service == "postgres" and self.postgres is not None:
+            return self.postgres.spawn()
         env = {k: v for k, v in self.env.items() if k != "TUNEFLEET_SECRETS_PRIVATE_KEY"}
         if service.startswith("provider_"):
             env["TUNEFLEET_SECRETS_PRIVATE_KEY"] = self.sealing_keys[1]
@@ -163,11 +162,14 @@ class Stack:
         stopping = threading.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda _s, _f: stopping.set())
-        supervisor = Supervisor(self.settings.home, {n: p for n, p in self.processes.items() if n != "sandbox"},
-                                self.spawn)
+        watched = {n: p for n, p in self.processes.items() if n != "sandbox"}
+        for name, server in (("nats", self.nats), ("postgres", self.postgres)):
+            if server is not None:
+                watched[name] = server.process
+        supervisor = Supervisor(self.settings.home, watched, self.spawn)
         while not stopping.wait(every_s):
             supervisor.check()
-            self.processes.update(supervisor.processes)
+            self.processes.update({n: p for n, p in supervisor.processes.items() if n not in ("nats", "postgres")})
 
     def wait_ready(self, timeout: float = 90.0) -> None:
         deadline = time.monotonic() + timeout

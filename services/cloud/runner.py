@@ -23,6 +23,7 @@ from shared.credential_store import MissingCredentials, load_credentials
 from shared.errors import ProviderError, ProviderTransient
 from shared.events import ProvisionJob, WorkloadPhase, WorkloadReported
 from shared.jobspec import TrainerResult
+from shared.outbox import Outbox
 from shared.providers import Compute, Provisioned, ResourceStatus, WorkloadRequest, resource_name
 from shared.settings import Settings
 from shared.tokens import job_token
@@ -59,7 +60,9 @@ class CloudRunner:
 
     def __post_init__(self) -> None:
         self.provider = self.compute.name
-        self.workloads = CloudWorkloads(self.pool, f"{self.provider.replace('-', '_')}_workloads")
+        table = self.provider.replace("-", "_")
+        self.workloads = CloudWorkloads(self.pool, f"{table}_workloads")
+        self.outbox = Outbox(self.pool, f"{table}_outbox")
         self._limit = asyncio.Semaphore(self.settings.poll_concurrency)
 
     def _event(self, job_id: str, attempt: int, phase: WorkloadPhase, **kw) -> WorkloadReported:
@@ -105,7 +108,10 @@ class CloudRunner:
         if await self.workloads.stop_requested(cmd.job_id):
             await self._end(cmd.job_id, cmd.attempt, WorkloadPhase.STOPPED, message="stopped before it started")
             return
-        await self.report(self._event(cmd.job_id, cmd.attempt, WorkloadPhase.PROVISIONING))
+        try:  # best effort: polls report provisioning too, and a redelivery would find the claim and stop here
+            await self.report(self._event(cmd.job_id, cmd.attempt, WorkloadPhase.PROVISIONING))
+        except Exception as exc:
+            log.warning("job %s: reporting provisioning failed (%s); polls will report it", cmd.job_id, exc)
         try:
             credentials = await self.credentials(cmd.user_id)
             await asyncio.to_thread(
@@ -153,10 +159,16 @@ class CloudRunner:
 
     # Polling --------------------------------------------------------------------------------------------
 
+    async def recover(self) -> None:
+        """At start: publish the ends that a stop or crash left unsent."""
+        await self.outbox.relay(self.report, older_than_s=0)
+
     async def poll_forever(self) -> None:
         rounds = 0
         while True:
             try:
+                await self.outbox.relay(self.report)
+                await self._deliver_pending_spools()
                 if self.compute.reconciles and rounds % self.reconcile_every == 0:
                     await self.reconcile()
                 await self.poll_once()
@@ -274,13 +286,23 @@ class CloudRunner:
         await self.workloads.reported(str(row["job_id"]), row["attempt"])
 
     async def _finish(self, row: asyncpg.Record, result: TrainerResult, folder: Path) -> None:
-        """The workload reported its end: end the resource, deliver what it could not, report how it ended."""
+        """The workload reported its end: end the resource, deliver what it could not (later, if ingest is away
+        now), report how it ended."""
         job_id, attempt = str(row["job_id"]), row["attempt"]
         await self._terminate(row)
-        await asyncio.to_thread(replay_spool, self.settings, job_id, folder)
+        delivered = await asyncio.to_thread(replay_spool, self.settings, job_id, folder)
         tail = await asyncio.to_thread(read_log_tail, folder)
         await self._end(job_id, attempt, result_phase(result), result=_localised(result, folder),
-                        message=result.error_message, log_tail=tail, cost_usd=_cost(row))
+                        message=result.error_message, log_tail=tail, cost_usd=_cost(row),
+                        spool_pending=not delivered)
+
+    async def _deliver_pending_spools(self) -> None:
+        for row in await self.workloads.pending_spools():
+            job_id, attempt = str(row["job_id"]), row["attempt"]
+            folder = artifacts_dir(self.settings, job_id, attempt)
+            if await asyncio.to_thread(replay_spool, self.settings, job_id, folder):
+                await self.workloads.spool_delivered(job_id, attempt)
+                log.info("job %s attempt %s: spooled metrics delivered", job_id, attempt)
 
     async def _stop(self, row: asyncpg.Record, phase: WorkloadPhase, message: str, tail: str | None) -> None:
         log.warning("job %s attempt %s: %s", row["job_id"], row["attempt"], message.splitlines()[0])
@@ -325,9 +347,16 @@ class CloudRunner:
         except (ProviderError, MissingCredentials) as exc:
             log.warning("job %s: terminate failed (%s); reconciliation will retry", row["job_id"], exc.message)
 
-    async def _end(self, job_id: str, attempt: int, phase: WorkloadPhase, **kw) -> None:
-        if await self.workloads.ended(job_id, attempt):
-            await self.report(self._event(job_id, attempt, phase, **kw))
+    async def _end(self, job_id: str, attempt: int, phase: WorkloadPhase, *, spool_pending: bool = False,
+                   **kw) -> None:
+        """End the attempt and report how, once: the report is written with the end, in one transaction, and
+        published after it (again by the outbox relay if this process dies in between)."""
+        event = self._event(job_id, attempt, phase, **kw)
+        async with self.pool.acquire() as conn, conn.transaction():
+            if not await self.workloads.ended(conn, job_id, attempt, spool_pending=spool_pending):
+                return
+            await self.outbox.put(conn, event)
+        await self.outbox.send(self.report, event)
 
     async def close(self) -> None:
         await self.compute.close()

@@ -12,7 +12,8 @@ from shared.tokens import job_token
 log = logging.getLogger(__name__)
 
 SPOOL = "metrics-spool.jsonl"
-REPLAY_TIMEOUT_S = 60.0
+#: How long one attempt to deliver a spool may take; what is left is tried again on a later poll.
+REPLAY_TIMEOUT_S = 15.0
 
 
 def replay_spool(settings: Settings, job_id: str, folder: Path) -> bool:

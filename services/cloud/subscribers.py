@@ -32,6 +32,7 @@ def wire_provider(make_compute: Callable[[ServiceContext], Compute],
             await runner.terminate(cmd.job_id, cmd.user_id)
 
         async def start_polling() -> None:
+            await runner.recover()
             ctx.background.append(asyncio.create_task(runner.poll_forever(), name=f"{name}-poller"))
 
         return Hooks(after_start=start_polling, before_stop=runner.close)

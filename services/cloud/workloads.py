@@ -73,12 +73,20 @@ class CloudWorkloads:
         await self.pool.execute(
             f"UPDATE {self.table} SET reported_at = now() WHERE job_id = $1 AND attempt = $2", job_id, attempt)
 
-    async def ended(self, job_id: str, attempt: int) -> bool:
-        """Mark the attempt ended; False when it already was (so its end is reported once)."""
-        return await self.pool.fetchval(
-            f"""UPDATE {self.table} SET state = 'ended', state_since = now(), ended_at = now()
+    async def ended(self, conn: asyncpg.Connection, job_id: str, attempt: int, *, spool_pending: bool = False) -> bool:
+        """Mark the attempt ended, in the caller's transaction; False when it already was (so its end is reported
+        once). ``spool_pending``: metrics it spooled are still to be delivered (``pending_spools``)."""
+        return await conn.fetchval(
+            f"""UPDATE {self.table} SET state = 'ended', state_since = now(), ended_at = now(), spool_pending = $3
                 WHERE job_id = $1 AND attempt = $2 AND state <> 'ended' RETURNING true""",
-            job_id, attempt) is not None
+            job_id, attempt, spool_pending) is not None
+
+    async def pending_spools(self) -> list[asyncpg.Record]:
+        return await self.pool.fetch(f"SELECT job_id, attempt FROM {self.table} WHERE spool_pending")
+
+    async def spool_delivered(self, job_id: str, attempt: int) -> None:
+        await self.pool.execute(
+            f"UPDATE {self.table} SET spool_pending = false WHERE job_id = $1 AND attempt = $2", job_id, attempt)
 
     async def request_stop(self, job_id: str, user_id: str) -> list[asyncpg.Record]:
         """Flag every attempt of the job; returns the live ones. A job not started yet gets a tombstone."""

@@ -5,11 +5,10 @@ from __future__ import annotations
 import asyncio
 from contextlib import asynccontextmanager
 
-import nats
 from fastapi import FastAPI
 from opentelemetry.sdk.trace import TracerProvider
 
-from shared.bus import Bus
+from shared.bus import Bus, connect
 from shared.service import service_resources
 from shared.settings import Settings
 
@@ -40,7 +39,7 @@ def create_app(settings: Settings, tracer_provider: TracerProvider | None = None
         async with service_resources("gateway", settings, owns=("gateway",),
                                      tracer_provider=tracer_provider) as ctx:
             await ctx.broker.start()
-            nc = await nats.connect(settings.require_nats_url(), name="tunefleet-gateway-live")
+            nc = await connect(settings.require_nats_url(), "tunefleet-gateway-live")
             relay = asyncio.create_task(run_relay(ctx.pool, Bus(ctx.broker)), name="outbox-relay")
             app.state.settings, app.state.pool, app.state.broker, app.state.nc = settings, ctx.pool, ctx.broker, nc
             try:

@@ -11,7 +11,9 @@ import asyncpg
 from fastapi.responses import JSONResponse
 
 from shared.errors import Unauthorized
+from shared.waiting import OUTAGE
 
+from .errors import outage_response
 from .users import user_for_key
 
 SIGNED_PREFIX = "/api/bundles/"
@@ -44,6 +46,8 @@ class KeyFirst:
             authorization = headers.get(b"authorization", b"").decode("latin-1")
             try:
                 user = await authenticate(scope["app"].state.pool, authorization)
+            except OUTAGE as exc:
+                return await outage_response(exc)(scope, receive, send)
             except Unauthorized as exc:
                 response = JSONResponse(status_code=exc.http_status, content={"detail": exc.to_dict()},
                                         headers={"WWW-Authenticate": "Bearer", "Connection": "close"})

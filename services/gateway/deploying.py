@@ -10,12 +10,14 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import asyncpg
+from pydantic import ValidationError
 
 from shared.bus import Bus
 from shared.config import METHOD_FORMATS, DataFormat, TrainingConfig
 from shared.dataformats import DatasetError, validate_file
 from shared.errors import ConfigIncompatible, NotFound, ValidationFailed
 from shared.events import DeployRequested
+from shared.outbox import Outbox
 from shared.settings import Settings
 
 from .policy import check_configuration_policy, check_local_job, check_train_path
@@ -24,6 +26,8 @@ from .quotas import check_local_jobs
 log = logging.getLogger(__name__)
 
 RELAY_AFTER_S = 5.0
+#: The gateway's outbox for other commands (stop requests).
+OUTBOX = "gateway_outbox"
 
 
 @dataclass(frozen=True)
@@ -144,22 +148,41 @@ async def request_deploy(settings: Settings, pool: asyncpg.Pool, bus: Bus, *, us
     return cmd
 
 
+#: A published deploy that the scheduler has not turned into a job after this long is published again: the ack of
+#: JetStream says the command was stored, the job's row says it was taken.
+REPUBLISH_AFTER_S = 60.0
+
+
 async def relay_outbox(pool: asyncpg.Pool, bus: Bus) -> int:
-    """Publish accepted deploys whose first publish failed. Returns how many were sent."""
+    """Publish accepted deploys whose first publish failed, and again those the scheduler has not taken after
+    ``REPUBLISH_AFTER_S`` (the same message id: a copy JetStream still holds is dropped, and the scheduler creates
+    each job once). Returns how many were sent."""
     rows = await pool.fetch(
-        """SELECT job_id, message FROM deploy_requests
-           WHERE published_at IS NULL AND created_at < now() - make_interval(secs => $1)
-           ORDER BY created_at LIMIT 100""", RELAY_AFTER_S)
+        """SELECT d.job_id, d.message FROM deploy_requests d
+           WHERE (d.published_at IS NULL AND d.created_at < now() - make_interval(secs => $1))
+              OR (d.published_at < now() - make_interval(secs => $2)
+                  AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.id = d.job_id))
+           ORDER BY d.created_at LIMIT 100""", RELAY_AFTER_S, REPUBLISH_AFTER_S)
+    sent = 0
     for row in rows:
-        await bus.publish(DeployRequested.model_validate(row["message"]))
+        try:
+            cmd = DeployRequested.model_validate(row["message"])
+        except ValidationError:
+            log.error("deploy request of job %s cannot be read; it is not published", row["job_id"])
+            continue
+        await bus.publish(cmd)
         await pool.execute("UPDATE deploy_requests SET published_at = now() WHERE job_id = $1", row["job_id"])
-    return len(rows)
+        sent += 1
+    return sent
 
 
 async def run_relay(pool: asyncpg.Pool, bus: Bus, interval: float = RELAY_AFTER_S) -> None:
+    """The deploy relay and the gateway's outbox (stop requests), every ``interval`` seconds."""
+    outbox = Outbox(pool, OUTBOX)
     while True:
-        try:
-            await relay_outbox(pool, bus)
-        except Exception:
-            log.warning("outbox relay pass failed; retrying in %.0fs", interval, exc_info=True)
+        for name, relay in (("deploy", lambda: relay_outbox(pool, bus)), ("outbox", lambda: outbox.relay(bus.publish))):
+            try:
+                await relay()
+            except Exception as exc:
+                log.warning("%s relay pass failed (%s: %s); retrying in %.0fs", name, type(exc).__name__, exc, interval)
         await asyncio.sleep(interval)

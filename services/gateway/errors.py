@@ -9,7 +9,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
-from shared.errors import TuneFleetError
+from shared.errors import ServiceUnavailable, TuneFleetError
+from shared.waiting import OUTAGE
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +30,24 @@ def _validation_response(items: list[dict]) -> JSONResponse:
                                                              "errors": items}})
 
 
+#: Seconds a client is told to wait when PostgreSQL or NATS is away.
+RETRY_AFTER_S = 2
+
+
+def outage_response(exc: BaseException) -> JSONResponse:
+    """503 for a request that met PostgreSQL or NATS restarting (or the machine refusing I/O): the same request
+    may be sent again; what was accepted before is kept."""
+    log.warning("a server is unavailable: %s: %s", type(exc).__name__, exc)
+    error = ServiceUnavailable(f"the gateway could not reach what it needs (its database, message bus or disk: "
+                               f"{type(exc).__name__}); send the same request again in {RETRY_AFTER_S} s")
+    return JSONResponse(status_code=503, content={"detail": error.to_dict()},
+                        headers={"Retry-After": str(RETRY_AFTER_S)})
+
+
 def install_error_handlers(app: FastAPI) -> None:
+    for outage in OUTAGE:
+        app.add_exception_handler(outage, lambda _request, exc: outage_response(exc))
+
     @app.exception_handler(TuneFleetError)
     async def _tunefleet(_: Request, exc: TuneFleetError) -> JSONResponse:
         if exc.http_status >= 500:

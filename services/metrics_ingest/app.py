@@ -24,10 +24,10 @@ from contextlib import asynccontextmanager
 from typing import Annotated
 
 import asyncpg
-import nats
 from fastapi import Depends, FastAPI, Header, HTTPException, Request
 from pydantic import BaseModel
 
+from shared.bus import connect
 from shared.service import add_health_responder, service_resources
 from shared.settings import Settings
 from shared.tokens import verify_job_token
@@ -106,9 +106,9 @@ def create_app(settings: Settings, config: IngestConfig | None = None) -> FastAP
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         async with service_resources("metrics_ingest", settings, owns=("metrics_ingest",)) as ctx:
-            add_health_responder(ctx.broker, "metrics_ingest")
+            add_health_responder(ctx.broker, "metrics_ingest", ctx.pool)
             await ctx.broker.start()
-            nc = await nats.connect(settings.require_nats_url(), name="tunefleet-metrics-ingest-live")
+            nc = await connect(settings.require_nats_url(), "tunefleet-metrics-ingest-live")
             fanout = LiveFanout(nc, config.live_queue_batches)
             fanout.start()
             app.state.repo, app.state.fanout = IngestRepository(ctx.pool), fanout

@@ -72,19 +72,41 @@ async def handle_deploy_requested(cmd: DeployRequested, *, jobs: JobRepository, 
         await _provision(cmd.job_id, jobs=jobs, bus=bus)
 
 
+def _implied_id(event_id: str, status: JobStatus) -> str:
+    return derived_id(event_id, "implied", status)
+
+
+async def _announce_recorded(source_event_id: str, *, jobs: JobRepository, bus: Publisher) -> Transition | None:
+    """A message delivered again after its handler had recorded its transition and died before publishing what
+    followed: publish the status events again (JetStream drops a copy of one that did get out) and return the
+    transition, so the caller can redo its follow-ups. None for a message not applied before."""
+    implied = [_implied_id(source_event_id, s) for s in JobStatus]
+    recorded = await jobs.recorded([*implied, source_event_id])
+    main = next((t for source, t in recorded if source == source_event_id), None)
+    if main is None:
+        return None
+    for _, t in recorded:
+        await _announce(t, jobs=jobs, bus=bus)
+    return main
+
+
 async def handle_stop_requested(cmd: StopRequested, *, jobs: JobRepository, bus: Publisher) -> None:
     job = await jobs.get(cmd.job_id)
-    if job is None or JobStatus(job["status"]).is_terminal:
+    if job is None:
         return
     if job["user_id"] != cmd.user_id:  # anyone who can publish on the bus could otherwise stop anyone's job
         log.warning("ignoring a stop of job %s sent for user %r, not its owner", cmd.job_id, cmd.user_id)
         return
-    await jobs.mark_stop_requested(cmd.job_id)
-    if JobStatus(job["status"]) in (JobStatus.QUEUED, JobStatus.PREEMPTED):
-        t = await jobs.transition(cmd.job_id, JobStatus.STOPPED, source_event_id=cmd.event_id,
-                                  occurred_at=cmd.occurred_at, reason=cmd.reason)
-        if t is not None:
-            await _announce(t, jobs=jobs, bus=bus)
+    redone = await _announce_recorded(cmd.event_id, jobs=jobs, bus=bus)
+    if redone is None:
+        if JobStatus(job["status"]).is_terminal:
+            return
+        await jobs.mark_stop_requested(cmd.job_id)
+        if JobStatus(job["status"]) in (JobStatus.QUEUED, JobStatus.PREEMPTED):
+            t = await jobs.transition(cmd.job_id, JobStatus.STOPPED, source_event_id=cmd.event_id,
+                                      occurred_at=cmd.occurred_at, reason=cmd.reason)
+            if t is not None:
+                await _announce(t, jobs=jobs, bus=bus)
     # A provision command may already be on its way: the provider is told to end whatever it started.
     await bus.publish(TerminateJob(event_id=derived_id(cmd.job_id, "terminate", cmd.event_id),
                                    job_id=cmd.job_id, provider=job["provider"], user_id=job["user_id"],
@@ -95,6 +117,10 @@ async def handle_workload_reported(evt: WorkloadReported, *, jobs: JobRepository
     job = await jobs.get(evt.job_id)
     if job is None:
         log.warning("report for unknown job %s from %s", evt.job_id, evt.provider)
+        return
+    redone = await _announce_recorded(evt.event_id, jobs=jobs, bus=bus)
+    if redone is not None:
+        await _follow_up(evt, redone, job, jobs=jobs, bus=bus)
         return
     if evt.attempt != job["attempt"]:
         log.info("ignoring report of attempt %s for job %s (now at %s)", evt.attempt, evt.job_id, job["attempt"])
@@ -119,7 +145,7 @@ async def handle_workload_reported(evt: WorkloadReported, *, jobs: JobRepository
         log.info("job %s: %s -> %s not allowed, ignored", evt.job_id, current.value, new.value)
         return
     for implied in path[:-1]:  # a report that overtook the ones before it: their states happened too
-        t = await jobs.transition(evt.job_id, implied, source_event_id=derived_id(evt.event_id, "implied", implied),
+        t = await jobs.transition(evt.job_id, implied, source_event_id=_implied_id(evt.event_id, implied),
                                   occurred_at=evt.occurred_at, reason=f"implied by a later {evt.phase.value} report")
         if t is not None:
             await _announce(t, jobs=jobs, bus=bus)
@@ -131,8 +157,15 @@ async def handle_workload_reported(evt: WorkloadReported, *, jobs: JobRepository
         log.info("job %s: %s -> %s not allowed, ignored", evt.job_id, current.value, new.value)
         return
     await _announce(t, jobs=jobs, bus=bus)
-    if t.status is JobStatus.PREEMPTED:
-        await _requeue(evt, job_attempt=job["attempt"], stop_requested=job["stop_requested"], jobs=jobs, bus=bus)
+    await _follow_up(evt, t, job, jobs=jobs, bus=bus)
+
+
+async def _follow_up(evt: WorkloadReported, t: Transition, job, *, jobs: JobRepository, bus: Publisher) -> None:
+    """What a recorded transition sets going: a budget stop ends the resource; a preemption retries."""
+    if t.status is JobStatus.BUDGET_EXCEEDED:
+        await _terminate_over_budget(evt, job, t.reason or "budget reached", bus=bus)
+    elif t.status is JobStatus.PREEMPTED:
+        await _requeue(evt, job_attempt=evt.attempt, stop_requested=job["stop_requested"], jobs=jobs, bus=bus)
 
 
 async def _enforce_budget(evt: WorkloadReported, job, *, jobs: JobRepository, bus: Publisher) -> bool:
@@ -148,9 +181,13 @@ async def _enforce_budget(evt: WorkloadReported, job, *, jobs: JobRepository, bu
     if t is None:
         return False
     await _announce(t, jobs=jobs, bus=bus)
+    await _terminate_over_budget(evt, job, reason, bus=bus)
+    return True
+
+
+async def _terminate_over_budget(evt: WorkloadReported, job, reason: str, *, bus: Publisher) -> None:
     await bus.publish(TerminateJob(event_id=derived_id(evt.job_id, "terminate-budget"), job_id=evt.job_id,
                                    provider=evt.provider, user_id=job["user_id"], reason=reason))
-    return True
 
 
 async def _requeue(evt: WorkloadReported, *, job_attempt: int, stop_requested: bool,

@@ -85,6 +85,15 @@ class JobRepository:
                 job_id, current.value, new.value, reason, source_event_id, status_event_id, occurred_at)
         return Transition(job_id, current, new, reason, status_event_id)
 
+    async def recorded(self, source_event_ids: list[str]) -> list[tuple[str, Transition]]:
+        """The transitions these source events caused, in the order they were recorded."""
+        rows = await self.pool.fetch(
+            """SELECT job_id, previous, status, reason, source_event_id, status_event_id FROM job_history
+               WHERE source_event_id = ANY($1::text[]) ORDER BY id""", source_event_ids)
+        return [(r["source_event_id"], Transition(str(r["job_id"]), r["previous"] and JobStatus(r["previous"]),
+                                                  JobStatus(r["status"]), r["reason"], r["status_event_id"]))
+                for r in rows]
+
     async def observe(self, job_id: str, *, log_tail: str | None, cost_usd: float | None,
                       resource_id: str | None = None) -> None:
         """Record what a provider saw, whatever the state: the log tail, the cost so far, its resource id."""

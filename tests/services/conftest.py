@@ -31,7 +31,7 @@ async def running_service(name: str, wire: Wire, settings: Settings,
                           tracer_provider: TracerProvider | None = None) -> AsyncIterator[ServiceContext]:
     async with service_resources(name, settings, owns=(name,), tracer_provider=tracer_provider) as ctx:
         hooks = await wire(ctx) or Hooks()
-        add_health_responder(ctx.broker, name)
+        add_health_responder(ctx.broker, name, ctx.pool)
         await ctx.broker.start()
         if hooks.after_start:
             await hooks.after_start()

@@ -7,11 +7,16 @@ import asyncio
 import time
 import uuid
 
+import nats
+import orjson
+import pytest
+from faststream.exceptions import NackMessage
 from faststream.nats import NatsBroker
 
 from shared import subjects
 from shared.bus import COMMANDS, durable_consumer, publish
-from shared.error_policy import MAX_DELAY_S, redelivery_delay
+from shared.dead_letters import DeadLetters
+from shared.error_policy import DEAD_AFTER, MAX_DELAY_S, ErrorPolicy, redelivery_delay
 from shared.errors import ValidationFailed
 from shared.events import TerminateJob
 
@@ -53,3 +58,94 @@ async def test_failures_are_redelivered_later_and_permanent_errors_acknowledged_
     assert len(flaky) == 3  # handled on the third delivery
     assert flaky[1] - flaky[0] >= 0.9 and flaky[2] - flaky[1] >= 1.9  # after 1 s, then 2 s
     assert len(calls["bad"]) == 1  # acknowledged, not redelivered
+
+
+async def test_what_cannot_be_handled_goes_to_the_dead_letters_and_can_be_replayed(migrated, nats_url):
+    """A permanent error and a body that does not validate are stored as dead letters, byte for byte, with where
+    they came from and why; replaying one delivers it again to the subscriber, which now handles it."""
+    handled: list[str] = []
+    mended = asyncio.Event()
+
+    async def wire(ctx) -> None:
+        @ctx.broker.subscriber(subjects.terminate("dltest"), stream=COMMANDS, **durable_consumer("dl-test"))
+        async def on_command(cmd: TerminateJob) -> None:
+            if not mended.is_set():
+                raise ValidationFailed("no such provider account", field="provider")
+            handled.append(cmd.job_id)
+
+    nc = await nats.connect(nats_url)
+    letters = DeadLetters(nc)
+    async with running_service("dl-test", wire, migrated):
+        broker = NatsBroker(nats_url)
+        await broker.start()
+        job_id = str(uuid.uuid4())
+        await publish(broker, TerminateJob(job_id=job_id, provider="dltest", user_id="alice", reason="x"))
+        await nc.jetstream().publish(subjects.terminate("dltest"), b'{"job_id": 7}', headers={"Nats-Msg-Id": "bad"})
+        for _ in range(200):
+            if await letters.count() == 2:
+                break
+            await asyncio.sleep(0.05)
+        dead = await letters.list()
+        assert [d.subject for d in dead] == [subjects.terminate("dltest")] * 2
+        assert all(d.consumer == "dl-test" and d.deliveries == 1 for d in dead)
+        assert "validation_failed: no such provider account" in dead[0].error
+        assert orjson.loads(dead[0].data)["job_id"] == job_id
+        assert "does not validate" in dead[1].error and dead[1].data == b'{"job_id": 7}'
+        assert handled == []
+        mended.set()  # what made it fail is mended: replay it
+        await letters.replay(dead[0].seq)
+        for _ in range(200):
+            if handled:
+                break
+            await asyncio.sleep(0.05)
+        assert handled == [job_id]
+        assert [d.seq for d in await letters.list()] == [dead[1].seq]
+        await letters.discard(dead[1].seq)
+        assert await letters.count() == 0
+        await broker.stop()
+    await nc.close()
+
+
+class _Sent:
+    def __init__(self):
+        self.published: list[dict] = []
+
+    async def publish(self, body, **kw):
+        self.published.append({"body": body, **kw})
+
+
+class _Context:
+    def __init__(self, broker):
+        self.broker = broker
+
+    def get(self, key):
+        return self.broker if key == "broker" else None
+
+
+class _Message:
+    """What the policy reads of a JetStream delivery."""
+
+    body = b"{}"
+
+    def __init__(self, deliveries: int):
+        sequence = type("Seq", (), {"stream": 41})()
+        metadata = type("Meta", (), {"num_delivered": deliveries, "consumer": "c", "stream": "S",
+                                     "sequence": sequence})()
+        self.raw_message = type("Raw", (), {"metadata": metadata, "subject": subjects.terminate("x")})()
+
+
+async def test_a_message_that_keeps_failing_is_buried_not_dropped():
+    broker = _Sent()
+    policy = ErrorPolicy(None, context=_Context(broker))
+
+    async def failing(_msg):
+        raise ConnectionError("the database is restarting")
+
+    with pytest.raises(NackMessage):  # it may still get better: delivered again later
+        await policy.consume_scope(failing, _Message(DEAD_AFTER - 1))
+    assert broker.published == []
+    await policy.consume_scope(failing, _Message(DEAD_AFTER))  # the last delivery: kept as a dead letter, then acked
+    [letter] = broker.published
+    assert letter["subject"] == "tunefleet.dead.c" and letter["stream"] == subjects.DEAD_LETTERS_STREAM
+    assert letter["headers"]["Tunefleet-Deliveries"] == str(DEAD_AFTER)
+    assert "ConnectionError" in letter["headers"]["Tunefleet-Error"]

@@ -18,21 +18,49 @@ class BrokenCompute(LocalCompute):
         raise KeyError("podFindAndDeployOnDemand")
 
 
+def provision_command(tmp_path) -> ProvisionJob:
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"text": "hello"}\n')
+    return ProvisionJob(job_id=str(uuid.uuid4()), provider="local", user_id="alice",
+                        config=TrainingConfig.model_validate({"model": {"base_model": "/models/tiny"},
+                                                              "data": {"dataset_id": "d"}}),
+                        dataset_path=str(data), dataset_format=DataFormat.TEXT)
+
+
 async def test_an_unexpected_error_after_the_claim_is_reported_once(migrated, pool, tmp_path):
     reports = []
 
     async def report(event) -> None:
         reports.append(event)
 
-    data = tmp_path / "d.jsonl"
-    data.write_text('{"text": "hello"}\n')
     runner = CloudRunner(BrokenCompute(migrated), migrated, pool, report)
-    command = ProvisionJob(job_id=str(uuid.uuid4()), provider="local", user_id="alice",
-                           config=TrainingConfig.model_validate({"model": {"base_model": "/models/tiny"},
-                                                                 "data": {"dataset_id": "d"}}),
-                           dataset_path=str(data), dataset_format=DataFormat.TEXT)
+    command = provision_command(tmp_path)
     await runner.provision(command)
     await runner.provision(command)  # the redelivery: claimed and ended already, nothing more
     assert [r.phase for r in reports] == [WorkloadPhase.PROVISIONING, WorkloadPhase.FAILED]
     assert "provisioning failed unexpectedly (KeyError" in reports[-1].message
     assert "local provider's log" in reports[-1].message
+
+
+async def test_an_end_that_could_not_be_published_is_published_by_the_next_start(migrated, pool, tmp_path):
+    """The end and its report are written in one transaction: NATS away (or the process dying) between the end
+    and the publish leaves the report in the outbox, and the provider's next start publishes it."""
+
+    async def nats_away(event) -> None:
+        raise ConnectionError("NATS is restarting")
+
+    command = provision_command(tmp_path)
+    await CloudRunner(BrokenCompute(migrated), migrated, pool, nats_away).provision(command)
+    ended = await pool.fetchrow("SELECT state FROM local_workloads WHERE job_id = $1", command.job_id)
+    assert ended["state"] == "ended"  # the attempt is over; without the outbox its end would never be heard of
+    reports = []
+
+    async def report(event) -> None:
+        reports.append(event)
+
+    restarted = CloudRunner(BrokenCompute(migrated), migrated, pool, report)
+    await restarted.recover()
+    assert [(r.job_id, r.phase) for r in reports] == [(command.job_id, WorkloadPhase.FAILED)]
+    assert await restarted.outbox.unsent() == 0
+    await restarted.recover()  # published once
+    assert len(reports) == 1

@@ -48,11 +48,15 @@ async def test_a_success_that_overtakes_the_running_report_still_completes_the_j
     await handle_workload_reported(done, jobs=jobs, bus=bus)
     assert jobs.statuses(job_id) == ["queued", "running", "completed"]
     assert bus.types() == ["JobStatusChanged", "ProvisionJob", "JobStatusChanged", "JobStatusChanged"]
-    # The late reports that follow, and a redelivery of the success, change nothing.
-    for late in (report(job_id, WorkloadPhase.PROVISIONING), done):
-        await handle_workload_reported(late, jobs=jobs, bus=bus)
+    # A late report changes nothing, but a provisioning report for an ended job ends its resource.
+    await handle_workload_reported(report(job_id, WorkloadPhase.PROVISIONING), jobs=jobs, bus=bus)
     assert jobs.statuses(job_id) == ["queued", "running", "completed"]
-    assert bus.types()[-1] == "TerminateJob"  # a provisioning report for an ended job ends its resource
+    assert bus.types()[-1] == "TerminateJob"
+    # A redelivery of the success publishes its status events again, with the same ids (JetStream drops copies).
+    first = [m.event_id for m in bus.published[2:4]]
+    await handle_workload_reported(done, jobs=jobs, bus=bus)
+    assert jobs.statuses(job_id) == ["queued", "running", "completed"]
+    assert [m.event_id for m in bus.published[-2:]] == first
 
 
 async def test_a_preemption_that_overtakes_the_running_report_retries_the_job(jobs, bus):
@@ -101,3 +105,67 @@ async def test_a_failure_after_a_stop_request_counts_as_stopped(jobs, bus):
     await handle_stop_requested(StopRequested(job_id=job_id, user_id="alice"), jobs=jobs, bus=bus)
     await handle_workload_reported(report(job_id, WorkloadPhase.FAILED, exit_code=-15), jobs=jobs, bus=bus)
     assert jobs.statuses(job_id) == ["queued", "running", "stopped"]
+
+
+class CrashingBus(RecordingBus):
+    """Dies (as the scheduler's process would) on the first publish that ``crash_on`` picks."""
+
+    def __init__(self, crash_on):
+        super().__init__()
+        self.crash_on, self.crashed = crash_on, False
+
+    async def publish(self, message) -> None:
+        if not self.crashed and self.crash_on(message):
+            self.crashed = True
+            raise ConnectionError("the scheduler died here")
+        await super().publish(message)
+
+
+def status_is(status: str):
+    return lambda m: type(m).__name__ == "JobStatusChanged" and m.status == status
+
+
+async def test_a_completion_recorded_before_a_crash_is_announced_on_redelivery(jobs):
+    bus = CrashingBus(status_is("completed"))
+    job_id = await deployed(jobs, bus)
+    done = report(job_id, WorkloadPhase.SUCCEEDED, result=TrainerResult(status="completed", output_dir="/o"))
+    with pytest.raises(ConnectionError):
+        await handle_workload_reported(done, jobs=jobs, bus=bus)
+    assert (await jobs.get(job_id))["status"] == "completed"  # recorded, never announced
+    await handle_workload_reported(done, jobs=jobs, bus=bus)  # JetStream delivers it again
+    announced = [m.status for m in bus.published if type(m).__name__ == "JobStatusChanged"]
+    assert announced[-1] == "completed"  # the model registry hears of it
+
+
+async def test_a_retry_recorded_before_a_crash_is_provisioned_on_redelivery(jobs):
+    bus = CrashingBus(lambda m: type(m).__name__ == "ProvisionJob" and m.attempt == 2)
+    job_id = await deployed(jobs, bus)
+    lost = report(job_id, WorkloadPhase.PREEMPTED, message="host lost")
+    with pytest.raises(ConnectionError):
+        await handle_workload_reported(lost, jobs=jobs, bus=bus)
+    job = await jobs.get(job_id)
+    assert job["status"] == "queued" and job["attempt"] == 2  # requeued, but attempt 2 was never commanded
+    await handle_workload_reported(lost, jobs=jobs, bus=bus)  # the report is of attempt 1: still followed up
+    assert [m.attempt for m in bus.published if type(m).__name__ == "ProvisionJob"] == [1, 2]
+
+
+async def test_a_budget_stop_recorded_before_a_crash_ends_the_resource_on_redelivery(jobs):
+    bus = CrashingBus(lambda m: type(m).__name__ == "TerminateJob")
+    job_id = await deployed(jobs, bus, budget=1.0)
+    await handle_workload_reported(report(job_id, WorkloadPhase.RUNNING, cost_usd=0.5), jobs=jobs, bus=bus)
+    over = report(job_id, WorkloadPhase.RUNNING, cost_usd=1.5)
+    with pytest.raises(ConnectionError):
+        await handle_workload_reported(over, jobs=jobs, bus=bus)
+    await handle_workload_reported(over, jobs=jobs, bus=bus)
+    assert (await jobs.get(job_id))["status"] == "budget_exceeded" and bus.types()[-1] == "TerminateJob"
+
+
+async def test_a_stop_recorded_before_a_crash_is_announced_and_ends_the_resource_on_redelivery(jobs):
+    bus = CrashingBus(status_is("stopped"))
+    job_id = await deployed(jobs, bus)
+    stop = StopRequested(job_id=job_id, user_id="alice")
+    with pytest.raises(ConnectionError):
+        await handle_stop_requested(stop, jobs=jobs, bus=bus)
+    await handle_stop_requested(stop, jobs=jobs, bus=bus)
+    assert [m.status for m in bus.published if type(m).__name__ == "JobStatusChanged"][-1] == "stopped"
+    assert bus.types()[-1] == "TerminateJob"

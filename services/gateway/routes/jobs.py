@@ -6,9 +6,11 @@ from fastapi import APIRouter, Query
 
 from shared.config import TrainingConfig
 from shared.events import StopRequested
+from shared.outbox import Outbox
 from shared.states import JobStatus
 
 from .. import queries
+from ..deploying import OUTBOX
 from ..deps import BusDep, CurrentUser, PoolDep
 from ..schemas import JobPublic
 
@@ -61,8 +63,12 @@ async def get_job(job_id: uuid.UUID, user: CurrentUser, pool: PoolDep) -> JobPub
 
 @router.post("/{job_id}/stop", status_code=202, response_model=JobPublic)
 async def stop_job(job_id: uuid.UUID, user: CurrentUser, pool: PoolDep, bus: BusDep) -> JobPublic:
-    """Ask the scheduler to stop the job; it ends ``stopped`` once the provider has ended the workload."""
+    """Ask the scheduler to stop the job; it ends ``stopped`` once the provider has ended the workload. The request
+    is stored before the answer, so it reaches the scheduler even if NATS is away now."""
     job = await job_public(pool, user, str(job_id))
     if not JobStatus(job.status).is_terminal:
-        await bus.publish(StopRequested(job_id=str(job_id), user_id=user))
+        stop, outbox = StopRequested(job_id=str(job_id), user_id=user), Outbox(pool, OUTBOX)
+        async with pool.acquire() as conn:
+            await outbox.put(conn, stop)
+        await outbox.send(bus.publish, stop)
     return job
