@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from typing import Any
 
 import nats
-from faststream import AckPolicy
+from faststream import AckPolicy, BaseMiddleware
 from faststream.nats import ConsumerConfig, JStream, NatsBroker, PullSub
 from nats.js.api import RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import NotFoundError
@@ -103,6 +105,34 @@ class Bus:
         await publish(self.broker, message)
 
 
+#: Seconds JetStream waits for an ack before it delivers a message again (to another copy of the service, or to
+#: this one after a restart). Short, so a killed service's messages move on quickly; a handler that takes longer
+#: keeps its message with ``InProgress``.
+ACK_WAIT_S = 15.0
+
+
+class InProgress(BaseMiddleware):
+    """While a handler of a JetStream message runs, tell JetStream every ``ACK_WAIT_S / 3`` that it is still being
+    worked on, so that a slow handler (a cloud create with retries) is not handed the same message twice."""
+
+    async def consume_scope(self, call_next, msg):
+        raw = getattr(msg, "raw_message", None)
+        if not getattr(raw, "reply", None):
+            return await call_next(msg)
+
+        async def beat() -> None:
+            while True:
+                await asyncio.sleep(ACK_WAIT_S / 3)
+                with contextlib.suppress(Exception):  # NATS away: the redelivery that may follow is harmless
+                    await raw.in_progress()
+
+        heart = asyncio.create_task(beat())
+        try:
+            return await call_next(msg)
+        finally:
+            heart.cancel()
+
+
 def durable_consumer(durable: str) -> dict:
     """Subscriber keyword arguments for a durable pull consumer, shared by every copy of a service
     (so N copies split the work), that acks after the handler and redelivers when it raises, with the delays
@@ -112,5 +142,5 @@ def durable_consumer(durable: str) -> dict:
         "durable": durable,
         "pull_sub": PullSub(batch_size=16, timeout=1.0),
         "ack_policy": AckPolicy.NACK_ON_ERROR,
-        "config": ConsumerConfig(ack_wait=60, max_deliver=DEAD_AFTER + 10),
+        "config": ConsumerConfig(ack_wait=ACK_WAIT_S, max_deliver=DEAD_AFTER + 10),
     }

@@ -89,14 +89,33 @@ def stop_process(process: subprocess.Popen | None, sig: int = signal.SIGTERM, ti
         process.wait()
 
 
+def _server_running(pid: int, marker: str) -> bool:
+    """Whether ``pid`` is a server of this data folder: its command line names ``marker`` (so a recycled pid is
+    never mistaken for one)."""
+    try:
+        return marker in " ".join(psutil.Process(pid).cmdline())
+    except psutil.Error:
+        return False
+
+
+def _claim(owner_file: Path, what: str) -> None:
+    """Record this process as the one that runs the server; refuse when another live process does."""
+    try:
+        owner = int(owner_file.read_text())
+    except (OSError, ValueError):
+        owner = None
+    if owner is not None and owner != os.getpid() and psutil.pid_exists(owner):
+        raise RuntimeError(f"{what} is already run by another TuneFleet stack (pid {owner}); stop it first")
+    owner_file.write_text(str(os.getpid()))
+
+
 def _stop_stale(pid: int, marker: str, sig: int) -> None:
-    """Stop a server left running by an earlier stack (one killed hard): only a process whose command line
-    names ``marker`` (its own data folder), so a recycled pid is never touched."""
+    """Stop a server left running by an earlier stack that was killed hard (its owner is gone)."""
+    if not _server_running(pid, marker):
+        return
+    log.warning("stopping a server left running from an earlier start (pid %s)", pid)
     try:
         process = psutil.Process(pid)
-        if marker not in " ".join(process.cmdline()):
-            return
-        log.warning("stopping a server left running from an earlier start (pid %s)", pid)
         process.send_signal(sig)
         process.wait(30)
     except psutil.TimeoutExpired:
@@ -131,6 +150,7 @@ class EmbeddedNats:
 
     def start(self, timeout: float = 20.0) -> EmbeddedNats:
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        _claim(self.data_dir / "owner", f"the NATS of {self.data_dir}")
         pid_file = self.data_dir / "nats.pid"
         if pid_file.exists():
             with contextlib.suppress(ValueError, OSError):
@@ -199,12 +219,20 @@ class EmbeddedPostgres:
     def url(self) -> str:
         return self.uri(PG_DATABASE)
 
-    def start(self, timeout: float = 60.0) -> EmbeddedPostgres:
+    def start(self, timeout: float = 60.0, *, attach: bool = False) -> EmbeddedPostgres:
+        """Start the server and make the database. ``attach``: use the server a running stack already runs on this
+        data folder, if any (``self.process`` stays None, and ``stop`` leaves it running)."""
         from pgserver.utils import find_suitable_socket_dir
 
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._prepare_user()
-        self._stop_stale()
+        running = self._running_socket_dir()
+        if running is not None and attach:
+            self.socket_dir = running
+            return self
+        _claim(self.data_dir.with_name(self.data_dir.name + ".owner"), f"the PostgreSQL of {self.data_dir}")
+        if running is not None:
+            self._stop_stale()
         if not (self.data_dir / "PG_VERSION").exists():
             self._initdb()
         if self.socket_dir is None:
@@ -220,6 +248,17 @@ class EmbeddedPostgres:
         if self.psql("postgres", f"SELECT 1 FROM pg_database WHERE datname = '{PG_DATABASE}'").strip() != "1":
             self.psql("postgres", f'CREATE DATABASE "{PG_DATABASE}"')
         return self
+
+    def _running_socket_dir(self) -> Path | None:
+        """The socket folder of a server running on this data folder (from its postmaster.pid), or None."""
+        try:
+            lines = (self.data_dir / "postmaster.pid").read_text().splitlines()
+            pid, socket_dir, status = int(lines[0]), lines[4].strip(), lines[7].strip()
+        except (OSError, ValueError, IndexError):
+            return None
+        if not _server_running(pid, str(self.data_dir)) or status != "ready":
+            return None
+        return Path(socket_dir)
 
     def spawn(self) -> subprocess.Popen:
         """Start the server (again) in the foreground; returns at once."""

@@ -71,7 +71,7 @@ def _with_database(work):
     """Run ``work(pool)`` against the stack's database (the embedded one, started for the call, when no
     TUNEFLEET_DATABASE_URL is set)."""
     settings = Settings()
-    postgres = None if settings.database_url else EmbeddedPostgres(settings.home / "postgres").start()
+    postgres = None if settings.database_url else EmbeddedPostgres(settings.home / "postgres").start(attach=True)
     url = settings.database_url or postgres.url
 
     async def run():

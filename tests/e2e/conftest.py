@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -15,75 +12,14 @@ import pytest
 import uvicorn
 
 from services.cli.embedded import free_port
-from services.cli.sse import iter_events
 from services.sandbox.images import sandbox_images
 from services.sandbox.lambda_cloud import LambdaEmulator
 from services.sandbox.machines import StockImages, build_stock_images
 from services.sandbox.mirror import mirror_app, python_url
 from services.sandbox.runpod import RunPodEmulator
+from tests.stack import TERMINAL, RunningStack, collect_events, wait_for_status
 
-TERMINAL = {"completed", "failed", "stopped", "budget_exceeded"}
-
-
-class RunningStack:
-    def __init__(self, home: Path, extra_env: dict[str, str] | None = None):
-        self.home = home
-        self.gateway_port, self.ingest_port, self.nats_port = free_port(), free_port(), free_port()
-        self.env = {**os.environ, "TUNEFLEET_HOME": str(home), "TUNEFLEET_GATEWAY_PORT": str(self.gateway_port),
-                    "TUNEFLEET_INGEST_PORT": str(self.ingest_port), "TUNEFLEET_NATS_PORT": str(self.nats_port),
-                    **(extra_env or {})}
-        for name in ("TUNEFLEET_NATS_URL", "TUNEFLEET_DATABASE_URL", "TUNEFLEET_SECRET_KEY"):
-            self.env.pop(name, None)
-        self.url = f"http://127.0.0.1:{self.gateway_port}"
-        self.process: subprocess.Popen | None = None
-
-    def cli(self, *args: str) -> str:
-        return subprocess.run([sys.executable, "-m", "services.cli.main", *args], env=self.env, check=True,
-                              capture_output=True, text=True, timeout=120).stdout
-
-    def start(self) -> None:
-        self.output = open(self.home.parent / "up.log", "ab")  # noqa: SIM115
-        self.process = subprocess.Popen([sys.executable, "-m", "services.cli.main", "up"], env=self.env,
-                                        stdout=self.output, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            assert self.process.poll() is None, (self.home.parent / "up.log").read_text()[-3000:]
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.3)
-        raise AssertionError("stack not ready in 120 s")
-
-    def stop(self) -> int:
-        self.process.send_signal(signal.SIGINT)
-        code = self.process.wait(90)
-        self.output.close()
-        return code
-
-
-def wait_for_status(client: httpx.Client, job_id: str, wanted: set[str], timeout: float = 400) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = client.get(f"/api/training/jobs/{job_id}").json()
-        if job["status"] in wanted:
-            return job
-        assert job["status"] not in TERMINAL, job
-        time.sleep(0.5)
-    raise AssertionError(f"job {job_id} never reached {wanted}: {job}")
-
-
-def collect_events(client: httpx.Client, job_id: str, into: list) -> threading.Thread:
-    def run():
-        with client.stream("GET", f"/api/training/jobs/{job_id}/events", timeout=None) as response:
-            for event in iter_events(response):
-                into.append(event)
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    return thread
-
+__all__ = ["TERMINAL", "RunningStack", "collect_events", "wait_for_status"]
 
 class EmulatorServer:
     """A cloud emulator served by uvicorn on a thread of the test process, so tests can inject faults."""

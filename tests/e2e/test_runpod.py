@@ -72,10 +72,10 @@ def trainer_log(runpod, pod) -> str:
 
 def stream_texts(stack) -> str:
     async def read() -> str:
-        nc = await nats.connect(f"nats://127.0.0.1:{stack.nats_port}")
+        nc = await nats.connect(stack.nats_url)
         js = nc.jetstream()
         texts = []
-        for stream in (subjects.COMMANDS_STREAM, subjects.EVENTS_STREAM):
+        for stream in (subjects.COMMANDS_STREAM, subjects.EVENTS_STREAM, subjects.DEAD_LETTERS_STREAM):
             info = await js.stream_info(stream)
             for seq in range(info.state.first_seq, info.state.last_seq + 1):
                 try:
