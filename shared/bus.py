@@ -46,7 +46,7 @@ RECONNECT: dict[str, Any] = {"max_reconnect_attempts": -1, "reconnect_time_wait"
 async def connect(nats_url: str, name: str) -> nats.NATS:
     """A NATS connection that keeps reconnecting (saying so once per outage, not once per try); the first connect
     is retried until the server answers."""
-    state = {"down": False}
+    state: dict[str, Any] = {"down": False}
 
     async def on_error(exc: Exception) -> None:
         if not state["down"]:
@@ -54,6 +54,9 @@ async def connect(nats_url: str, name: str) -> nats.NATS:
         state["down"] = True
 
     async def on_disconnected() -> None:
+        client = state.get("client")
+        if client is not None and (client.is_closed or client.is_draining):
+            return  # closed on purpose
         if not state["down"]:
             log.warning("%s: disconnected from NATS; reconnecting", name)
         state["down"] = True
@@ -62,9 +65,10 @@ async def connect(nats_url: str, name: str) -> nats.NATS:
         state["down"] = False
         log.info("%s: reconnected to NATS", name)
 
-    return await until_reachable(lambda: nats.connect(
+    state["client"] = await until_reachable(lambda: nats.connect(
         nats_url, name=name, error_cb=on_error, disconnected_cb=on_disconnected, reconnected_cb=on_reconnected,
         **RECONNECT), "NATS")
+    return state["client"]
 
 
 async def ensure_streams(nats_url: str) -> None:

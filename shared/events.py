@@ -162,6 +162,7 @@ class PredictionRecord(BaseModel):
 
 
 class MetricsAppended(Message):
+    attempt: int = 1
     metrics: list[MetricPoint]
 
     @property
@@ -170,6 +171,7 @@ class MetricsAppended(Message):
 
 
 class PredictionsAppended(Message):
+    attempt: int = 1
     predictions: list[PredictionRecord]
 
     @property

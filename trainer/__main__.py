@@ -98,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
         spec = spec.model_copy(update={"ingest_url": None})
     emit(f"[trainer] job {spec.job_id} attempt {spec.attempt}: output in {spec.output_dir}")
     spool = artifacts.SPOOL if is_main_process() else f"{artifacts.SPOOL}.rank{os.environ.get('RANK')}"
-    reporter = MetricsReporter(spec.ingest_url, spec.job_id, spec.ingest_token, os.path.join(spec.output_dir, spool))
+    reporter = MetricsReporter(spec.ingest_url, spec.job_id, spec.ingest_token, os.path.join(spec.output_dir, spool),
+                               attempt=spec.attempt)
     try:
         from trainer.train import run
 

@@ -2,7 +2,7 @@
 
 Protocol: ``POST {ingest_url}/v1/jobs/{job_id}/batches`` with ``Authorization: Bearer {token}`` and the JSON body::
 
-    {"batch_id": "<uuid4>",
+    {"batch_id": "<uuid4>", "attempt": 1,
      "metrics": [{"step": 10, "epoch": 0.5, "values": {"loss": 1.2}, "recorded_at": "2025-01-01T00:00:00+00:00"}],
      "predictions": [{"step": 10, "epoch": 0.5, "sample_index": 0, "prompt": "...", "generated": "...",
                       "expected": "...", "scores": {"bleu": 12.3, "rouge_l": 0.41}}]}
@@ -186,9 +186,11 @@ class MetricsReporter:
         flush_interval: float = 1.0,
         max_batch: int = 500,
         request_timeout: float = 10.0,
+        attempt: int = 1,
     ):
         self.ingest_url = ingest_url.rstrip("/") if ingest_url else None
         self.job_id = job_id
+        self.attempt = attempt
         self.spool_path = spool_path
         self.flush_interval = flush_interval
         self.max_batch = max(1, max_batch)
@@ -341,6 +343,7 @@ class MetricsReporter:
     def _spool_batch(self, records: list[tuple[str, dict]]) -> tuple[str, str]:
         body = {
             "batch_id": str(uuid.uuid4()),
+            "attempt": self.attempt,
             "metrics": [r for kind, r in records if kind == "metrics"],
             "predictions": [r for kind, r in records if kind == "predictions"],
         }
@@ -387,6 +390,7 @@ class MetricsReporter:
         for half in halves:
             new = {
                 "batch_id": str(uuid.uuid4()),
+                "attempt": body.get("attempt", 1),
                 "metrics": [r for kind, r in half if kind == "metrics"],
                 "predictions": [r for kind, r in half if kind == "predictions"],
             }

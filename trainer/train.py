@@ -68,7 +68,7 @@ def run(
     own_reporter = reporter is None
     if reporter is None:
         spool = os.path.join(spec.output_dir, artifacts.SPOOL)
-        reporter = MetricsReporter(spec.ingest_url, spec.job_id, spec.ingest_token, spool)
+        reporter = MetricsReporter(spec.ingest_url, spec.job_id, spec.ingest_token, spool, attempt=spec.attempt)
     try:
         return _run(spec, reporter, stop_event or threading.Event(), printer)
     finally:

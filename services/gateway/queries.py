@@ -45,7 +45,42 @@ async def history(pool: asyncpg.Pool, job_id: str) -> list[dict[str, Any]]:
     return [dict(r) for r in rows]
 
 
-_EPOCH = "($3::float8 IS NULL OR (m.epoch > $3 AND m.epoch <= $4))"
+MAX_STEP = 2_147_483_647
+
+
+def _visible(n: int) -> str:
+    """Which rows ``m`` a read shows, from four parameters starting at ``$n``: those of epoch ($n, $n+1] (all when
+    $n is null), and of attempt $n+2; with $n+2 null, the job's curve, where an attempt's points stop at the first
+    step of a later attempt ($n+3[attempt], null for the last): steps carried on from a checkpoint, or logged
+    again by a retry that started over, are shown once."""
+    lo, hi, attempt, bounds = (f"${n + i}" for i in range(4))
+    return (f"({lo}::float8 IS NULL OR (m.epoch > {lo} AND m.epoch <= {hi})) AND "
+            f"(CASE WHEN {attempt}::int IS NULL THEN m.step < COALESCE(({bounds}::int[])[m.attempt], {MAX_STEP}) "
+            f"ELSE m.attempt = {attempt} END)")
+
+
+#: The metric queries' filter: $1 is the job, $2 the metric names, $3..$6 as ``_visible`` says.
+_EPOCH = _visible(3)
+
+
+async def attempt_spans(conn: asyncpg.Pool | asyncpg.Connection, job_id: str) -> list[dict[str, Any]]:
+    """Each attempt that logged points: ``{attempt, first_step, superseded_from}``, the last being the first step of a
+    later attempt (from where the curve shows that attempt's points instead), or None."""
+    rows = await conn.fetch("SELECT attempt, first_step FROM metric_attempts WHERE job_id = $1 ORDER BY attempt",
+                            job_id)
+    spans = []
+    for i, r in enumerate(rows):
+        later = [x["first_step"] for x in rows[i + 1:]]
+        spans.append({"attempt": r["attempt"], "first_step": r["first_step"],
+                      "superseded_from": min(later) if later else None})
+    return spans
+
+
+def _bounds(spans: list[dict[str, Any]]) -> list[int | None]:
+    """The last parameter of ``_visible``: by attempt number (1-based), the step its points stop at in the curve."""
+    last = max((s["attempt"] for s in spans), default=0)
+    by_attempt = {s["attempt"]: s["superseded_from"] for s in spans}
+    return [by_attempt.get(a) for a in range(1, last + 1)]
 
 #: A skip scan of the primary key (job_id, name, step): one index probe per metric name, however many points.
 _NAMES = """WITH RECURSIVE names(name) AS (
@@ -74,8 +109,10 @@ def _merged_steps(metrics: int) -> str:
 
 
 async def metrics_page(pool: asyncpg.Pool, job_id: str, *, epoch: int | None, limit: int, offset: int,
-                       names: list[str] | None = None) -> tuple[int, list[dict[str, Any]]]:
-    """One page of rows, one per step with every value logged at it, and the number of steps in all pages.
+                       names: list[str] | None = None, attempt: int | None = None
+                       ) -> tuple[int, list[dict[str, Any]], list[dict[str, Any]]]:
+    """One page of rows, one per step with every value logged at it, the number of steps in all pages, and the
+    job's attempts (``attempt_spans``). Rows are the job's curve, or one attempt's points with ``attempt``.
 
     The steps come from a merge of each metric's range of the primary key, grouped as they stream, so a
     page reads only up to its end and the count needs no sort; the planner is told so, as it cannot
@@ -84,32 +121,34 @@ async def metrics_page(pool: asyncpg.Pool, job_id: str, *, epoch: int | None, li
     async with pool.acquire() as conn, conn.transaction(readonly=True):
         await conn.execute("SET LOCAL enable_hashagg = off; SET LOCAL max_parallel_workers_per_gather = 0")
         await conn.execute(f"SET LOCAL statement_timeout = '{READ_TIMEOUT_MS}ms'")
+        spans = await attempt_spans(conn, job_id)
+        bounds = _bounds(spans)
         if names is None:
             names = await metric_names(conn, job_id)
         if not names:
-            return 0, []
+            return 0, [], spans
         merged = _merged_steps(len(names))
         total = await conn.fetchval(f"SELECT count(*) FROM (SELECT step FROM ({merged}) s GROUP BY step) c",
-                                    job_id, names, lo, hi)
+                                    job_id, names, lo, hi, attempt, bounds)
         steps = [r["step"] for r in await conn.fetch(
-            f"SELECT step FROM ({merged}) s GROUP BY step ORDER BY step LIMIT $5 OFFSET $6",
-            job_id, names, lo, hi, limit, offset)]
+            f"SELECT step FROM ({merged}) s GROUP BY step ORDER BY step LIMIT $7 OFFSET $8",
+            job_id, names, lo, hi, attempt, bounds, limit, offset)]
         if not steps:
-            return total, []
+            return total, [], spans
         rows = await conn.fetch(
-            f"""SELECT step, max(epoch) AS epoch, min(recorded_at) AS recorded_at,
+            f"""SELECT step, max(attempt) AS attempt, max(epoch) AS epoch, min(recorded_at) AS recorded_at,
                        jsonb_object_agg(name, value) AS values
                 FROM metric_points m
-                WHERE m.job_id = $1 AND m.name = ANY($2::text[]) AND {_EPOCH} AND m.step BETWEEN $5 AND $6
+                WHERE m.job_id = $1 AND m.name = ANY($2::text[]) AND {_EPOCH} AND m.step BETWEEN $7 AND $8
                 GROUP BY step ORDER BY step""",
-            job_id, names, lo, hi, steps[0], steps[-1])
-    return total, [{"step": r["step"], "epoch": r["epoch"], "recorded_at": r["recorded_at"], **r["values"]}
-                   for r in rows]
+            job_id, names, lo, hi, attempt, bounds, steps[0], steps[-1])
+    return total, [{"step": r["step"], "attempt": r["attempt"], "epoch": r["epoch"], "recorded_at": r["recorded_at"],
+                    **r["values"]} for r in rows], spans
 
 
 #: Per metric: its first and last step (within the epoch), then for each of $5 equal step ranges its number of
 #: points and the (value, step) pairs of its minimum and maximum: one range scan of the primary key
-#: (job_id, name, step) per step range, so no sort and no hash of the whole series.
+#: (job_id, name, step, attempt) per step range, so no sort and no hash of the whole series.
 _BUCKETS = f"""
     WITH bounds AS MATERIALIZED (
         SELECT n.name, lo, hi, hi::int8 - lo + 1 AS span
@@ -119,33 +158,36 @@ _BUCKETS = f"""
         LATERAL (SELECT m.step FROM metric_points m WHERE m.job_id = $1 AND m.name = n.name AND {_EPOCH}
                  ORDER BY m.step DESC LIMIT 1) AS last(hi))
     SELECT b.name, b.lo, b.hi, a.n, a.low, a.high
-    FROM bounds b, generate_series(0, $5::int8 - 1) AS k,
+    FROM bounds b, generate_series(0, $7::int8 - 1) AS k,
     LATERAL (SELECT count(*) AS n, min(ARRAY[m.value, m.step]) AS low, max(ARRAY[m.value, m.step]) AS high
              FROM metric_points m
              WHERE m.job_id = $1 AND m.name = b.name AND {_EPOCH}
-               AND m.step >= b.lo + (k * b.span + $5 - 1) / $5
-               AND m.step < b.lo + ((k + 1) * b.span + $5 - 1) / $5) AS a
+               AND m.step >= b.lo + (k * b.span + $7 - 1) / $7
+               AND m.step < b.lo + ((k + 1) * b.span + $7 - 1) / $7) AS a
     WHERE a.n > 0"""
 
 _PICKED = f"""
-    SELECT m.name, m.step, m.epoch, m.value, m.recorded_at
-    FROM unnest($2::text[], $5::int[]) AS p(name, step)
-    JOIN metric_points m ON m.job_id = $1 AND m.name = p.name AND m.step = p.step
+    SELECT m.name, m.step, m.attempt, m.epoch, m.value, m.recorded_at
+    FROM unnest($2::text[], $7::int[]) AS p(name, step)
+    JOIN metric_points m ON m.job_id = $1 AND m.name = p.name AND m.step = p.step AND {_EPOCH}
     UNION ALL
-    SELECT m.name, m.step, m.epoch, m.value, m.recorded_at
-    FROM metric_points m WHERE m.job_id = $1 AND m.name = ANY($6::text[]) AND {_EPOCH}"""
+    SELECT m.name, m.step, m.attempt, m.epoch, m.value, m.recorded_at
+    FROM metric_points m WHERE m.job_id = $1 AND m.name = ANY($8::text[]) AND {_EPOCH}"""
 
 
 async def metrics_downsampled(pool: asyncpg.Pool, job_id: str, *, epoch: int | None, names: list[str] | None,
-                              max_points: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+                              max_points: int, attempt: int | None = None
+                              ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
     """At most ``max_points`` points per metric that keep the curve's shape: the first and the last point,
     and for each of (max_points - 2) // 2 equal step ranges the points with the minimum and the maximum value.
     A metric with no more than ``max_points`` points comes whole. Returns rows as ``metrics_page`` does,
-    and per metric ``{name, raw_points, points}``."""
+    per metric ``{name, raw_points, points}``, and the job's attempts."""
     lo, hi = _epoch_bounds(epoch)
     buckets = max(1, (max_points - 2) // 2)
     async with pool.acquire() as conn, conn.transaction(readonly=True):
         await conn.execute(f"SET LOCAL statement_timeout = '{READ_TIMEOUT_MS}ms'")
+        spans = await attempt_spans(conn, job_id)
+        bounds = _bounds(spans)
         if names is None:
             names = await metric_names(conn, job_id)
             if len(names) > MAX_SERIES:
@@ -153,17 +195,18 @@ async def metrics_downsampled(pool: asyncpg.Pool, job_id: str, *, epoch: int | N
                                        "at once; name the ones you want with name=", field="name")
         raw: dict[str, int] = {}
         picked: dict[str, set[int]] = {}
-        for r in await conn.fetch(_BUCKETS, job_id, names, lo, hi, buckets):
+        for r in await conn.fetch(_BUCKETS, job_id, names, lo, hi, attempt, bounds, buckets):
             raw[r["name"]] = raw.get(r["name"], 0) + r["n"]
             picked.setdefault(r["name"], set()).update((r["lo"], r["hi"], int(r["low"][1]), int(r["high"][1])))
         whole = [name for name, n in raw.items() if n <= max_points]
         pairs = [(name, step) for name, steps in picked.items() if raw[name] > max_points for step in steps]
-        points = await conn.fetch(_PICKED, job_id, [p[0] for p in pairs], lo, hi, [p[1] for p in pairs], whole)
+        points = await conn.fetch(_PICKED, job_id, [p[0] for p in pairs], lo, hi, attempt, bounds,
+                                  [p[1] for p in pairs], whole)
     counts: dict[str, int] = {}
     for p in points:
         counts[p["name"]] = counts.get(p["name"], 0) + 1
     series = [{"name": name, "raw_points": raw[name], "points": counts.get(name, 0)} for name in sorted(raw)]
-    return _rows_by_step(points), series
+    return _rows_by_step(points), series, spans
 
 
 def _rows_by_step(points: list[asyncpg.Record]) -> list[dict[str, Any]]:
@@ -171,7 +214,8 @@ def _rows_by_step(points: list[asyncpg.Record]) -> list[dict[str, Any]]:
     for p in points:
         row = rows.get(p["step"])
         if row is None:
-            row = rows[p["step"]] = {"step": p["step"], "epoch": p["epoch"], "recorded_at": p["recorded_at"]}
+            row = rows[p["step"]] = {"step": p["step"], "attempt": p["attempt"], "epoch": p["epoch"],
+                                     "recorded_at": p["recorded_at"]}
         else:
             if p["epoch"] is not None and (row["epoch"] is None or p["epoch"] > row["epoch"]):
                 row["epoch"] = p["epoch"]
@@ -181,25 +225,35 @@ def _rows_by_step(points: list[asyncpg.Record]) -> list[dict[str, Any]]:
 
 
 async def latest_metrics(pool: asyncpg.Pool, job_id: str) -> dict[str, Any] | None:
+    """The newest point of each metric in the job's curve (a later attempt's, once it has logged one)."""
+    spans = await attempt_spans(pool, job_id)
     rows = await pool.fetch(
         f"""{_NAMES}
             SELECT l.name, l.value, l.step, l.epoch FROM names n
             CROSS JOIN LATERAL (SELECT m.name, m.value, m.step, m.epoch FROM metric_points m
-                                WHERE m.job_id = $1 AND m.name = n.name ORDER BY m.step DESC LIMIT 1) l""", job_id)
+                                WHERE m.job_id = $1 AND m.name = n.name
+                                  AND m.step < COALESCE(($2::int[])[m.attempt], {MAX_STEP})
+                                ORDER BY m.step DESC, m.attempt DESC LIMIT 1) l""", job_id, _bounds(spans))
     if not rows:
         return None
     latest: dict[str, Any] = {r["name"]: r["value"] for r in rows}
     latest["step"] = max(r["step"] for r in rows)
     latest["epoch"] = max((r["epoch"] for r in rows if r["epoch"] is not None), default=None)
+    if spans:
+        latest["attempt"] = spans[-1]["attempt"]
     return latest
 
 
-async def predictions(pool: asyncpg.Pool, job_id: str, *, epoch: int | None, limit: int) -> list[dict[str, Any]]:
+async def predictions(pool: asyncpg.Pool, job_id: str, *, epoch: int | None, limit: int,
+                      attempt: int | None = None) -> list[dict[str, Any]]:
+    """Newest step first; the job's curve (as ``_visible`` reads it), or one attempt's."""
     lo, hi = _epoch_bounds(epoch)
+    bounds = _bounds(await attempt_spans(pool, job_id))
     rows = await pool.fetch(
-        """SELECT step, epoch, sample_index, prompt, generated, expected, scores, created_at FROM predictions
-           WHERE job_id = $1 AND ($2::float8 IS NULL OR (epoch > $2 AND epoch <= $3))
-           ORDER BY step DESC, sample_index LIMIT $4""", job_id, lo, hi, limit)
+        f"""SELECT step, attempt, epoch, sample_index, prompt, generated, expected, scores, created_at
+            FROM predictions m WHERE m.job_id = $1 AND {_visible(2)}
+            ORDER BY step DESC, sample_index LIMIT $6""",
+        job_id, lo, hi, attempt, bounds, limit)
     return [dict(r) for r in rows]
 
 

@@ -150,13 +150,23 @@ class Downsampling(BaseModel):
     series: list[SeriesSummary]
 
 
+class AttemptSpan(BaseModel):
+    """Where one attempt's points lie in the job's curve."""
+
+    attempt: int
+    first_step: int = Field(description="The first step this attempt logged (1 when it started over).")
+    superseded_from: int | None = Field(description="From this step on, the curve shows a later attempt's points "
+                                                    "instead (read them all with ?attempt=N); None for the last.")
+
+
 class MetricsPage(BaseModel):
-    """One row per step: ``{step, epoch, recorded_at, <name>: value, ...}``, oldest first."""
+    """One row per step: ``{step, attempt, epoch, recorded_at, <name>: value, ...}``, oldest first."""
 
     job_id: str
     total_count: int = Field(description="Rows in the whole answer: every page together, or with max_points "
                                          "the downsampled rows (all in this page).")
     metrics: list[dict[str, Any]]
+    attempts: list[AttemptSpan] = Field(default_factory=list, description="The attempts that logged points.")
     downsampling: Downsampling | None = Field(default=None, description="Set when max_points was given.")
 
 

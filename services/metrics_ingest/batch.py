@@ -3,13 +3,14 @@
 Two encodings may be mixed in one body. ``metrics`` is the trainer's row form (one object per step with a
 ``values`` map); ``series`` is the compact column form (one object per metric name)::
 
-    {"batch_id": "job-7/42",
+    {"batch_id": "job-7/42", "attempt": 1,
      "recorded_at": "2025-01-01T00:00:00+00:00",
      "series": [{"name": "loss", "steps": [1, 2, 3], "values": [0.9, 0.8, 0.7],
                  "epochs": [0.01, 0.02, 0.03], "recorded_at": null}],
      "metrics": [{"step": 4, "epoch": 0.04, "values": {"loss": 0.6}}],
      "predictions": []}
 
+``attempt`` (default 1) is the attempt of the job that logged the points: each attempt's points are kept apart.
 ``epochs`` and the per-point ``recorded_at`` are optional (null when absent); a point without a time takes
 the body's ``recorded_at``, else the time ingest received it; times without an offset are UTC. Steps are
 0..2^31-1, values and epochs finite numbers, names 1..200 characters. A point logged twice in one batch
@@ -46,8 +47,12 @@ class SeriesIn(BaseModel):
     recorded_at: list[datetime] | None = None
 
 
+MAX_ATTEMPT = 10_000
+
+
 class BatchIn(BaseModel):
     batch_id: str = Field(min_length=1, max_length=200, description="Unique per job; a replay is dropped.")
+    attempt: int = Field(1, ge=1, le=MAX_ATTEMPT, description="The attempt of the job whose trainer logged these.")
     recorded_at: datetime | None = None
     metrics: list[MetricPoint] = Field(default_factory=list)
     series: list[SeriesIn] = Field(default_factory=list)
@@ -77,6 +82,7 @@ class Series:
 class Batch:
     batch_id: str
     default_time: datetime
+    attempt: int = 1
     series: list[Series] = field(default_factory=list)
     predictions: list[PredictionRecord] = field(default_factory=list)
     sent_points: int = 0
@@ -84,6 +90,13 @@ class Batch:
     @property
     def points(self) -> int:
         return sum(len(s.steps) for s in self.series)
+
+
+    @property
+    def first_step(self) -> int | None:
+        """The smallest step of any point or prediction in the batch."""
+        firsts = [s.steps[0] for s in self.series if s.steps] + [p.step for p in self.predictions]
+        return min(firsts, default=None)
 
 
 @dataclass(slots=True)
@@ -125,8 +138,8 @@ def parse_batch(body: bytes, received_at: datetime | None = None) -> Batch:
     default_time = _utc(raw.recorded_at) if raw.recorded_at else (received_at or datetime.now(UTC))
     sent = sum(len(p.steps) for p in parts.values())
     series = [_series(name, parts[name], default_time) for name in sorted(parts)]
-    return Batch(batch_id=raw.batch_id, default_time=default_time, series=series, predictions=predictions,
-                 sent_points=sent)
+    return Batch(batch_id=raw.batch_id, default_time=default_time, attempt=raw.attempt, series=series,
+                 predictions=predictions, sent_points=sent)
 
 
 def _collect_series(items: list[SeriesIn], parts: dict[str, _Parts], errors: list[dict[str, str]]) -> None:

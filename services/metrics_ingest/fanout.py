@@ -30,9 +30,9 @@ MAX_VALUES_PER_MESSAGE = 2_000
 MAX_PREDICTIONS_PER_MESSAGE = 50
 
 
-def _envelope(job_id: str, key: str, items: list) -> bytes:
+def _envelope(job_id: str, key: str, items: list, attempt: int = 1) -> bytes:
     return orjson.dumps({"event_id": str(uuid.uuid4()), "occurred_at": datetime.now(UTC), "job_id": job_id,
-                         "schema_version": 1, key: items})
+                         "schema_version": 1, "attempt": attempt, key: items})
 
 
 def _rows(batch: Batch) -> list[dict]:
@@ -69,18 +69,18 @@ def metric_messages(job_id: str, batch: Batch, max_values: int = MAX_VALUES_PER_
     size = 0
     for row in _rows(batch):
         if chunk and size + len(row["values"]) > max_values:
-            yield _envelope(job_id, "metrics", chunk)
+            yield _envelope(job_id, "metrics", chunk, batch.attempt)
             chunk, size = [], 0
         chunk.append(row)
         size += len(row["values"])
     if chunk:
-        yield _envelope(job_id, "metrics", chunk)
+        yield _envelope(job_id, "metrics", chunk, batch.attempt)
 
 
 def prediction_messages(job_id: str, batch: Batch) -> Iterator[bytes]:
     items = [p.model_dump(mode="json") for p in batch.predictions]
     for start in range(0, len(items), MAX_PREDICTIONS_PER_MESSAGE):
-        yield _envelope(job_id, "predictions", items[start:start + MAX_PREDICTIONS_PER_MESSAGE])
+        yield _envelope(job_id, "predictions", items[start:start + MAX_PREDICTIONS_PER_MESSAGE], batch.attempt)
 
 
 class LiveFanout:

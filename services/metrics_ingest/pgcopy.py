@@ -16,7 +16,7 @@ from datetime import datetime
 
 from .batch import Batch, Series
 
-COLUMNS = ("job_id", "name", "step", "epoch", "value", "recorded_at")
+COLUMNS = ("job_id", "name", "step", "epoch", "value", "recorded_at", "attempt")
 HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
 TRAILER = struct.pack(">h", -1)
 PG_EPOCH_US = 946_684_800 * 1_000_000
@@ -37,7 +37,7 @@ def _big_endian(typecode: str, values) -> bytes:
     return column.tobytes()
 
 
-def _series(job: bytes, s: Series, default_time: int) -> bytes:
+def _series(job: bytes, s: Series, default_time: int, attempt: int) -> bytes:
     name = s.name.encode()
     n = len(s.steps)
     times = [pg_time(t) for t in s.times] if s.times is not None else None
@@ -46,12 +46,13 @@ def _series(job: bytes, s: Series, default_time: int) -> bytes:
         if all(e is None for e in epochs):
             epochs = None
         else:
-            return _rows(job, name, s, times, default_time)
-    head = struct.pack(">hi16si", 6, 16, job, len(name)) + name
+            return _rows(job, name, s, times, default_time, attempt)
+    head = struct.pack(">hi16si", len(COLUMNS), 16, job, len(name)) + name
     fields: list[tuple[bytes, str, object]] = [(struct.pack(">ii", 4, 0), "i", s.steps)]
     fields.append((_NULL, "", None) if epochs is None else (struct.pack(">id", 8, 0.0), "d", epochs))
     fields.append((struct.pack(">id", 8, 0.0), "d", s.values))
     fields.append((struct.pack(">iq", 8, default_time), "q" if times is not None else "", times))
+    fields.append((struct.pack(">ii", 4, attempt), "", None))
     template = head + b"".join(f[0] for f in fields)
     size = len(template)
     buf = bytearray(template * n)
@@ -66,20 +67,20 @@ def _series(job: bytes, s: Series, default_time: int) -> bytes:
     return bytes(buf)
 
 
-def _rows(job: bytes, name: bytes, s: Series, times: list[int] | None, default_time: int) -> bytes:
-    head = struct.pack(">hi16si", 6, 16, job, len(name)) + name
-    with_epoch, without = struct.Struct(">iiididiq"), struct.Struct(">iiiidiq")
+def _rows(job: bytes, name: bytes, s: Series, times: list[int] | None, default_time: int, attempt: int) -> bytes:
+    head = struct.pack(">hi16si", len(COLUMNS), 16, job, len(name)) + name
+    with_epoch, without = struct.Struct(">iiididiqii"), struct.Struct(">iiiidiqii")
     out = []
     for i, (step, epoch, value) in enumerate(zip(s.steps, s.epochs or (), s.values, strict=True)):
         when = times[i] if times is not None else default_time
         if epoch is None:
-            out.append(head + without.pack(4, step, -1, 8, value, 8, when))
+            out.append(head + without.pack(4, step, -1, 8, value, 8, when, 4, attempt))
         else:
-            out.append(head + with_epoch.pack(4, step, 8, epoch, 8, value, 8, when))
+            out.append(head + with_epoch.pack(4, step, 8, epoch, 8, value, 8, when, 4, attempt))
     return b"".join(out)
 
 
 def copy_data(job_id: uuid.UUID, batch: Batch) -> bytes:
     """The whole COPY stream (header, rows, trailer) for the batch's points, in key order."""
     default_time = pg_time(batch.default_time)
-    return HEADER + b"".join(_series(job_id.bytes, s, default_time) for s in batch.series) + TRAILER
+    return HEADER + b"".join(_series(job_id.bytes, s, default_time, batch.attempt) for s in batch.series) + TRAILER

@@ -31,7 +31,8 @@ def point_records(job: uuid.UUID, batch: Batch) -> Iterator[tuple]:
     for s in batch.series:
         yield from zip(itertools.repeat(job), itertools.repeat(s.name), s.steps,
                        s.epochs if s.epochs is not None else itertools.repeat(None), s.values,
-                       s.times if s.times is not None else itertools.repeat(batch.default_time))
+                       s.times if s.times is not None else itertools.repeat(batch.default_time),
+                       itertools.repeat(batch.attempt))
 
 
 class IngestRepository:
@@ -57,6 +58,13 @@ class IngestRepository:
             batch.batch_id, job, batch.points, len(batch.predictions))
         if not fresh:
             return False
+        first = batch.first_step
+        if first is not None:
+            await conn.execute(
+                """INSERT INTO metric_attempts (job_id, attempt, first_step) VALUES ($1, $2, $3)
+                   ON CONFLICT (job_id, attempt) DO UPDATE
+                   SET first_step = LEAST(metric_attempts.first_step, EXCLUDED.first_step)
+                   WHERE EXCLUDED.first_step < metric_attempts.first_step""", job, batch.attempt, first)
         if batch.series:
             try:
                 async with conn.transaction():
@@ -66,17 +74,18 @@ class IngestRepository:
                 await self._insert_new_points(conn, job, batch)
         if batch.predictions:
             await conn.executemany(
-                """INSERT INTO predictions (job_id, step, sample_index, epoch, prompt, generated, expected, scores)
-                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING""",
-                [(job, p.step, p.sample_index, p.epoch, p.prompt, p.generated, p.expected, p.scores)
+                """INSERT INTO predictions (job_id, step, sample_index, epoch, prompt, generated, expected, scores,
+                                            attempt)
+                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT DO NOTHING""",
+                [(job, p.step, p.sample_index, p.epoch, p.prompt, p.generated, p.expected, p.scores, batch.attempt)
                  for p in batch.predictions])
         return True
 
     @staticmethod
     async def _insert_new_points(conn: asyncpg.Connection, job: uuid.UUID, batch: Batch) -> None:
-        _, names, steps, epochs, values, times = zip(*point_records(job, batch), strict=True)
+        _, names, steps, epochs, values, times, _ = zip(*point_records(job, batch), strict=True)
         await conn.execute(
-            """INSERT INTO metric_points (job_id, name, step, epoch, value, recorded_at)
-               SELECT $1, * FROM unnest($2::text[], $3::int[], $4::float8[], $5::float8[], $6::timestamptz[])
+            """INSERT INTO metric_points (job_id, name, step, epoch, value, recorded_at, attempt)
+               SELECT $1, *, $7 FROM unnest($2::text[], $3::int[], $4::float8[], $5::float8[], $6::timestamptz[])
                ON CONFLICT DO NOTHING""",
-            job, names, steps, epochs, values, times)
+            job, names, steps, epochs, values, times, batch.attempt)

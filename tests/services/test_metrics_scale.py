@@ -76,7 +76,7 @@ async def test_downsampled_series_keeps_min_max_first_and_last(migrated, pool, a
         r = await client.get(f"/api/training/metrics/{job_id}", headers=auth(api_key),
                              params={"max_points": 100, "name": ["lr", "eval_loss"], "epoch": 3})
         page = r.json()
-        assert {k for m in page["metrics"] for k in m} <= {"step", "epoch", "recorded_at", "lr", "eval_loss"}
+        assert {k for m in page["metrics"] for k in m} <= {"step", "attempt", "epoch", "recorded_at", "lr", "eval_loss"}
         assert all(2000 < m["step"] <= 3000 for m in page["metrics"])
         assert {s["name"]: s["raw_points"] for s in page["downsampling"]["series"]} == {"lr": 1000, "eval_loss": 2}
 
@@ -86,7 +86,7 @@ async def test_downsampled_series_keeps_min_max_first_and_last(migrated, pool, a
         page = r.json()
         assert page["total_count"] == 40 and page["downsampling"] is None
         assert [m["step"] for m in page["metrics"]] == list(range(18_000, n + 1, 500))
-        assert set(page["metrics"][0]) == {"step", "epoch", "recorded_at", "eval_loss"}
+        assert set(page["metrics"][0]) == {"step", "attempt", "epoch", "recorded_at", "eval_loss"}
 
 
 async def test_pages_of_a_job_with_many_metrics(migrated, pool, api_key):
@@ -186,5 +186,6 @@ async def test_a_million_row_job_reads_through_the_index(migrated, pool, api_key
     # The figures are printed, not asserted: speed is measured by bench/ingest_vs_mlflow.py (read_ms), not by a
     # timed assertion that a loaded machine could fail.
 
-    plan = "\n".join(r[0] for r in await pool.fetch(f"EXPLAIN {_BUCKETS}", job_id, ["loss"], None, None, 499))
-    assert "metric_points_pkey" in plan  # the range scan of (job_id, name, step), not a scan of the table
+    plan = "\n".join(r[0] for r in await pool.fetch(f"EXPLAIN {_BUCKETS}", job_id, ["loss"], None, None, None, [],
+                                                 499))
+    assert "metric_points_pkey" in plan  # the range scan of (job_id, name, step, attempt), not a table scan

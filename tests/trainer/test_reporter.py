@@ -44,7 +44,7 @@ def test_batches_arrive_with_the_protocol(collector, tmp_path):
     assert set(collector.paths) == {f"/v1/jobs/{JOB}/batches"}
     assert set(collector.authorizations) == {f"Bearer {TOKEN}"}
     batch = next(iter(collector.batches.values()))
-    assert set(batch) == {"batch_id", "metrics", "predictions"}
+    assert set(batch) == {"batch_id", "attempt", "metrics", "predictions"} and batch["attempt"] == 1
     assert uuid.UUID(batch["batch_id"]).version == 4
     metric = collector.metrics()[0]
     assert set(metric) == {"step", "epoch", "values", "recorded_at"}

@@ -26,10 +26,14 @@ async def get_metrics(job_id: uuid.UUID, user: CurrentUser, pool: PoolDep,
                           description="Downsample: at most this many points per metric, keeping each curve's "
                                       "minimum and maximum; all rows come in one page."),
                       limit: int | None = Query(None, ge=1, le=10000, description="Rows per page (default 100)."),
-                      offset: int | None = Query(None, ge=0, description="Rows to skip (default 0).")
+                      offset: int | None = Query(None, ge=0, description="Rows to skip (default 0)."),
+                      attempt: int | None = Query(
+                          None, ge=1, le=10000, description="Only this attempt's points. Without it, the job's curve: "
+                                                            "each attempt's points up to where a later one began.")
                       ) -> MetricsPage:
     """One row per logged step with every value logged at it, oldest first: paged, or downsampled with
-    ``max_points``."""
+    ``max_points``. Each row says which attempt of the job logged it; ``attempts`` says where each began and where
+    a later one took over (a retry resumes from its checkpoint, or starts again from step 1)."""
     if name is not None:
         if len(name) > queries.MAX_SERIES:
             raise ValidationFailed(f"name: at most {queries.MAX_SERIES} metrics in one read", field="name")
@@ -39,32 +43,35 @@ async def get_metrics(job_id: uuid.UUID, user: CurrentUser, pool: PoolDep,
                                        field=f"name.{i}")
     await queries.ensure_job_visible(pool, user, str(job_id))
     try:
-        return await _read_metrics(pool, str(job_id), epoch, name, max_points, limit, offset)
+        return await _read_metrics(pool, str(job_id), epoch, name, max_points, limit, offset, attempt)
     except asyncpg.QueryCanceledError as exc:
         raise ServiceUnavailable(f"the read ran over {queries.READ_TIMEOUT_MS // 1000} s: ask for less (max_points, "
                                  "name=, epoch, or a smaller limit)") from exc
 
 
 async def _read_metrics(pool, job_id: str, epoch: int | None, name: list[str] | None, max_points: int | None,
-                        limit: int | None, offset: int | None) -> MetricsPage:
+                        limit: int | None, offset: int | None, attempt: int | None) -> MetricsPage:
     if max_points is None:
-        total, rows = await queries.metrics_page(pool, job_id, epoch=epoch, limit=limit or 100,
-                                                 offset=offset or 0, names=name)
-        return MetricsPage(job_id=job_id, total_count=total, metrics=rows)
+        total, rows, spans = await queries.metrics_page(pool, job_id, epoch=epoch, limit=limit or 100,
+                                                        offset=offset or 0, names=name, attempt=attempt)
+        return MetricsPage(job_id=job_id, total_count=total, metrics=rows, attempts=spans)
     for param, value in (("limit", limit), ("offset", offset)):
         if value is not None:
             raise ValidationFailed(f"{param}: not used with max_points, which returns every row in one page",
                                    field=param)
-    rows, series = await queries.metrics_downsampled(pool, job_id, epoch=epoch, names=name, max_points=max_points)
-    return MetricsPage(job_id=job_id, total_count=len(rows), metrics=rows,
+    rows, series, spans = await queries.metrics_downsampled(pool, job_id, epoch=epoch, names=name,
+                                                            max_points=max_points, attempt=attempt)
+    return MetricsPage(job_id=job_id, total_count=len(rows), metrics=rows, attempts=spans,
                        downsampling=Downsampling(max_points=max_points, series=series))
 
 
 @router.get("/predictions/{job_id}", response_model=PredictionsPage)
 async def get_predictions(job_id: uuid.UUID, user: CurrentUser, pool: PoolDep,
-                          epoch: int | None = Query(None, ge=1), limit: int = Query(50, ge=1, le=1000)
+                          epoch: int | None = Query(None, ge=1), limit: int = Query(50, ge=1, le=1000),
+                          attempt: int | None = Query(None, ge=1, le=10000,
+                                                      description="Only this attempt's; else the job's curve.")
                           ) -> PredictionsPage:
-    """Generated samples with their prompt and expected text, newest step first."""
+    """Generated samples with their prompt and expected text, newest step first, each with its attempt."""
     await queries.ensure_job_visible(pool, user, str(job_id))
-    rows = await queries.predictions(pool, str(job_id), epoch=epoch, limit=limit)
+    rows = await queries.predictions(pool, str(job_id), epoch=epoch, limit=limit, attempt=attempt)
     return PredictionsPage(job_id=str(job_id), predictions=rows)
