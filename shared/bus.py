@@ -137,13 +137,38 @@ class InProgress(BaseMiddleware):
             heart.cancel()
 
 
-def durable_consumer(durable: str) -> dict:
+class KeyedLocks:
+    """One lock per key (a job id), held while its messages are handled: a service that handles several messages
+    at once still applies one job's in the order they arrive."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+
+    @contextlib.asynccontextmanager
+    async def hold(self, key: str):
+        lock, users = self._locks.get(key, (asyncio.Lock(), 0))
+        self._locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[key]
+            if users == 1:
+                del self._locks[key]
+            else:
+                self._locks[key] = (lock, users - 1)
+
+
+def durable_consumer(durable: str, workers: int = 1) -> dict:
     """Subscriber keyword arguments for a durable pull consumer, shared by every copy of a service
     (so N copies split the work), that acks after the handler and redelivers when it raises, with the delays
     of ``shared.error_policy``. JetStream would stop delivering after ``max_deliver``: the policy moves a message
-    to the dead letters before that (``DEAD_AFTER``), so none is ever dropped silently."""
+    to the dead letters before that (``DEAD_AFTER``), so none is ever dropped silently. ``workers``: messages
+    handled at once by this process (a handler that waits on PostgreSQL leaves the CPU to the others)."""
+    extra = {"max_workers": workers} if workers > 1 else {}
     return {
         "durable": durable,
+        **extra,
         "pull_sub": PullSub(batch_size=16, timeout=1.0),
         "ack_policy": AckPolicy.NACK_ON_ERROR,
         "config": ConsumerConfig(ack_wait=ACK_WAIT_S, max_deliver=DEAD_AFTER + 10),

@@ -6,6 +6,7 @@ from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, ParentBased
 
 from shared.settings import Settings
 
@@ -24,9 +25,11 @@ def _exporter(settings: Settings) -> SpanExporter | None:
 
 
 def make_tracer_provider(service: str, settings: Settings, exporter: SpanExporter | None = None) -> TracerProvider:
-    """A tracer provider for one service; ``exporter`` overrides the configured one (tests pass one)."""
-    provider = TracerProvider(resource=Resource.create({"service.name": f"tunefleet-{service}"}))
+    """A tracer provider for one service; ``exporter`` overrides the configured one (tests pass one). With no
+    exporter, spans are not recorded (the trace context still travels, for services that do export)."""
     chosen = exporter or _exporter(settings)
+    provider = TracerProvider(resource=Resource.create({"service.name": f"tunefleet-{service}"}),
+                              sampler=ParentBased(ALWAYS_ON) if chosen is not None else ALWAYS_OFF)
     if chosen is not None:
         provider.add_span_processor(BatchSpanProcessor(chosen))
     return provider

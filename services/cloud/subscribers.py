@@ -6,13 +6,16 @@ import asyncio
 from collections.abc import Callable
 
 from shared import subjects
-from shared.bus import COMMANDS, Bus, durable_consumer
+from shared.bus import COMMANDS, Bus, KeyedLocks, durable_consumer
 from shared.events import ProvisionJob, TerminateJob
 from shared.providers import Compute
 from shared.service import Hooks, ServiceContext
 from shared.settings import Settings
 
 from .runner import CloudRunner
+
+#: Commands handled at once (a cloud create waits seconds on its API); one job's one after the other.
+WORKERS = 8
 
 
 def wire_provider(make_compute: Callable[[ServiceContext], Compute],
@@ -21,15 +24,19 @@ def wire_provider(make_compute: Callable[[ServiceContext], Compute],
         compute = make_compute(ctx)
         runner = CloudRunner(compute, ctx.settings, ctx.pool, Bus(ctx.broker).publish,
                              poll_interval_s=poll_interval_s(ctx.settings))
-        broker, name = ctx.broker, compute.name
+        broker, name, per_job = ctx.broker, compute.name, KeyedLocks()
 
-        @broker.subscriber(subjects.provision(name), stream=COMMANDS, **durable_consumer(f"provider-{name}-provision"))
+        @broker.subscriber(subjects.provision(name), stream=COMMANDS,
+                           **durable_consumer(f"provider-{name}-provision", WORKERS))
         async def on_provision(cmd: ProvisionJob) -> None:
-            await runner.provision(cmd)
+            async with per_job.hold(cmd.job_id):
+                await runner.provision(cmd)
 
-        @broker.subscriber(subjects.terminate(name), stream=COMMANDS, **durable_consumer(f"provider-{name}-terminate"))
+        @broker.subscriber(subjects.terminate(name), stream=COMMANDS,
+                           **durable_consumer(f"provider-{name}-terminate", WORKERS))
         async def on_terminate(cmd: TerminateJob) -> None:
-            await runner.terminate(cmd.job_id, cmd.user_id)
+            async with per_job.hold(cmd.job_id):
+                await runner.terminate(cmd.job_id, cmd.user_id)
 
         async def start_polling() -> None:
             await runner.recover()

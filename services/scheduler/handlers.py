@@ -118,16 +118,17 @@ async def handle_workload_reported(evt: WorkloadReported, *, jobs: JobRepository
     if job is None:
         log.warning("report for unknown job %s from %s", evt.job_id, evt.provider)
         return
-    redone = await _announce_recorded(evt.event_id, jobs=jobs, bus=bus)
-    if redone is not None:
-        await _follow_up(evt, redone, job, jobs=jobs, bus=bus)
-        return
+    # Where a report changes nothing, it may be a redelivery whose handler recorded its change and died before
+    # publishing what followed: _redo then publishes it (the lookup is only paid on those paths).
     if evt.attempt != job["attempt"]:
-        log.info("ignoring report of attempt %s for job %s (now at %s)", evt.attempt, evt.job_id, job["attempt"])
+        if not await _redo(evt, job, jobs=jobs, bus=bus):
+            log.info("ignoring report of attempt %s for job %s (now at %s)", evt.attempt, evt.job_id, job["attempt"])
         return
     await jobs.observe(evt.job_id, log_tail=evt.log_tail, cost_usd=evt.cost_usd, resource_id=evt.resource_id)
     current = JobStatus(job["status"])
     if current.is_terminal:
+        if await _redo(evt, job, jobs=jobs, bus=bus):
+            return
         if evt.phase in (WorkloadPhase.PROVISIONING, WorkloadPhase.RUNNING):
             await bus.publish(TerminateJob(event_id=derived_id(evt.job_id, "terminate-late", evt.event_id),
                                            job_id=evt.job_id, provider=evt.provider, user_id=job["user_id"],
@@ -138,11 +139,10 @@ async def handle_workload_reported(evt: WorkloadReported, *, jobs: JobRepository
     new = PHASE_STATUS[evt.phase]
     if new is JobStatus.FAILED and job["stop_requested"]:
         new = JobStatus.STOPPED
-    if new is current:
-        return
-    path = catch_up(current, new)
+    path = catch_up(current, new) if new is not current else None
     if path is None:
-        log.info("job %s: %s -> %s not allowed, ignored", evt.job_id, current.value, new.value)
+        if not await _redo(evt, job, jobs=jobs, bus=bus) and new is not current:
+            log.info("job %s: %s -> %s not allowed, ignored", evt.job_id, current.value, new.value)
         return
     for implied in path[:-1]:  # a report that overtook the ones before it: their states happened too
         t = await jobs.transition(evt.job_id, implied, source_event_id=_implied_id(evt.event_id, implied),
@@ -158,6 +158,15 @@ async def handle_workload_reported(evt: WorkloadReported, *, jobs: JobRepository
         return
     await _announce(t, jobs=jobs, bus=bus)
     await _follow_up(evt, t, job, jobs=jobs, bus=bus)
+
+
+async def _redo(evt: WorkloadReported, job, *, jobs: JobRepository, bus: Publisher) -> bool:
+    """Publish again what this report's recorded transition set going; False when it recorded none."""
+    redone = await _announce_recorded(evt.event_id, jobs=jobs, bus=bus)
+    if redone is None:
+        return False
+    await _follow_up(evt, redone, job, jobs=jobs, bus=bus)
+    return True
 
 
 async def _follow_up(evt: WorkloadReported, t: Transition, job, *, jobs: JobRepository, bus: Publisher) -> None:

@@ -3,25 +3,32 @@
 from __future__ import annotations
 
 from shared import subjects
-from shared.bus import COMMANDS, EVENTS, Bus, durable_consumer
+from shared.bus import COMMANDS, EVENTS, Bus, KeyedLocks, durable_consumer
 from shared.events import DeployRequested, StopRequested, WorkloadReported
 from shared.service import ServiceContext
 
 from . import handlers
 from .repository import JobRepository
 
+#: Messages of each kind handled at once; one job's are still handled one after the other (``KeyedLocks``).
+WORKERS = 8
+
 
 async def wire(ctx: ServiceContext) -> None:
-    broker, jobs, bus = ctx.broker, JobRepository(ctx.pool), Bus(ctx.broker)
+    broker, jobs, bus, per_job = ctx.broker, JobRepository(ctx.pool), Bus(ctx.broker), KeyedLocks()
 
-    @broker.subscriber(subjects.DEPLOY_REQUESTED, stream=COMMANDS, **durable_consumer("scheduler-deploy"))
+    @broker.subscriber(subjects.DEPLOY_REQUESTED, stream=COMMANDS, **durable_consumer("scheduler-deploy", WORKERS))
     async def on_deploy(cmd: DeployRequested) -> None:
-        await handlers.handle_deploy_requested(cmd, jobs=jobs, bus=bus)
+        async with per_job.hold(cmd.job_id):
+            await handlers.handle_deploy_requested(cmd, jobs=jobs, bus=bus)
 
-    @broker.subscriber(subjects.STOP_REQUESTED, stream=COMMANDS, **durable_consumer("scheduler-stop"))
+    @broker.subscriber(subjects.STOP_REQUESTED, stream=COMMANDS, **durable_consumer("scheduler-stop", WORKERS))
     async def on_stop(cmd: StopRequested) -> None:
-        await handlers.handle_stop_requested(cmd, jobs=jobs, bus=bus)
+        async with per_job.hold(cmd.job_id):
+            await handlers.handle_stop_requested(cmd, jobs=jobs, bus=bus)
 
-    @broker.subscriber(subjects.WORKLOAD_REPORTED_ANY, stream=EVENTS, **durable_consumer("scheduler-workload"))
+    @broker.subscriber(subjects.WORKLOAD_REPORTED_ANY, stream=EVENTS,
+                       **durable_consumer("scheduler-workload", WORKERS))
     async def on_report(evt: WorkloadReported) -> None:
-        await handlers.handle_workload_reported(evt, jobs=jobs, bus=bus)
+        async with per_job.hold(evt.job_id):
+            await handlers.handle_workload_reported(evt, jobs=jobs, bus=bus)
