@@ -56,9 +56,10 @@ def up(sandbox: bool = typer.Option(False, help="Also start local emulators of t
         if key:
             console.print(f"First API key (user admin), shown once: [bold]{key}[/]", soft_wrap=True)
         if stack.sandbox_key:
-            console.print(f"Sandbox: RunPod's and Lambda's APIs are emulated here; store the key "
-                          f"{stack.sandbox_key} with PUT /api/secrets/runpod and /api/secrets/lambda to deploy "
-                          "on them.", soft_wrap=True)
+            console.print(f"Sandbox: RunPod's and Lambda's APIs are emulated here, an account per user. Store your "
+                          "account's key with PUT /api/secrets/runpod and /api/secrets/lambda to deploy on them; "
+                          "`tunefleet sandbox-key --user NAME` gives each user theirs (admin's is "
+                          f"{stack.sandbox_key}).", soft_wrap=True)
         console.print("Press Ctrl-C to stop.", highlight=False)
         stack.supervise_until_signal()
     finally:
@@ -198,6 +199,18 @@ def keys_create(user: str = typer.Option(..., "--user", help="User name; created
     from services.gateway.users import create_api_key
 
     typer.echo(_with_database(lambda pool: create_api_key(pool, user)))
+
+
+@app.command("sandbox-key")
+def sandbox_key(user: str = typer.Option(..., "--user", help="The TuneFleet user the account is for.")) -> None:
+    """Print the key of USER's own account on the emulated clouds of `tunefleet up --sandbox` (made on first use):
+    a key sees only its own account's pods, instances and SSH keys."""
+    from services.sandbox.accounts import account_key, key_file
+
+    try:
+        typer.echo(account_key(key_file(Settings().home), user))
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
 
 
 @app.command("tiny-model")

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import secrets
 import signal
 import subprocess
 import sys
@@ -109,14 +108,13 @@ class Stack:
 
     def start_sandbox(self) -> None:
         """Cloud emulators on loopback, so the whole flow runs with no cloud account."""
+        from services.sandbox import accounts
         from services.sandbox.machines import build_stock_images
 
         folder = self.settings.home / "sandbox"
         folder.mkdir(parents=True, exist_ok=True)
-        key_file = folder / "api_key"
-        if not key_file.exists():
-            key_file.write_text("sandbox-" + secrets.token_urlsafe(16))
-        self.sandbox_key = key_file.read_text().strip()
+        key_file = accounts.key_file(self.settings.home)
+        self.sandbox_key = accounts.account_key(key_file, "admin")
         log.info("preparing the emulated machine images (once per data folder; about a minute)")
         stock = build_stock_images(folder / "images")
         runpod, lambda_api, lambda_ssh, mirror = free_port(), free_port(), free_port(), free_port()

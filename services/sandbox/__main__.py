@@ -9,6 +9,7 @@ from pathlib import Path
 
 import uvicorn
 
+from .accounts import read_keys
 from .images import sandbox_images
 from .lambda_cloud import LambdaEmulator
 from .machines import build_stock_images
@@ -23,21 +24,39 @@ def main() -> None:
     parser.add_argument("--lambda-port", type=int, required=True)
     parser.add_argument("--lambda-ssh-port", type=int, required=True)
     parser.add_argument("--mirror-port", type=int, required=True)
-    parser.add_argument("--key-file", type=Path, required=True, help="File holding the API key both accept.")
+    parser.add_argument("--key-file", type=Path, required=True,
+                        help="The accounts' API keys (accounts.key_file): each key is an account of its own on both "
+                             "emulated clouds; keys added while they run are taken within a second.")
     args = parser.parse_args()
-    key = args.key_file.read_text().strip()
+    keys = read_keys(args.key_file)
     print("building the emulated machine images (once; about a minute)...", file=sys.stderr, flush=True)
     stock = build_stock_images(args.workdir / "images")
-    runpod = RunPodEmulator(args.workdir / "runpod", {key}, stock=stock, images=sandbox_images(stock))
-    lambda_cloud = LambdaEmulator(args.workdir / "lambda", {key}, stock=stock, ssh_port=args.lambda_ssh_port)
+    runpod = RunPodEmulator(args.workdir / "runpod", keys, stock=stock, images=sandbox_images(stock))
+    lambda_cloud = LambdaEmulator(args.workdir / "lambda", keys, stock=stock, ssh_port=args.lambda_ssh_port)
     asyncio.run(_serve([(runpod.app, args.runpod_port), (lambda_cloud.app, args.lambda_port),
-                        (mirror_app(stock), args.mirror_port)]))
+                        (mirror_app(stock), args.mirror_port)], keys, args.key_file))
 
 
-async def _serve(apps) -> None:
+async def _serve(apps, keys: set[str], key_file: Path) -> None:
     servers = [uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
                for app, port in apps]
-    await asyncio.gather(*(server.serve() for server in servers))
+    reload = asyncio.create_task(_follow_keys(keys, key_file))
+    try:
+        await asyncio.gather(*(server.serve() for server in servers))
+    finally:
+        reload.cancel()
+
+
+async def _follow_keys(keys: set[str], key_file: Path) -> None:
+    """Keep ``keys`` (the set both emulators check) equal to the file: new accounts first, then gone ones."""
+    while True:
+        await asyncio.sleep(1.0)
+        try:
+            now = await asyncio.to_thread(read_keys, key_file)
+        except OSError:
+            continue
+        keys.update(now)
+        keys.intersection_update(now)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import hashlib
 import itertools
 import secrets
 import subprocess
@@ -71,6 +72,7 @@ class Instance:
     created: float
     sshd_delay_s: float
     host_key: asyncssh.SSHKey = field(repr=False)
+    account: str = ""
     status: str = "booting"
     active_at: float | None = None
     ended_at: float | None = None
@@ -188,7 +190,8 @@ class LambdaEmulator:
 
     def instance_for_key(self, instance: Instance, public_key: str) -> bool:
         blob = _key_blob(public_key)
-        names = {k["name"] for k in self.ssh_keys.values() if _key_blob(k["public_key"]) == blob}
+        names = {k["name"] for k in self.ssh_keys.values()
+                 if k["account"] == instance.account and _key_blob(k["public_key"]) == blob}
         return instance.status == "active" and bool(names & set(instance.ssh_key_names))
 
     # SSH ------------------------------------------------------------------------------------------------
@@ -216,11 +219,20 @@ class LambdaEmulator:
                                                "gpus": t["gpus"]}},
                    "regions_with_capacity_available": regions} for name, t in INSTANCE_TYPES.items()}})
 
+    def _own(self, instance_id: str | None, request: Request) -> Instance | None:
+        """An instance of the caller's account: another account's do not exist for it, as on Lambda."""
+        instance = self.instances.get(instance_id)
+        return instance if instance is not None and instance.account == request.state.account else None
+
+    def _keys(self, request: Request) -> list[dict]:
+        return [k for k in self.ssh_keys.values() if k["account"] == request.state.account]
+
     async def list_instances(self, request: Request) -> JSONResponse:
-        return JSONResponse({"data": [i.as_json() for i in self.instances.values()]})
+        return JSONResponse({"data": [i.as_json() for i in self.instances.values()
+                                      if i.account == request.state.account]})
 
     async def get_instance(self, request: Request) -> JSONResponse:
-        instance = self.instances.get(request.path_params["id"])
+        instance = self._own(request.path_params["id"], request)
         if instance is None:
             return _error(404, "global/object-does-not-exist", "Specified instance does not exist.")
         return JSONResponse({"data": instance.as_json()})
@@ -234,7 +246,7 @@ class LambdaEmulator:
             return _error(400, "global/invalid-parameters", "Invalid request data.")
         if int(body.get("quantity") or 1) != 1:
             return _error(400, "global/invalid-parameters", "Requested too many instances.")
-        known = {k["name"] for k in self.ssh_keys.values()}
+        known = {k["name"] for k in self._keys(request)}
         if not isinstance(keys, list) or len(keys) != 1 or keys[0] not in known:
             return _error(400, "global/invalid-parameters", "Invalid request data.")
         name = body.get("name")
@@ -243,27 +255,29 @@ class LambdaEmulator:
         if self.faults.no_capacity:
             return _error(400, "instance-operations/launch/insufficient-capacity",
                           "Not enough capacity to fulfill launch request.")
-        instance_id = self.create_instance(name or "", type_name, region, keys).id
+        instance_id = self.create_instance(name or "", type_name, region, keys, account=request.state.account).id
         if self.faults.lost_launch_answers > 0:
             self.faults.lost_launch_answers -= 1
             return PlainTextResponse("<html><body><h1>502 Bad Gateway</h1></body></html>", 502,
                                      media_type="text/html")
         return JSONResponse({"data": {"instance_ids": [instance_id]}})
 
-    def create_instance(self, name: str, type_name: str, region: str, ssh_key_names: list[str]) -> Instance:
-        """A new booting instance, as a launch makes it (tests use it to make one behind TuneFleet's back)."""
+    def create_instance(self, name: str, type_name: str, region: str, ssh_key_names: list[str], *,
+                        account: str | None = None) -> Instance:
+        """A new booting instance of ``account``, as a launch makes it (tests use it to make one behind TuneFleet's
+        back, by default in the only key's account)."""
         instance_id = secrets.token_hex(16)
         home = self.workdir / "instances" / instance_id / "home" / "ubuntu"
         home.mkdir(parents=True)
         instance = Instance(instance_id, name, type_name, region, ssh_key_names, home, next(self._addresses),
                             time.time(), self.sshd_delay_s + self.faults.ssh_refused_s,
-                            asyncssh.generate_private_key("ssh-ed25519"))
+                            asyncssh.generate_private_key("ssh-ed25519"), account=account or self.only_account())
         self.instances[instance_id] = self.launched[instance_id] = instance
         return instance
 
     async def terminate(self, request: Request) -> JSONResponse:
         ids = (await request.json()).get("instance_ids") or []
-        found = [self.instances.get(i) for i in ids]
+        found = [self._own(i, request) for i in ids]
         if not ids or any(i is None or i.status in ("terminating", "terminated") for i in found):
             return _error(404, "global/object-does-not-exist", "Specified instance does not exist.")
         for instance in found:
@@ -272,27 +286,33 @@ class LambdaEmulator:
         return JSONResponse({"data": {"terminated_instances": [i.as_json() for i in found]}})
 
     async def list_keys(self, request: Request) -> JSONResponse:
-        return JSONResponse({"data": list(self.ssh_keys.values())})
+        return JSONResponse({"data": [_public(k) for k in self._keys(request)]})
 
     async def add_key(self, request: Request) -> JSONResponse:
         body = await request.json()
         name, public_key = body.get("name"), body.get("public_key")
         if not name or len(name) > 64 or not public_key:
             return _error(400, "global/invalid-parameters", "Invalid request data.")
-        if any(k["name"] == name for k in self.ssh_keys.values()):
+        if any(k["name"] == name for k in self._keys(request)):
             return _error(400, "global/duplicate", "An SSH key with this name already exists.")
-        key = {"id": secrets.token_hex(16), "name": name, "public_key": public_key}
+        key = {"id": secrets.token_hex(16), "name": name, "public_key": public_key, "account": request.state.account}
         self.ssh_keys[key["id"]] = key
-        return JSONResponse({"data": key})
+        return JSONResponse({"data": _public(key)})
 
     async def delete_key(self, request: Request) -> JSONResponse:
         key = self.ssh_keys.get(request.path_params["id"])
-        if key is None:
+        if key is None or key["account"] != request.state.account:
             return _error(404, "global/object-does-not-exist", "Specified SSH key does not exist.")
-        if any(key["name"] in i.ssh_key_names for i in self.instances.values() if i.status != "terminated"):
+        if any(key["name"] in i.ssh_key_names for i in self.instances.values()
+               if i.status != "terminated" and i.account == key["account"]):
             return _error(400, "ssh-keys/key-in-use", "SSH key is in use by an instance.")
         del self.ssh_keys[key["id"]]
         return JSONResponse({"data": {}})
+
+    def only_account(self) -> str:
+        if len(self.api_keys) != 1:
+            raise ValueError("name the account: this emulator has several API keys")
+        return account_of(next(iter(self.api_keys)))
 
     def over_limit(self, key: str, path: str) -> bool:
         """Lambda's rates, per account: only requests that were let through count."""
@@ -305,6 +325,15 @@ class LambdaEmulator:
         for kind, _ in kinds:
             self._last[(key, kind)] = now
         return False
+
+
+def account_of(api_key: str) -> str:
+    """The account an API key belongs to: each key is an account of its own here."""
+    return hashlib.sha256(api_key.encode()).hexdigest()[:12]
+
+
+def _public(key: dict) -> dict:
+    return {k: v for k, v in key.items() if k != "account"}
 
 
 def _error(status: int, code: str, message: str) -> JSONResponse:
@@ -339,6 +368,7 @@ class _Gate:
             return await _error(401, "global/invalid-api-key", "API key was invalid, expired, or deleted.")(
                 scope, receive, send)
         emulator.requests.append(where)
+        scope.setdefault("state", {})["account"] = account_of(key)
         return await self.app(scope, receive, send)
 
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import itertools
 import json
 import secrets
@@ -110,6 +111,7 @@ class Pod:
     pulled_at: float | None
     cost_per_hr: float
     folder: Path
+    account: str = ""
     desired_status: str = "RUNNING"
     last_status_change: str = "Rented by User"
     process: subprocess.Popen | None = field(default=None, repr=False)
@@ -244,6 +246,11 @@ class RunPodEmulator:
         ids = [pod_id] if pod_id else [*self.pods, *self.ended]
         return [p for i in ids for p in machine_processes(i)]
 
+    def only_account(self) -> str:
+        if len(self.api_keys) != 1:
+            raise ValueError("name the account: this emulator has several API keys")
+        return account_of(next(iter(self.api_keys)))
+
     # GraphQL --------------------------------------------------------------------------------------------
 
     async def graphql(self, request: Request):
@@ -257,6 +264,7 @@ class RunPodEmulator:
         scheme, _, key = request.headers.get("authorization", "").partition(" ")
         if scheme != "Bearer" or key not in self.api_keys:
             return JSONResponse({"error": "Unauthorized"}, status_code=401)
+        account = account_of(key)
         body = await request.json()
         query = body.get("query", "")
         self.requests.append(query)
@@ -271,7 +279,7 @@ class RunPodEmulator:
             assert isinstance(node, FieldNode)
             args = {a.name.value: value_from_ast_untyped(a.value) for a in node.arguments or ()}
             try:
-                value = self._resolve(node.name.value, args)
+                value = self._resolve(node.name.value, args, account)
             except _Invalid as exc:
                 return JSONResponse({"errors": [{"message": str(exc)}]}, status_code=400)
             except ValueError as exc:
@@ -282,7 +290,12 @@ class RunPodEmulator:
             data[node.alias.value if node.alias else node.name.value] = _project(value, node.selection_set)
         return JSONResponse({"data": data})
 
-    def _resolve(self, name: str, args: dict) -> Any:
+    def _own(self, pod_id: str | None, account: str, *, ended: bool = False) -> Pod | None:
+        """A pod of ``account``: another account's pods do not exist for it, as on RunPod."""
+        pod = self.pods.get(pod_id) or (self.ended.get(pod_id) if ended else None)
+        return pod if pod is not None and pod.account == account else None
+
+    def _resolve(self, name: str, args: dict, account: str) -> Any:
         given = args.get("input") or {}
         if name == "gpuTypes":
             wanted = given.get("id")
@@ -292,24 +305,25 @@ class RunPodEmulator:
                      "lowestPrice": {"minimumBidPrice": round(price * 0.5, 2), "uninterruptablePrice": price}}
                     for gid, (display, memory, price) in GPU_TYPES.items() if wanted in (None, gid)]
         if name == "myself":
-            return {"id": "user-1", "pubKey": "", "networkVolumes": [],
-                    "pods": [p.as_graphql() for p in self.pods.values()]}
+            return {"id": f"user-{account}", "pubKey": "", "networkVolumes": [],
+                    "pods": [p.as_graphql() for p in self.pods.values() if p.account == account]}
         if name == "pod":
-            pod = self.pods.get(given.get("podId")) or self.ended.get(given.get("podId"))
+            pod = self._own(given.get("podId"), account, ended=True)
             return pod.as_graphql() if pod else None
         if name == "podFindAndDeployOnDemand":
-            return self._create(given).as_graphql()
+            return self._create(given, account).as_graphql()
         if name == "podTerminate":
-            pod = self.pods.pop(given.get("podId"), None)
+            pod = self._own(given.get("podId"), account)
             if pod is None:
                 raise ValueError("pod not found to terminate")
+            del self.pods[pod.id]
             self._stop_container(pod)
             pod.desired_status, pod.last_status_change = "EXITED", f"Terminated by user: {time.ctime()}"
             self.ended[pod.id] = pod
             self._discard(pod)
             return None
         if name == "podStop":
-            pod = self.pods.get(given.get("podId"))
+            pod = self._own(given.get("podId"), account)
             if pod is None:
                 raise ValueError("pod not found to stop")
             self._stop_container(pod)
@@ -317,7 +331,9 @@ class RunPodEmulator:
             return pod.as_graphql()
         raise _Invalid(f'Cannot query field "{name}" on type "Query".')
 
-    def _create(self, given: dict) -> Pod:
+    def _create(self, given: dict, account: str | None = None) -> Pod:
+        """A new pod of ``account`` (by default the only key's: tests make pods behind TuneFleet's back)."""
+        account = account or self.only_account()
         unknown = sorted(set(given) - CREATE_FIELDS)
         if unknown:
             raise _Invalid(f'Field "{unknown[0]}" is not defined by type "PodFindAndDeployOnDemandInput".')
@@ -338,13 +354,18 @@ class RunPodEmulator:
                   container_disk_in_gb=int(given.get("containerDiskInGb") or 10),
                   volume_mount_path=given.get("volumeMountPath") or "/runpod-volume", created=now,
                   pulled_at=now + known.pull_s + self.faults.slow_pull_s if known else None,
-                  cost_per_hr=round(GPU_TYPES[gpu][2] * count, 4), folder=self.workdir / pod_id)
+                  cost_per_hr=round(GPU_TYPES[gpu][2] * count, 4), folder=self.workdir / pod_id, account=account)
         pod.folder.mkdir(parents=True)
         self.pods[pod_id] = pod
         if self.faults.lost_create_answers > 0:
             self.faults.lost_create_answers -= 1
             raise _LostAnswer
         return pod
+
+
+def account_of(api_key: str) -> str:
+    """The account an API key belongs to: each key is an account of its own here."""
+    return hashlib.sha256(api_key.encode()).hexdigest()[:12]
 
 
 def container_argv(image: MachineImage, docker_args: str) -> list[str]:
