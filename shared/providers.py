@@ -82,6 +82,7 @@ class WorkloadRequest:
     bundle_dir: Path
     artifacts_dir: Path
     options: dict[str, Any] = field(default_factory=dict)
+    user_id: str = ""
 
     @property
     def name(self) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -87,7 +87,13 @@ class Settings(BaseSettings):
     max_streams_per_user: int = Field(default=8, ge=0, description="Live event streams (SSE) one user may hold "
                                                                    "open, per gateway process.")
 
-    trainer_python: str | None = Field(default=None, description="Python that runs local trainers.")
+    trainer_python: str | None = Field(default=None, description="Python that runs local trainers and preflights.")
+    trainer_isolation: Literal["auto", "on", "off"] = Field(
+        default="auto", description="Run users' code on this machine (local trainers, preflights) under an OS uid of "
+                                    "each user's own: on, auto (when the server runs as root and the uids can run "
+                                    "the trainer's Python), off.")
+    trainer_uids: str = Field(default="200000-265535", pattern=r"^\d+-\d+$",
+                              description="The uids (first-last) given to users' code, one per TuneFleet user.")
     stop_grace_seconds: float = 20.0
 
     @field_validator("model_dirs", "data_dirs", mode="before")
@@ -96,6 +102,11 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [part for part in value.split(os.pathsep) if part.strip()]
         return value
+
+    @property
+    def trainer_uid_range(self) -> tuple[int, int]:
+        first, _, last = self.trainer_uids.partition("-")
+        return int(first), int(last)
 
     @property
     def models_dir(self) -> Path:

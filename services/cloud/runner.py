@@ -89,13 +89,13 @@ class CloudRunner:
         return {JUDGE_KEY_ENV: judge.api_key.get_secret_value()}
 
     async def _request(self, job_id: str, attempt: int, options: dict | None = None,
-                       command: ProvisionJob | None = None) -> WorkloadRequest:
+                       command: ProvisionJob | None = None, user_id: str = "") -> WorkloadRequest:
         env = await self._secret_env(command) if command is not None else {}
         if self.compute.remote:
             env.update(workload_env(self.settings, job_id, attempt, push=self.compute.pushes_reports,
                                     resume=latest_checkpoint(self.settings, job_id) is not None))
         return WorkloadRequest(job_id=job_id, attempt=attempt, installation=self.compute.installation, env=env,
-                               options=options or {},
+                               options=options or {}, user_id=command.user_id if command else user_id,
                                bundle_dir=bundle_dir(self.settings, job_id, attempt),
                                artifacts_dir=artifacts_dir(self.settings, job_id, attempt))
 
@@ -201,7 +201,8 @@ class CloudRunner:
         status = await self.compute.status(row["resource_id"], credentials)
         starting = status.phase is WorkloadPhase.RUNNING and not row["workload_started"]
         command = ProvisionJob.model_validate(row["command"]) if starting else None
-        request = await self._request(job_id, attempt, command.provider_options if command else None, command)
+        request = await self._request(job_id, attempt, command.provider_options if command else None, command,
+                                      user_id=row["user_id"])
         if starting:
             status = await self._start(row, request, credentials, status)
         folder = request.artifacts_dir

@@ -11,6 +11,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from shared.bus import Bus, connect
 from shared.service import service_resources
 from shared.settings import Settings
+from shared.trainer_users import TrainerUsers
 
 from .auth import KeyFirst
 from .deploying import run_relay
@@ -53,6 +54,7 @@ def create_app(settings: Settings, tracer_provider: TracerProvider | None = None
                   description="Fine-tune open LLMs on rented GPUs. Every route but /healthz needs "
                               "'Authorization: Bearer <api key>'.")
     app.state.quotas = ProcessQuotas.from_settings(settings)
+    app.state.trainer_users = TrainerUsers(settings)
     install_error_handlers(app)
     app.add_middleware(KeyFirst)
     install_tracing(app, tracer_provider)

@@ -31,11 +31,13 @@ class Processes:
 
     children: dict[str, subprocess.Popen] = field(default_factory=dict)
 
-    def spawn(self, argv: list[str], *, cwd: Path, env: dict[str, str], log_path: Path) -> str:
+    def spawn(self, argv: list[str], *, cwd: Path, env: dict[str, str], log_path: Path,
+              run_as: dict | None = None) -> str:
+        """Start ``argv`` in a process group of its own; ``run_as``: Popen's user, group and extra_groups."""
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(log_path, "ab") as log:
             process = subprocess.Popen(argv, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                       stdin=subprocess.DEVNULL, start_new_session=True)
+                                       stdin=subprocess.DEVNULL, start_new_session=True, **(run_as or {}))
         resource_id = process_id(process.pid)
         self.children[resource_id] = process
         return resource_id

@@ -22,6 +22,7 @@ from shared.providers import (
     parse_resource_name,
 )
 from shared.settings import Settings
+from shared.trainer_users import RunAs, TrainerUsers
 
 from .api_client import SIGKILL, SIGTERM, Processes, process_id
 
@@ -35,19 +36,30 @@ class LocalCompute(Compute[None]):
     def __init__(self, settings: Settings):
         self.settings = settings
         self.processes = Processes()
+        self.users = TrainerUsers(settings)
 
     def _argv(self, spec_path: str) -> list[str]:
         return [self.settings.trainer_python or sys.executable, "-m", "trainer", "--spec", spec_path]
 
     async def provision(self, request: WorkloadRequest, credentials: None) -> Provisioned:
+        """Start the trainer, as the job's user's own uid where the machine allows (``shared.trainer_users``):
+        its bundle and output folder are handed over to that uid, which can read nothing else of the server's."""
         env = minimal_environment(request.env)
         try:
+            run_as = await asyncio.to_thread(self._hand_over, request)
+            if run_as is not None:
+                env["HOME"] = str(run_as.home)
             resource_id = await asyncio.to_thread(
                 self.processes.spawn, self._argv(str(request.bundle_dir / "spec.json")), cwd=request.bundle_dir,
-                env=env, log_path=request.artifacts_dir / "train.log")
+                env=env, log_path=request.artifacts_dir / "train.log", run_as=run_as and run_as.popen())
         except OSError as exc:
             raise ProviderError(f"could not start the trainer: {exc}") from exc
         return Provisioned(resource_id, 0.0)
+
+    def _hand_over(self, request: WorkloadRequest) -> RunAs | None:
+        run_as = self.users.for_user(request.user_id)
+        self.users.hand_over(run_as, request.bundle_dir, request.artifacts_dir)
+        return run_as
 
     async def find(self, name: str, credentials: None) -> Provisioned | None:
         """A trainer already running this attempt's spec (started by a provider that stopped before it

@@ -54,6 +54,13 @@ async def gateway_client(settings: Settings,
 
 
 @pytest.fixture
+def dataset(tmp_path) -> str:
+    from trainer.tiny_model import write_sample_dataset
+
+    return write_sample_dataset(str(tmp_path / "data.jsonl"), rows=32, fmt="instruction")
+
+
+@pytest.fixture
 async def migrated(settings: Settings) -> Settings:
     await migrate_all(settings.require_database_url())
     return settings

@@ -7,7 +7,6 @@ import contextlib
 import uuid
 
 import psutil
-import pytest
 import uvicorn
 from faststream.nats import NatsBroker
 
@@ -38,13 +37,6 @@ async def running_ingest(settings):
     finally:
         server.should_exit = True
         await task
-
-
-@pytest.fixture
-def dataset(tmp_path) -> str:
-    from trainer.tiny_model import write_sample_dataset
-
-    return write_sample_dataset(str(tmp_path / "data.jsonl"), rows=32, fmt="instruction")
 
 
 def config_for(base_model: str, dataset: str, max_steps: int) -> TrainingConfig:

@@ -30,7 +30,7 @@ async def test_local_jobs_are_capped_per_user(migrated, api_key, other_key):
 async def test_preflights_are_capped_per_user(migrated, api_key, other_key, monkeypatch):
     started, finish = asyncio.Event(), asyncio.Event()
 
-    async def slow_preflight(config_json, data_path, data_format):
+    async def slow_preflight(config_json, data_path, data_format, *isolation):
         started.set()
         await finish.wait()
         return {"ok": True}

@@ -24,7 +24,9 @@ async def upload_dataset(file: UploadFile, user: CurrentUser, pool: PoolDep, set
     ``prompt``/``chosen``/``rejected``). Every line is checked; a bad file gets 422 naming its lines."""
     dataset_id = uuid.uuid4()
     settings.datasets_dir.mkdir(parents=True, exist_ok=True)
+    settings.datasets_dir.chmod(0o700)  # uploads are read by the server alone: users' code gets a copy of its own
     path = settings.datasets_dir / f"{dataset_id}.jsonl"
+    path.touch(mode=0o600, exist_ok=False)
     limit = settings.max_upload_mb * 1024 * 1024
     size = 0
     try:
