@@ -74,3 +74,28 @@ async def test_event_streams_are_capped_per_user(migrated, api_key, pool):
         r = await client.get(f"/api/training/jobs/{job_id}/events", headers=auth(api_key))
         assert r.status_code == 200 and r.text.startswith("event: snapshot")
         assert streams.held["alice"] == 1
+
+
+async def test_a_preflight_whose_client_goes_away_stops_its_process(tmp_path, tiny_model_dir):
+    """A cancelled request gives its preflight slot back; the CPU of its process is given back too."""
+    import json
+
+    import psutil
+
+    data = tmp_path / "d.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in INSTRUCTION_ROWS))
+    config = json.dumps({"model": {"base_model": tiny_model_dir}, "data": {"dataset_id": "d"},
+                         "training": {"max_steps": 1000}})
+    task = asyncio.create_task(preflight_route.run_preflight_process(config, str(data), "instruction"))
+
+    def preflights() -> list[psutil.Process]:
+        return [p for p in psutil.Process().children(recursive=True) if "trainer.preflight" in " ".join(p.cmdline())]
+
+    for _ in range(100):
+        if preflights():
+            break
+        await asyncio.sleep(0.05)
+    [child] = preflights()
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    assert not child.is_running() or child.status() == psutil.STATUS_ZOMBIE

@@ -52,6 +52,10 @@ async def run_preflight_process(config_json: str, data_path: str, data_format: s
             proc.kill()
             await proc.wait()
             raise ServiceUnavailable(f"preflight did not finish in {PREFLIGHT_TIMEOUT_S:.0f}s") from exc
+        except asyncio.CancelledError:  # the client went away: its slot is given back, so is the CPU
+            proc.kill()
+            await asyncio.shield(proc.wait())
+            raise
     try:
         return json.loads(out.decode().strip().splitlines()[-1])
     except (IndexError, ValueError) as exc:
