@@ -44,16 +44,20 @@ class RunningStack:
         self.output = open(self.home.parent / "up.log", "ab")  # noqa: SIM115
         self.process = subprocess.Popen([sys.executable, "-m", "services.cli.main", "up"], env=self.env,
                                         stdout=self.output, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        deadline = time.monotonic() + 120
+        self.wait_ready(120)
+
+    def wait_ready(self, timeout: float) -> None:
+        """Until ``/healthz`` answers 200 (every service ready), while ``tunefleet up`` runs."""
+        deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             assert self.process.poll() is None, (self.home.parent / "up.log").read_text()[-3000:]
             try:
-                if httpx.get(f"{self.url}/healthz", timeout=2).status_code == 200:
+                if httpx.get(f"{self.url}/healthz", timeout=5).status_code == 200:
                     return
             except httpx.HTTPError:
                 pass
             time.sleep(0.3)
-        raise AssertionError("stack not ready in 120 s")
+        raise AssertionError(f"stack not ready in {timeout:.0f} s")
 
     def stop(self) -> int:
         self.process.send_signal(signal.SIGINT)

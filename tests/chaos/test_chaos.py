@@ -95,14 +95,7 @@ def kill(stack: RunningStack, name: str) -> None:
         time.sleep(0.2)
     else:
         raise AssertionError(f"{name} was not restarted within 90 s")
-    while time.monotonic() < deadline:  # back and ready: the next kill hits a working stack
-        try:
-            if httpx.get(f"{stack.url}/healthz", timeout=5).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    raise AssertionError(f"the stack was not ready again within 90 s of killing {name}")
+    stack.wait_ready(max(deadline - time.monotonic(), 1.0))  # back and ready: the next kill hits a working stack
 
 
 def logged_steps(stack: RunningStack, job_id: str) -> tuple[list[int], list[int]]:
