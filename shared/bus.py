@@ -82,8 +82,27 @@ async def ensure_streams(nats_url: str) -> None:
                 await js.update_stream(config)
             except NotFoundError:
                 await js.add_stream(config)
+        await _update_consumers(js)
     finally:
         await nc.close()
+
+
+async def _update_consumers(js) -> None:
+    """Durable consumers made by an older TuneFleet keep the acknowledgement wait and delivery limit they were made
+    with (a subscriber only creates a missing one): bring them to ``durable_consumer``'s."""
+    for stream in (subjects.COMMANDS_STREAM, subjects.EVENTS_STREAM):
+        for info in await js.consumers_info(stream):
+            config = info.config
+            if not config.durable_name:
+                continue
+            if config.ack_wait != ACK_WAIT_S or config.max_deliver != MAX_DELIVER:
+                config.ack_wait, config.max_deliver = ACK_WAIT_S, MAX_DELIVER
+                try:
+                    await js.add_consumer(stream, config)  # an update, for a consumer of that name
+                    log.info("consumer %s of %s updated: ack_wait %.0fs, max_deliver %s", config.durable_name,
+                             stream, ACK_WAIT_S, MAX_DELIVER)
+                except Exception as exc:  # a server that refuses the update: the old limits stay
+                    log.warning("consumer %s of %s keeps its old limits: %s", config.durable_name, stream, exc)
 
 
 async def publish(broker: NatsBroker, message: Message) -> None:
@@ -113,6 +132,10 @@ class Bus:
 #: this one after a restart). Short, so a killed service's messages move on quickly; a handler that takes longer
 #: keeps its message with ``InProgress``.
 ACK_WAIT_S = 15.0
+
+
+#: JetStream's own limit, past the policy's ``DEAD_AFTER``, so that the policy always gets to bury a message.
+MAX_DELIVER = DEAD_AFTER + 10
 
 
 class InProgress(BaseMiddleware):
@@ -169,7 +192,8 @@ def durable_consumer(durable: str, workers: int = 1) -> dict:
     return {
         "durable": durable,
         **extra,
-        "pull_sub": PullSub(batch_size=16, timeout=1.0),
+        # no more fetched than there are workers: a message waiting for a worker would get no in-progress acks
+        "pull_sub": PullSub(batch_size=max(workers, 1), timeout=1.0),
         "ack_policy": AckPolicy.NACK_ON_ERROR,
-        "config": ConsumerConfig(ack_wait=ACK_WAIT_S, max_deliver=DEAD_AFTER + 10),
+        "config": ConsumerConfig(ack_wait=ACK_WAIT_S, max_deliver=MAX_DELIVER),
     }

@@ -59,7 +59,14 @@ class Outbox:
                 ORDER BY created_at LIMIT $2""", older_than_s, limit)
         sent = 0
         for row in rows:
-            message = KINDS[row["kind"]].model_validate(row["message"])
+            try:
+                message = KINDS[row["kind"]].model_validate(row["message"])
+            except (KeyError, ValueError):  # written by another version: it must not hold up the others
+                log.error("outbox %s: message %s (%s) cannot be read; it is set aside", self.table, row["event_id"],
+                          row["kind"])
+                await self.pool.execute(f"UPDATE {self.table} SET published_at = 'epoch' WHERE event_id = $1",
+                                        row["event_id"])
+                continue
             if not await self.send(publish, message):
                 break  # NATS is away: the rest wait for the next pass
             sent += 1

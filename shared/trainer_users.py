@@ -55,6 +55,14 @@ def others_can_use(path: Path) -> str | None:
     return why
 
 
+def share_with_trainers(path: Path) -> None:
+    """Make a model folder readable by every user's trainer (the data folder's ``models/`` is for everyone):
+    transformers saves weights owner-only."""
+    for entry in [path, *path.rglob("*")]:
+        if not entry.is_symlink():
+            entry.chmod(0o755 if entry.is_dir() else 0o644)
+
+
 class TrainerUsers:
     def __init__(self, settings: Settings, python: str | None = None):
         self.settings = settings
@@ -89,29 +97,38 @@ class TrainerUsers:
             return None
         uid = self._allocate(user_id)
         home = self.settings.home / "trainer-homes" / str(uid)
-        home.mkdir(parents=True, exist_ok=True)
-        self.hand_over(RunAs(uid, home), home)
+        if not home.exists():  # made once and given away; never walked again (the uid writes in it)
+            home.mkdir(parents=True, mode=0o700)
+            os.chown(home, uid, uid)
+        self._searchable_parents(home)
         return RunAs(uid, home)
 
     def hand_over(self, run_as: RunAs | None, *paths: Path) -> None:
-        """Make ``paths`` (recursively) the uid's own, readable by it alone; the folders above them searchable."""
+        """Make ``paths``, folders the server has just made and filled, the uid's own (recursively), readable by it
+        alone; the folders above them inside the data folder searchable (not listable). Links are changed, never
+        followed, and a file with several names is left alone."""
         if run_as is None:
             return
-        home = self.settings.home.resolve()
         for path in paths:
             path.mkdir(parents=True, exist_ok=True)
-            for folder in path.resolve().parents:  # searchable, not listable: others' job ids stay unseen
-                if not folder.is_relative_to(home):
-                    break
-                with contextlib.suppress(OSError):
-                    folder.chmod(folder.stat().st_mode | stat.S_IXOTH)
-            for root, dirs, files in os.walk(path):
-                os.chown(root, run_as.uid, run_as.uid)
-                os.chmod(root, 0o700)
-                for name in dirs + files:
-                    entry = os.path.join(root, name)
-                    if not os.path.islink(entry):
-                        os.chown(entry, run_as.uid, run_as.uid)
+            self._searchable_parents(path)
+            for _, _, files, folder_fd in os.fwalk(path, follow_symlinks=False):
+                os.chown(folder_fd, run_as.uid, run_as.uid)
+                os.chmod(folder_fd, 0o700)
+                for name in files:
+                    info = os.stat(name, dir_fd=folder_fd, follow_symlinks=False)
+                    if stat.S_ISLNK(info.st_mode) or info.st_nlink == 1:
+                        os.chown(name, run_as.uid, run_as.uid, dir_fd=folder_fd, follow_symlinks=False)
+
+    def _searchable_parents(self, path: Path) -> None:
+        home = self.settings.home.resolve()
+        for folder in path.resolve().parents:
+            if not folder.is_relative_to(home):
+                break
+            with contextlib.suppress(OSError):
+                mode = folder.stat().st_mode
+                if not mode & stat.S_IXOTH:
+                    folder.chmod(mode | stat.S_IXOTH)
 
     def _allocate(self, user_id: str) -> int:
         run = self.settings.home / "run"

@@ -18,6 +18,7 @@ class FakeJobs:
         self.rows: dict[str, dict] = {}
         self.histories: dict[str, list[Transition]] = {}
         self._by_source: dict[str, Transition] = {}
+        self.early_stops: set[tuple[str, str]] = set()
 
     async def create(self, cmd: DeployRequested) -> Transition:
         status_event_id = derived_id(cmd.job_id, "status", JobStatus.QUEUED, 1)
@@ -27,8 +28,9 @@ class FakeJobs:
                 "config": cmd.config.model_dump(mode="json"), "dataset_path": cmd.dataset_path,
                 "dataset_format": cmd.dataset_format.value, "dataset_rows": cmd.dataset_rows,
                 "provider_options": cmd.provider_options, "budget_limit_usd": cmd.budget_limit_usd,
-                "status": "queued", "status_reason": None, "attempt": 1, "stop_requested": False, "result": None,
-                "cost_usd": 0.0, "log_tail": None, "resource_id": None}
+                "status": "queued", "status_reason": None, "attempt": 1, "result": None,
+                "cost_usd": 0.0, "log_tail": None, "resource_id": None,
+                "stop_requested": (cmd.job_id, cmd.user_id) in self.early_stops}
             self.histories[cmd.job_id] = [Transition(cmd.job_id, None, JobStatus.QUEUED, "deploy requested",
                                                      status_event_id)]
         return Transition(cmd.job_id, None, JobStatus.QUEUED, "deploy requested", status_event_id)
@@ -64,6 +66,9 @@ class FakeJobs:
         for key, value in (("log_tail", log_tail), ("cost_usd", cost_usd), ("resource_id", resource_id)):
             if value is not None:
                 row[key] = value
+
+    async def remember_stop(self, job_id: str, user_id: str, reason: str) -> None:
+        self.early_stops.add((job_id, user_id))
 
     async def mark_stop_requested(self, job_id: str) -> None:
         self.rows[job_id]["stop_requested"] = True

@@ -15,6 +15,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from shared.settings import Settings
+from shared.trainer_users import share_with_trainers
 
 from .sse import iter_events
 from .stack import Stack
@@ -30,6 +31,7 @@ def _prepare(settings: Settings, console: Console) -> tuple[Path, Path]:
     if not (model_dir / "config.json").exists():
         with console.status("building a tiny Llama-style model and its tokenizer…"):
             build_tiny_model(str(model_dir))
+            share_with_trainers(model_dir)
     if not data_path.exists():
         data_path.parent.mkdir(parents=True, exist_ok=True)
         write_sample_dataset(str(data_path), rows=96, fmt="instruction")

@@ -9,6 +9,7 @@ it and start it again (``spawn``) when it dies.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -98,15 +99,25 @@ def _server_running(pid: int, marker: str) -> bool:
         return False
 
 
+#: Owner locks this process holds, by file: kept open (and locked) for as long as the process lives.
+_HELD: dict[Path, int] = {}
+
+
 def _claim(owner_file: Path, what: str) -> None:
-    """Record this process as the one that runs the server; refuse when another live process does."""
+    """Lock ``owner_file`` for the rest of this process's life, as the one that runs the server; refuse when
+    another live process holds it. The kernel drops the lock when its holder dies, however it dies."""
+    if owner_file in _HELD:
+        return
+    fd = os.open(owner_file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
-        owner = int(owner_file.read_text())
-    except (OSError, ValueError):
-        owner = None
-    if owner is not None and owner != os.getpid() and psutil.pid_exists(owner):
-        raise RuntimeError(f"{what} is already run by another TuneFleet stack (pid {owner}); stop it first")
-    owner_file.write_text(str(os.getpid()))
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        owner = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise RuntimeError(f"{what} is already run by another TuneFleet stack (pid {owner}); stop it first") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, str(os.getpid()).encode(), 0)
+    _HELD[owner_file] = fd
 
 
 def _stop_stale(pid: int, marker: str, sig: int) -> None:
@@ -226,11 +237,11 @@ class EmbeddedPostgres:
 
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._prepare_user()
-        running = self._running_socket_dir()
-        if running is not None and attach:
+        running, owner_file = self._running_socket_dir(), self.data_dir.with_name(self.data_dir.name + ".owner")
+        if running is not None and (attach or owner_file in _HELD):  # a server of a running stack, or our own
             self.socket_dir = running
             return self
-        _claim(self.data_dir.with_name(self.data_dir.name + ".owner"), f"the PostgreSQL of {self.data_dir}")
+        _claim(owner_file, f"the PostgreSQL of {self.data_dir}")
         if running is not None:
             self._stop_stale()
         if not (self.data_dir / "PG_VERSION").exists():
@@ -238,8 +249,13 @@ class EmbeddedPostgres:
         if self.socket_dir is None:
             runtime = Path(os.environ.get("XDG_RUNTIME_DIR") or "/tmp") / "tunefleet-pg"
             self.socket_dir = find_suitable_socket_dir(self.data_dir, runtime)
-            if self.socket_dir != self.data_dir:
-                self.socket_dir.chmod(0o777)
+            if self.socket_dir != self.data_dir:  # a folder of the server's own, that nobody else may write in
+                if self._system_user is not None:
+                    import pwd
+
+                    entry = pwd.getpwnam(self._system_user)
+                    os.chown(self.socket_dir, entry.pw_uid, entry.pw_gid)
+                self.socket_dir.chmod(0o700)
         trusting = self._trusts_local()
         self.process = self.spawn()
         self.wait_ready(timeout)
@@ -370,10 +386,12 @@ class EmbeddedPostgres:
     def _require_password(self) -> None:
         """Give the server's user a password, then accept no connection without it."""
         env = {"PATH": os.environ.get("PATH", ""), "PGCONNECT_TIMEOUT": "10"}
-        statement = f"ALTER USER {PG_USER} PASSWORD '{self.password}'"  # URL-safe text: nothing to escape
-        subprocess.run([str(_postgres_bin() / "psql"), "-h", str(self.socket_dir), "-U", PG_USER, "-d", "postgres",
-                        "-v", "ON_ERROR_STOP=1", "-qc", statement], env=env, check=True, capture_output=True,
-                       timeout=60)
+        statement = f"ALTER USER {PG_USER} PASSWORD '{self.password}';"  # URL-safe text: nothing to escape
+        done = subprocess.run([str(_postgres_bin() / "psql"), "-h", str(self.socket_dir), "-U", PG_USER,
+                               "-d", "postgres", "-v", "ON_ERROR_STOP=1", "-q"], input=statement, env=env,
+                              capture_output=True, text=True, timeout=60, check=False)  # on stdin, not argv
+        if done.returncode != 0:
+            raise RuntimeError(f"setting the PostgreSQL password failed: {done.stderr.strip()}")
         hba = self.data_dir / "pg_hba.conf"
         lines = [" ".join([*line.split()[:-1], "scram-sha-256"]) if line.split()[-1:] == ["trust"]
                  and not line.lstrip().startswith("#") else line for line in hba.read_text().splitlines()]

@@ -216,9 +216,11 @@ def sandbox_key(user: str = typer.Option(..., "--user", help="The TuneFleet user
 @app.command("tiny-model")
 def tiny_model(out_dir: Path = typer.Argument(..., help="Folder to write the model and tokenizer into.")) -> None:
     """Write a small random Llama-style model with a locally trained tokenizer (nothing is downloaded)."""
+    from shared.trainer_users import share_with_trainers
     from trainer.tiny_model import build_tiny_model
 
     path = build_tiny_model(str(out_dir))
+    share_with_trainers(Path(path))  # any user's local trainer may train on it
     console.print(f"tiny model written to {path}")
 
 

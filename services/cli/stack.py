@@ -77,6 +77,9 @@ class Stack:
         return f"http://{self.settings.gateway_host}:{self.settings.gateway_port}"
 
     def start_infrastructure(self) -> None:
+        # What the stack and its services write is theirs alone unless they say otherwise (a trainer's uid is
+        # handed its own files): bundles, logs, downloaded outputs, the emulated clouds' folders.
+        os.umask(0o077)
         home = self.settings.home
         home.mkdir(parents=True, exist_ok=True)
         nats_url = self.settings.nats_url

@@ -14,9 +14,11 @@ URLs (RunPod) or has it fetched (Lambda).
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
+import stat
 import tarfile
 from pathlib import Path
 
@@ -120,30 +122,62 @@ def workload_env(settings: Settings, job_id: str, attempt: int, *, resume: bool,
     return env
 
 
-def read_result(folder: Path) -> TrainerResult | None:
+#: What the server reads of a workload's output at most, per file: the output folder may be a local trainer's own.
+MAX_REPORT_BYTES = 1 << 20
+
+
+def open_report(path: Path) -> int | None:
+    """A file of a workload's output folder, opened for reading: a regular file only, never through a link (a
+    trainer running as its own uid owns the folder, and could otherwise point the server at any of its files).
+    None when there is none."""
     try:
-        return TrainerResult.model_validate_json((folder / RESULT).read_text())
-    except (FileNotFoundError, ValueError):
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:  # a symbolic link
+            return None
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        return None
+    return fd
+
+
+def read_report(path: Path, max_bytes: int = MAX_REPORT_BYTES, *, tail: bool = False) -> bytes | None:
+    """The first (or, with ``tail``, the last) ``max_bytes`` of a report file (``open_report``)."""
+    fd = open_report(path)
+    if fd is None:
+        return None
+    with os.fdopen(fd, "rb") as f:
+        if tail:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - max_bytes))
+        return f.read(max_bytes)
+
+
+def read_result(folder: Path) -> TrainerResult | None:
+    data = read_report(folder / RESULT)
+    try:
+        return TrainerResult.model_validate_json(data) if data is not None else None
+    except ValueError:
         return None
 
 
 def read_log_tail(folder: Path, max_bytes: int = 4000) -> str | None:
     """The newest log lines: what the workload last sent, or the tail of a local trainer's log."""
     for name in (LOG_TAIL, "train.log"):
-        try:
-            with open(folder / name, "rb") as f:
-                f.seek(0, os.SEEK_END)
-                f.seek(max(0, f.tell() - max_bytes))
-                return f.read().decode("utf-8", errors="replace")
-        except FileNotFoundError:
-            continue
+        data = read_report(folder / name, max_bytes, tail=True)
+        if data is not None:
+            return data.decode("utf-8", errors="replace")
     return None
 
 
 def read_progress(folder: Path) -> dict | None:
+    data = read_report(folder / PROGRESS)
     try:
-        progress = json.loads((folder / PROGRESS).read_text())
-    except (FileNotFoundError, ValueError):
+        progress = json.loads(data) if data is not None else None
+    except ValueError:
         return None
     return progress if isinstance(progress, dict) else None
 

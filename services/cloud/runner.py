@@ -368,7 +368,7 @@ def _localised(result: TrainerResult, folder: Path) -> TrainerResult:
 
     def here(path: str | None) -> str | None:
         found = folder / Path(path).name if path else None
-        return str(found) if found is not None and found.is_dir() else None
+        return str(found) if found is not None and found.is_dir() and not found.is_symlink() else None
 
     return result.model_copy(update={"output_dir": str(folder), "adapter_path": here(result.adapter_path),
                                      "merged_path": here(result.merged_path)})

@@ -148,30 +148,41 @@ async def request_deploy(settings: Settings, pool: asyncpg.Pool, bus: Bus, *, us
     return cmd
 
 
-#: A published deploy that the scheduler has not turned into a job after this long is published again: the ack of
-#: JetStream says the command was stored, the job's row says it was taken.
+#: A published deploy that the scheduler has not turned into a job after this long is published again, at most
+#: ``MAX_REPUBLISH`` times: the ack of JetStream says the command was stored, the job's row says it was taken.
 REPUBLISH_AFTER_S = 60.0
+MAX_REPUBLISH = 5
 
 
 async def relay_outbox(pool: asyncpg.Pool, bus: Bus) -> int:
     """Publish accepted deploys whose first publish failed, and again those the scheduler has not taken after
     ``REPUBLISH_AFTER_S`` (the same message id: a copy JetStream still holds is dropped, and the scheduler creates
     each job once). Returns how many were sent."""
+    await pool.execute(
+        """UPDATE deploy_requests d SET scheduled_at = now() FROM jobs j
+           WHERE d.scheduled_at IS NULL AND j.id = d.job_id""")
     rows = await pool.fetch(
-        """SELECT d.job_id, d.message FROM deploy_requests d
-           WHERE (d.published_at IS NULL AND d.created_at < now() - make_interval(secs => $1))
-              OR (d.published_at < now() - make_interval(secs => $2)
-                  AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.id = d.job_id))
-           ORDER BY d.created_at LIMIT 100""", RELAY_AFTER_S, REPUBLISH_AFTER_S)
+        """SELECT job_id, message, published_at, republished FROM deploy_requests
+           WHERE scheduled_at IS NULL
+             AND ((published_at IS NULL AND created_at < now() - make_interval(secs => $1))
+                  OR (published_at < now() - make_interval(secs => $2) AND republished < $3))
+           ORDER BY created_at LIMIT 100""", RELAY_AFTER_S, REPUBLISH_AFTER_S, MAX_REPUBLISH)
     sent = 0
     for row in rows:
         try:
             cmd = DeployRequested.model_validate(row["message"])
         except ValidationError:
             log.error("deploy request of job %s cannot be read; it is not published", row["job_id"])
+            await pool.execute("UPDATE deploy_requests SET republished = $2 WHERE job_id = $1", row["job_id"],
+                               MAX_REPUBLISH)
             continue
         await bus.publish(cmd)
-        await pool.execute("UPDATE deploy_requests SET published_at = now() WHERE job_id = $1", row["job_id"])
+        again = int(row["published_at"] is not None)
+        await pool.execute("UPDATE deploy_requests SET published_at = now(), republished = republished + $2 "
+                           "WHERE job_id = $1", row["job_id"], again)
+        if again and row["republished"] + 1 == MAX_REPUBLISH:
+            log.error("job %s: the scheduler has not taken its deploy after %s publishes; look for it in the dead "
+                      "letters (tunefleet dead-letters list)", row["job_id"], MAX_REPUBLISH + 1)
         sent += 1
     return sent
 

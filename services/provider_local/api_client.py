@@ -35,7 +35,9 @@ class Processes:
               run_as: dict | None = None) -> str:
         """Start ``argv`` in a process group of its own; ``run_as``: Popen's user, group and extra_groups."""
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(log_path, "ab") as log:
+        # never through a link: the output folder may be the trainer's own (its uid could point it anywhere)
+        fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        with os.fdopen(fd, "ab") as log:
             process = subprocess.Popen(argv, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT,
                                        stdin=subprocess.DEVNULL, start_new_session=True, **(run_as or {}))
         resource_id = process_id(process.pid)

@@ -7,6 +7,7 @@ The keys live in ``{home}/sandbox/accounts`` (owner-only), a line ``<user> <key>
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import secrets
@@ -38,12 +39,14 @@ def account_key(path: Path, user: str) -> str:
     if not USER.match(user):
         raise ValueError(f"user {user!r}: 1 to 64 letters, digits, '_', '.', '@' or '-'")
     path.parent.mkdir(parents=True, exist_ok=True)
-    accounts = read_accounts(path) if path.exists() else {}
-    if user not in accounts:
-        accounts[user] = "sandbox-" + secrets.token_urlsafe(16)
-        partial = path.with_name(path.name + ".partial")
-        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write("".join(f"{u} {k}\n" for u, k in accounts.items()))
-        partial.replace(path)
-    return accounts[user]
+    with open(path.with_name(path.name + ".lock"), "a") as lock:  # two callers at once must not lose a key
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        accounts = read_accounts(path) if path.exists() else {}
+        if user not in accounts:
+            accounts[user] = "sandbox-" + secrets.token_urlsafe(16)
+            partial = path.with_name(path.name + ".partial")
+            fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write("".join(f"{u} {k}\n" for u, k in accounts.items()))
+            partial.replace(path)
+        return accounts[user]

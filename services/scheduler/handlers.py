@@ -68,8 +68,15 @@ async def handle_deploy_requested(cmd: DeployRequested, *, jobs: JobRepository, 
     transition = await jobs.create(cmd)
     await _announce(transition, jobs=jobs, bus=bus)
     job = await jobs.get(cmd.job_id)
-    if JobStatus(job["status"]) is JobStatus.QUEUED and not job["stop_requested"]:
-        await _provision(cmd.job_id, jobs=jobs, bus=bus)
+    if JobStatus(job["status"]) is not JobStatus.QUEUED:
+        return
+    if job["stop_requested"]:  # its stop came first: it never runs
+        t = await jobs.transition(cmd.job_id, JobStatus.STOPPED, source_event_id=derived_id(cmd.job_id, "early-stop"),
+                                  occurred_at=cmd.occurred_at, reason="stopped before it was scheduled")
+        if t is not None:
+            await _announce(t, jobs=jobs, bus=bus)
+        return
+    await _provision(cmd.job_id, jobs=jobs, bus=bus)
 
 
 def _implied_id(event_id: str, status: JobStatus) -> str:
@@ -92,7 +99,8 @@ async def _announce_recorded(source_event_id: str, *, jobs: JobRepository, bus: 
 
 async def handle_stop_requested(cmd: StopRequested, *, jobs: JobRepository, bus: Publisher) -> None:
     job = await jobs.get(cmd.job_id)
-    if job is None:
+    if job is None:  # its deploy has not arrived yet (delayed, or published again): the job will start stopped
+        await jobs.remember_stop(cmd.job_id, cmd.user_id, cmd.reason)
         return
     if job["user_id"] != cmd.user_id:  # anyone who can publish on the bus could otherwise stop anyone's job
         log.warning("ignoring a stop of job %s sent for user %r, not its owner", cmd.job_id, cmd.user_id)
@@ -144,6 +152,10 @@ async def handle_workload_reported(evt: WorkloadReported, *, jobs: JobRepository
         if not await _redo(evt, job, jobs=jobs, bus=bus) and new is not current:
             log.info("job %s: %s -> %s not allowed, ignored", evt.job_id, current.value, new.value)
         return
+    if evt.phase not in (WorkloadPhase.PROVISIONING, WorkloadPhase.RUNNING):
+        # an end may imply states; one recorded before a crash is announced again (it is no longer on the path)
+        for _, t in await jobs.recorded([_implied_id(evt.event_id, s) for s in JobStatus]):
+            await _announce(t, jobs=jobs, bus=bus)
     for implied in path[:-1]:  # a report that overtook the ones before it: their states happened too
         t = await jobs.transition(evt.job_id, implied, source_event_id=_implied_id(evt.event_id, implied),
                                   occurred_at=evt.occurred_at, reason=f"implied by a later {evt.phase.value} report")

@@ -41,6 +41,9 @@ class JobRepository:
                 cmd.dataset_rows, cmd.provider_options, cmd.budget_limit_usd)
             if inserted is not None:
                 await conn.execute(
+                    """UPDATE jobs SET stop_requested = true WHERE id = $1 AND EXISTS (
+                           SELECT 1 FROM early_stops WHERE job_id = $1 AND user_id = $2)""", cmd.job_id, cmd.user_id)
+                await conn.execute(
                     """INSERT INTO job_history (job_id, previous, status, reason, source_event_id,
                                                 status_event_id, occurred_at)
                        VALUES ($1, NULL, 'queued', 'deploy requested', $2, $3, $4)""",
@@ -101,6 +104,12 @@ class JobRepository:
             """UPDATE jobs SET log_tail = COALESCE($2, log_tail), cost_usd = COALESCE($3, cost_usd),
                    resource_id = COALESCE($4, resource_id), updated_at = now() WHERE id = $1""",
             job_id, log_tail, cost_usd, resource_id)
+
+    async def remember_stop(self, job_id: str, user_id: str, reason: str) -> None:
+        """A stop for a job not created yet: ``create`` will make the job with its stop requested."""
+        await self.pool.execute(
+            "INSERT INTO early_stops (job_id, user_id, reason) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+            job_id, user_id, reason)
 
     async def mark_stop_requested(self, job_id: str) -> None:
         await self.pool.execute("UPDATE jobs SET stop_requested = true, updated_at = now() WHERE id = $1", job_id)

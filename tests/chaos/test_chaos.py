@@ -108,12 +108,13 @@ def logged_steps(stack: RunningStack, job_id: str) -> tuple[list[int], list[int]
     return train, evals
 
 
-def trainers_running(stack: RunningStack) -> list[int]:
+def trainers_running(stack: RunningStack) -> list[str]:
+    """The trainers of this stack that still run, by their command line (it names the job's bundle)."""
     found = []
-    for process in psutil.process_iter(["cmdline"]):
+    for process in psutil.process_iter(["cmdline", "status"]):
         cmdline = " ".join(process.info["cmdline"] or [])
-        if "-m trainer" in cmdline and str(stack.home) in cmdline:
-            found.append(process.pid)
+        if "-m trainer" in cmdline and str(stack.home) in cmdline and process.info["status"] != psutil.STATUS_ZOMBIE:
+            found.append(cmdline)
     return found
 
 
@@ -191,7 +192,9 @@ def test_killing_every_part_mid_job_loses_nothing_and_leaves_nothing_running(cha
                   + len(stored_train) - len(set(stored_train)) + len(stored_eval) - len(set(stored_eval)))
         point_faults[job_id] = faults
         summary[job_id] = (job["status"], len(train), len(stored_train), job_id in models)
-    orphans = trainers_running(stack)
+    deadline = time.monotonic() + 60  # a trainer that reported its end may take a moment to exit
+    while (orphans := trainers_running(stack)) and time.monotonic() < deadline:
+        time.sleep(0.5)
     health = httpx.get(f"{stack.url}/healthz", timeout=10).json()
 
     print(f"\nchaos: {sum(p.kills for p in parts.values())} kills in {kills_s:.0f} s, {len(jobs)} jobs "

@@ -4,6 +4,8 @@ data folder uses the running server instead of stopping it."""
 from __future__ import annotations
 
 import stat
+import subprocess
+import sys
 
 import asyncpg
 import nats
@@ -44,14 +46,19 @@ async def test_postgresql_refuses_a_client_without_the_password_and_a_second_use
     assert second.process is None and second.url == postgres.url
     second.stop()
     assert postgres.process.poll() is None
-    with pytest.raises(RuntimeError, match="already run by another TuneFleet stack"):
-        fake_owner = postgres.data_dir.with_name(postgres.data_dir.name + ".owner")
-        mine = fake_owner.read_text()
-        fake_owner.write_text("1")  # pid 1 is alive and is not this process
-        try:
-            EmbeddedPostgres(postgres.data_dir).start()
-        finally:
-            fake_owner.write_text(mine)
+    # Another process that runs a stack on a data folder holds it: a second stack there is refused.
+    other = tmp_path / "pg"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from pathlib import Path; "
+                               "from services.cli.embedded import _claim; _claim(Path(sys.argv[1]), 'x'); "
+                               "print('held', flush=True); time.sleep(60)", str(tmp_path / "pg.owner")],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(RuntimeError, match=r"already run by another TuneFleet stack \(pid \d+\)"):
+            EmbeddedPostgres(other).start()
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 def test_a_data_folder_made_without_passwords_gets_one(tmp_path):

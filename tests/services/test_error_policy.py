@@ -149,3 +149,22 @@ async def test_a_message_that_keeps_failing_is_buried_not_dropped():
     assert letter["subject"] == "tunefleet.dead.c" and letter["stream"] == subjects.DEAD_LETTERS_STREAM
     assert letter["headers"]["Tunefleet-Deliveries"] == str(DEAD_AFTER)
     assert "ConnectionError" in letter["headers"]["Tunefleet-Error"]
+
+
+async def test_consumers_made_by_an_older_version_get_todays_limits(nats_url):
+    """A durable consumer keeps the limits it was made with; at start they are brought up to date, so JetStream
+    never drops a message (max_deliver 20) before the policy buries it."""
+    from nats.js.api import AckPolicy, ConsumerConfig
+
+    from shared.bus import ACK_WAIT_S, MAX_DELIVER, ensure_streams
+
+    await ensure_streams(nats_url)
+    nc = await nats.connect(nats_url)
+    js = nc.jetstream()
+    await js.add_consumer(subjects.COMMANDS_STREAM, ConsumerConfig(
+        durable_name="made-long-ago", ack_policy=AckPolicy.EXPLICIT, ack_wait=60, max_deliver=20,
+        filter_subject=subjects.DEPLOY_REQUESTED))
+    await ensure_streams(nats_url)
+    config = (await js.consumer_info(subjects.COMMANDS_STREAM, "made-long-ago")).config
+    await nc.close()
+    assert (config.ack_wait, config.max_deliver) == (ACK_WAIT_S, MAX_DELIVER)

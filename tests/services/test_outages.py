@@ -124,3 +124,20 @@ async def test_the_gateway_answers_503_while_postgresql_restarts_then_serves_aga
                 break
             await asyncio.sleep(0.1)
         assert (await client.get("/api/models", headers=auth(key))).status_code == 200
+
+
+async def test_a_deploy_the_scheduler_cannot_take_is_published_again_a_few_times_only(migrated, pool, recorder):
+    from services.gateway.deploying import MAX_REPUBLISH
+
+    cmd = DeployRequested(job_id=str(uuid.uuid4()), user_id="alice", provider="local", config=CONFIG,
+                          dataset_path="/d.jsonl", dataset_format=DataFormat.INSTRUCTION, dataset_rows=1)
+    await create_api_key(pool, "alice")
+    await pool.execute("INSERT INTO deploy_requests (job_id, user_id, provider, message, created_at, published_at) "
+                       "VALUES ($1, 'alice', 'local', $2, now() - interval '1 hour', now() - interval '1 hour')",
+                       cmd.job_id, cmd.model_dump(mode="json"))
+    async with running_service("bus-user", lambda ctx: asyncio.sleep(0), migrated) as ctx:
+        sent = []
+        for _ in range(MAX_REPUBLISH + 3):  # no scheduler takes it (it would dead-letter a command it cannot use)
+            sent.append(await relay_outbox(pool, Bus(ctx.broker)))
+            await pool.execute("UPDATE deploy_requests SET published_at = now() - interval '1 hour'")
+    assert sent == [1] * MAX_REPUBLISH + [0] * 3

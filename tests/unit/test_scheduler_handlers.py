@@ -169,3 +169,28 @@ async def test_a_stop_recorded_before_a_crash_is_announced_and_ends_the_resource
     await handle_stop_requested(stop, jobs=jobs, bus=bus)
     assert [m.status for m in bus.published if type(m).__name__ == "JobStatusChanged"][-1] == "stopped"
     assert bus.types()[-1] == "TerminateJob"
+
+
+async def test_a_stop_that_arrives_before_its_deploy_stops_the_job_when_it_comes(jobs, bus):
+    """The stop was accepted; the deploy was delayed (or published again): the job never runs."""
+    cmd = DeployRequested(job_id=str(uuid.uuid4()), user_id="alice", provider="local", config=CONFIG,
+                          dataset_path="/d.jsonl", dataset_format=DataFormat.INSTRUCTION, dataset_rows=8)
+    await handle_stop_requested(StopRequested(job_id=cmd.job_id, user_id="mallory"), jobs=jobs, bus=bus)
+    other = DeployRequested(**{**cmd.model_dump(), "job_id": str(uuid.uuid4()), "event_id": str(uuid.uuid4())})
+    await handle_stop_requested(StopRequested(job_id=cmd.job_id, user_id="alice"), jobs=jobs, bus=bus)
+    await handle_deploy_requested(cmd, jobs=jobs, bus=bus)
+    assert jobs.statuses(cmd.job_id) == ["queued", "stopped"]
+    assert "ProvisionJob" not in bus.types()
+    await handle_deploy_requested(other, jobs=jobs, bus=bus)  # another job of alice's is not touched
+    assert jobs.statuses(other.job_id) == ["queued"] and bus.types()[-1] == "ProvisionJob"
+
+
+async def test_a_state_implied_before_a_crash_is_announced_on_redelivery(jobs):
+    bus = CrashingBus(status_is("running"))
+    job_id = await deployed(jobs, bus)
+    done = report(job_id, WorkloadPhase.SUCCEEDED, result=TrainerResult(status="completed", output_dir="/o"))
+    with pytest.raises(ConnectionError):
+        await handle_workload_reported(done, jobs=jobs, bus=bus)  # running recorded, then the process died
+    await handle_workload_reported(done, jobs=jobs, bus=bus)
+    announced = [m.status for m in bus.published if type(m).__name__ == "JobStatusChanged"]
+    assert announced == ["queued", "running", "completed"]

@@ -56,4 +56,6 @@ async def _dead_letters(request: Request) -> dict:
         latest = await asyncio.wait_for(letters.latest(), ASK_TIMEOUT_S) if count else []
     except Exception as exc:  # NATS away: say so rather than fail the health answer
         return {"count": None, "error": f"{type(exc).__name__}: {exc}"[:200]}
-    return {"count": count, "latest": [letter.describe() for letter in latest]}
+    # where they failed, not why: an error's text may quote a message's content, and this answer needs no key
+    return {"count": count, "latest": [{k: v for k, v in letter.describe().items() if k != "error"}
+                                       for letter in latest]}
