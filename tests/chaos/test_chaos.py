@@ -119,7 +119,7 @@ def trainers_running(stack: RunningStack) -> list[str]:
 
 
 def test_killing_every_part_mid_job_loses_nothing_and_leaves_nothing_running(chaos_stack: RunningStack,
-                                                                              tiny_model_dir, tmp_path: Path):
+                                                                              tiny_model_dir, tmp_path: Path, capsys):
     from trainer.tiny_model import write_sample_dataset
 
     stack = chaos_stack
@@ -197,15 +197,15 @@ def test_killing_every_part_mid_job_loses_nothing_and_leaves_nothing_running(cha
         time.sleep(0.5)
     health = httpx.get(f"{stack.url}/healthz", timeout=10).json()
 
-    print(f"\nchaos: {sum(p.kills for p in parts.values())} kills in {kills_s:.0f} s, {len(jobs)} jobs "
-          f"({len(accepted)} answered 202)")
-    print(f"{'component':<16}{'kills':>6}{'jobs':>6}{'lost jobs':>11}{'lost/dup points':>17}{'orphans':>9}")
-    for part in parts.values():
-        print(f"{part.name:<16}{part.kills:>6}{len(part.jobs):>6}{len(part.jobs & lost_jobs):>11}"
-              f"{sum(point_faults.get(j, 0) for j in part.jobs):>17}{len(orphans):>9}")
-    for job_id, (status, logged, stored, registered) in summary.items():
-        print(f"  job {job_id}: {status}, {logged} train steps logged, {stored} stored, registered={registered}")
-
+    with capsys.disabled():  # the table shows in every run, CI's included, not only when the test fails
+        print(f"\nchaos: {sum(p.kills for p in parts.values())} kills in {kills_s:.0f} s, {len(jobs)} jobs "
+              f"({len(accepted)} answered 202)")
+        print(f"{'component':<16}{'kills':>6}{'jobs':>6}{'lost jobs':>11}{'lost/dup points':>17}{'orphans':>9}")
+        for part in parts.values():
+            print(f"{part.name:<16}{part.kills:>6}{len(part.jobs):>6}{len(part.jobs & lost_jobs):>11}"
+                  f"{sum(point_faults.get(j, 0) for j in part.jobs):>17}{len(orphans):>9}")
+        for job_id, (status, logged, stored, registered) in summary.items():
+            print(f"  job {job_id}: {status}, {logged} train steps logged, {stored} stored, registered={registered}")
     assert not left, f"jobs still not ended: {left}"
     assert not lost_jobs, {j: summary[j] for j in lost_jobs}
     assert all(summary[j][1] == STEPS for j in jobs), summary  # every trainer logged every step
