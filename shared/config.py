@@ -12,6 +12,8 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from shared.config_spellings import canonical
+
 
 class Method(StrEnum):
     SFT = "sft"
@@ -41,10 +43,17 @@ class _Strict(BaseModel):
 
 
 class ModelSection(_Strict):
-    base_model: str = Field(min_length=1, description="Hub id or local path of the base model.")
+    base_model: str = Field(min_length=1, description="Hub id or local path of the base model (the document's "
+                                                         "model.name, or model as a plain string).")
     revision: str | None = Field(default=None, description="Hub revision (branch, tag or commit).")
     trust_remote_code: bool = False
     max_seq_length: int = Field(default=512, ge=16, le=131072)
+    device_map: Literal["auto", "cuda", "cpu"] = Field(
+        default="auto", description="Where the model trains: auto (a GPU when the machine has one), cuda (a GPU, or "
+                                    "the job fails saying so), cpu.")
+    torch_dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
+        default="auto", description="The dtype the base weights load in; auto: the quantization compute dtype, else "
+                                    "bfloat16/float16 when training.bf16/fp16 is set, else float32.")
 
 
 class DataSection(_Strict):
@@ -57,11 +66,14 @@ class DataSection(_Strict):
 
     @model_validator(mode="after")
     def _one_source(self) -> DataSection:
-        if not self.dataset_id and not self.train_path:
-            raise ValueError("set data.dataset_id (from POST /api/training/datasets) or data.train_path")
+        """A configuration may name its data later (a deploy does, or is refused); never two sources."""
         if self.dataset_id and self.train_path:
             raise ValueError("set only one of data.dataset_id and data.train_path")
         return self
+
+    @property
+    def has_source(self) -> bool:
+        return bool(self.dataset_id or self.train_path)
 
 
 class LoraSection(_Strict):
@@ -230,9 +242,12 @@ def _nul_path(value: object, path: str) -> str | None:
 
 
 class TrainingConfig(_Strict):
+    """TuneFleet's configuration. The specification's spellings are accepted too (``shared.config_spellings``) and
+    stored in these names; ``data`` may be left for the deploy to name."""
+
     name: str = Field(default="fine-tune", min_length=1, max_length=200)
     model: ModelSection
-    data: DataSection
+    data: DataSection = DataSection()
     training: TrainingSection = TrainingSection()
     predictions: PredictionsSection = PredictionsSection()
 
@@ -241,7 +256,7 @@ class TrainingConfig(_Strict):
     def _no_nul(cls, data: object) -> object:
         if found := _nul_path(data, ""):
             raise ValueError(f"{found} contains a NUL character (\\u0000); remove it")
-        return data
+        return canonical(data)
 
     @field_validator("name")
     @classmethod

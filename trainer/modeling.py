@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 
 from shared.config import LoraSection, TrainingConfig
+from trainer.errors import ConfigRefused
 
 #: Attention projection names by architecture family, most specific first; the first family whose
 #: names all appear among the model's linear layers is used when ``lora.target_modules`` is None.
@@ -28,6 +29,18 @@ def cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
+def use_cuda(config: TrainingConfig) -> bool:
+    """Whether the job trains on a GPU, as ``model.device_map`` asks: auto takes one when there is one."""
+    wanted = config.model.device_map
+    if wanted == "cpu":
+        return False
+    available = cuda_available()
+    if wanted == "cuda" and not available:
+        raise ConfigRefused("model.device_map", "model.device_map='cuda' but this machine has no GPU: deploy on a GPU "
+                                                "provider, or set model.device_map to 'auto' or 'cpu'")
+    return available
+
+
 def load_tokenizer(config: TrainingConfig):
     from transformers import AutoTokenizer
 
@@ -45,10 +58,13 @@ def _dtype(name: str):
 
 
 def model_dtype(config: TrainingConfig):
-    """The dtype the base weights load in: the quantization compute dtype, else bf16/fp16 when set, else fp32."""
+    """The dtype the base weights load in: ``model.torch_dtype`` when set; else the quantization compute dtype, else
+    bf16/fp16 when set, else fp32."""
     import torch
 
     t = config.training
+    if config.model.torch_dtype != "auto":
+        return _dtype(config.model.torch_dtype)
     if t.quantization.bits:
         return _dtype(t.quantization.compute_dtype)
     return torch.bfloat16 if t.bf16 else torch.float16 if t.fp16 else torch.float32
@@ -87,7 +103,7 @@ def load_model(config: TrainingConfig, *, attn_implementation: str | None = None
     quantization = quantization_config(config)
     if quantization is not None:
         kwargs["quantization_config"] = quantization
-        kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", "0")) if cuda_available() else "cpu"}
+        kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", "0")) if use_cuda(config) else "cpu"}
     model = AutoModelForCausalLM.from_pretrained(m.base_model, **kwargs)
     if quantization is not None:
         from peft import prepare_model_for_kbit_training

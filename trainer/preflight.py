@@ -156,8 +156,11 @@ def preflight_config(config: TrainingConfig, *, model_dir: str, data_path: str, 
     elif reward_dir:
         training["rlhf"] = t.rlhf.model_copy(update={"reward_model": reward_dir})
         notes.append("the reward model is a tiny random one with the same architecture and tokenizer")
+    if config.model.device_map == "cuda" or config.model.torch_dtype not in ("auto", "float32"):
+        notes.append("the CPU run loads the model in float32 on the CPU")
     return config.model_copy(update={
-        "model": config.model.model_copy(update={"base_model": model_dir, "revision": None}),
+        "model": config.model.model_copy(update={"base_model": model_dir, "revision": None, "device_map": "cpu",
+                                                 "torch_dtype": "auto"}),
         "data": config.data.model_copy(update={"train_path": data_path, "dataset_id": None, "max_samples": None}),
         "training": t.model_copy(update=training),
         "predictions": config.predictions.model_copy(update={"enabled": False}),

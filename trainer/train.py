@@ -87,12 +87,12 @@ def _run(
     from trainer.checkpoint_upload import CheckpointUploadCallback, CheckpointUploader
     from trainer.data import prepare_data
     from trainer.methods import build_trainer, uses_padding_free
-    from trainer.modeling import build_lora_config, cuda_available, load_model, load_tokenizer, model_dtype
+    from trainer.modeling import build_lora_config, load_model, load_tokenizer, model_dtype, use_cuda
     from trainer.progress import ProgressCallback, ProgressFile
 
     _quiet_libraries()
     cfg, t = spec.config, spec.config.training
-    cuda = cuda_available()
+    cuda = use_cuda(cfg)
     printer(f"[trainer] job {spec.job_id}: {t.method.value} on {cfg.model.base_model}")
     tokenizer = load_tokenizer(cfg)
     data = prepare_data(spec, tokenizer)

@@ -51,10 +51,30 @@ async def load_configuration(pool: asyncpg.Pool, user_id: str, configuration_id:
     return TrainingConfig.model_validate(raw)
 
 
+async def configuration_for(pool: asyncpg.Pool, user_id: str, body) -> TrainingConfig:
+    """The configuration a deploy or preflight body gives: inline (``config``) or saved (``configuration_id``), with
+    the request's ``dataset_id`` for one that names no data."""
+    if (body.configuration_id is None) == (body.config is None):
+        raise ValidationFailed("give exactly one of configuration_id (a saved configuration) or config",
+                               field="configuration_id")
+    config = body.config or await load_configuration(pool, user_id, body.configuration_id)
+    if body.dataset_id is not None:
+        if config.data.has_source:
+            named = "data.dataset_id" if config.data.dataset_id else "data.train_path"
+            raise ValidationFailed(f"dataset_id and the configuration's {named} both name the data; keep one",
+                                   field="dataset_id")
+        config = config.model_copy(update={"data": config.data.model_copy(update={"dataset_id": body.dataset_id})})
+    return config
+
+
 async def resolve_data(settings: Settings, pool: asyncpg.Pool, user_id: str, config: TrainingConfig) -> ResolvedData:
     """Check the configuration against what this server allows (``policy``), find the data set it names and check
     that its method can train on it."""
     await check_configuration_policy(settings, pool, user_id, config)
+    if not config.data.has_source:
+        raise ValidationFailed("the configuration names no data set: give dataset_id in the request, or set "
+                               "data.dataset_id (upload the JSONL with POST /api/training/datasets)",
+                               field="data.dataset_id")
     if config.data.dataset_id:
         try:
             uuid.UUID(config.data.dataset_id)

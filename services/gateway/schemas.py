@@ -33,6 +33,9 @@ class DeploymentRequest(BaseModel):
     configuration_id: str | None = Field(
         default=None, validation_alias=AliasChoices("configuration_id", "config_id", "training_config_id"))
     config: TrainingConfig | None = None
+    dataset_id: str | None = Field(
+        default=None, description="The data set to train on, for a configuration that names none (as the "
+                                  "specification's configurations do): an id from POST /api/training/datasets.")
     budget_limit: float | None = Field(default=None, gt=0, description="Stop the job at this cost in USD.")
 
 

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.document import LARGE, SMALL
+
 from .conftest import wait_for_status
 from .test_runpod import wait_until
 
@@ -89,3 +91,31 @@ def test_a_cloud_deploy_is_preflighted_and_refused_before_any_pod(stack, alice, 
     assert r.status_code == 422
     assert r.json()["detail"]["field"] == "training.lora.target_modules"
     assert len(runpod.pods) == pods_before
+
+
+@pytest.mark.parametrize("document", [SMALL, LARGE], ids=["small-model", "large-model-qlora"])
+def test_the_documents_default_configurations_train_as_written(stack, alice, tiny_model_dir, tmp_path, document):
+    """The specification's two default configurations, with only the model swapped for a local one: saved as
+    written, deployed by its training_config_id with a data set, trained and registered with their settings."""
+    created = alice.post("/api/training/configurations", json={**document, "model": tiny_model_dir})
+    assert created.status_code == 201, created.text
+    stored = created.json()["config"]["training"]
+    assert (stored["epochs"], stored["lora"]["r"], stored["lora"]["alpha"]) == (
+        document["training"]["num_epochs"], document["training"]["lora_r"], document["training"]["lora_alpha"])
+    dataset = upload(alice, tmp_path, "instruction", rows=48)
+    r = alice.post("/api/training/deploy/local", json={"training_config_id": created.json()["id"],
+                                                       "dataset_id": dataset})
+    assert r.status_code == 202, r.text
+    job = wait_for_status(alice, r.json()["job_id"], {"completed"}, timeout=600)
+    wait_until(lambda: alice.get(f"/api/training/jobs/{job['job_id']}").json()["model_id"], 60, "registration")
+    model = next(m for m in alice.get("/api/models").json() if m["job_id"] == job["job_id"])
+    assert (model["lora_r"], model["lora_alpha"]) == (document["training"]["lora_r"],
+                                                      document["training"]["lora_alpha"])
+    assert job["result"]["global_step"] > 0
+    assert alice.get(f"/api/training/predictions/{job['job_id']}").json()["predictions"]  # predictions.enabled
+
+
+def test_a_configuration_without_data_is_refused_at_deploy_naming_the_field(stack, alice, tiny_model_dir):
+    r = alice.post("/api/training/deploy/local", json={"config": {**SMALL, "model": tiny_model_dir}})
+    assert r.status_code == 422 and r.json()["detail"]["field"] == "data.dataset_id", r.text
+    assert "dataset_id" in r.json()["detail"]["message"]

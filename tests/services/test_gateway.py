@@ -224,3 +224,19 @@ async def test_keys_are_listed_by_prefix_and_revoked_at_once(migrated, pool, api
         assert r.status_code == 404  # already revoked
         listed = (await client.get("/api/keys", headers=auth(api_key))).json()
         assert listed[1]["revoked_at"] is not None and listed[0]["revoked_at"] is None
+
+
+async def test_a_deploys_dataset_id_fills_a_configuration_without_data_and_never_doubles_one(migrated, api_key):
+    async with gateway_client(migrated) as client:
+        ds = (await upload(client, api_key, INSTRUCTION_ROWS)).json()["id"]
+        doubled = await client.post("/api/training/deploy/local", headers=auth(api_key),
+                                    json={"config": config_for(ds), "dataset_id": ds})
+        assert doubled.status_code == 422 and doubled.json()["detail"]["field"] == "dataset_id"
+        assert "dataset_id and the configuration's data.dataset_id" in doubled.json()["detail"]["message"]
+        bare = {"name": "spec", "model": "/models/tiny", "training": {"num_epochs": 1, "lora_r": 4}}
+        saved = await client.post("/api/training/configurations", headers=auth(api_key), json=bare)
+        assert saved.status_code == 201, saved.text
+        assert saved.json()["config"]["training"]["lora"]["r"] == 4  # stored in TuneFleet's names
+        r = await client.post("/api/training/deploy/local", headers=auth(api_key),
+                              json={"training_config_id": saved.json()["id"], "dataset_id": ds})
+        assert r.status_code == 202, r.text

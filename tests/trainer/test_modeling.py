@@ -79,3 +79,28 @@ def test_method_configs():
     rloo = build_args(_spec({**rlhf, "rlhf": {**rlhf["rlhf"], "algorithm": "rloo"}}, fmt="chat"), has_eval=False,
                       cuda=False)
     assert type(rloo).__name__ == "RLOOConfig"
+
+
+def test_the_documents_device_map_and_torch_dtype_reach_the_model(tiny_model_dir):
+    import torch
+
+    from shared.config import TrainingConfig
+    from trainer.errors import ConfigRefused
+    from trainer.modeling import cuda_available, load_model, model_dtype, use_cuda
+
+    def config(**model) -> TrainingConfig:
+        return TrainingConfig.model_validate({"model": {"name": tiny_model_dir, **model}})
+
+    loaded = load_model(config(torch_dtype="bfloat16"))
+    assert next(loaded.parameters()).dtype == torch.bfloat16
+    assert model_dtype(config()) == torch.float32  # auto, with no bf16/fp16 training and no quantization
+    assert model_dtype(TrainingConfig.model_validate({"model": tiny_model_dir, "training": {"bf16": True}})) \
+        == torch.bfloat16
+    assert use_cuda(config(device_map="cpu")) is False
+    assert use_cuda(config(device_map="auto")) is cuda_available()
+    if cuda_available():
+        assert use_cuda(config(device_map="cuda")) is True
+    else:
+        with pytest.raises(ConfigRefused) as refused:
+            use_cuda(config(device_map="cuda"))
+        assert refused.value.field == "model.device_map" and "no GPU" in refused.value.message

@@ -21,9 +21,8 @@ def test_defaults_fill_every_section():
     assert config.predictions.frequency == "epoch"
 
 
-def test_data_needs_exactly_one_source():
-    errs = _errors({"model": {"base_model": "m"}, "data": {}})
-    assert "data.dataset_id" in errs[0]["msg"]
+def test_data_may_be_named_later_but_never_twice():
+    assert not TrainingConfig.model_validate({"model": {"base_model": "m"}}).data.has_source  # a deploy names it
     errs = _errors({"model": {"base_model": "m"}, "data": {"dataset_id": "a", "train_path": "/x"}})
     assert "only one" in errs[0]["msg"]
 

@@ -8,6 +8,7 @@ from shared.config import TrainingConfig
 from shared.errors import NotFound
 
 from ..deploying import resolve_data
+from ..policy import check_configuration_policy
 from ..deps import CurrentUser, PoolDep, SettingsDep
 from ..schemas import ConfigurationPublic
 
@@ -17,9 +18,13 @@ router = APIRouter(prefix="/api/training/configurations", tags=["configurations"
 @router.post("", status_code=201, response_model=ConfigurationPublic)
 async def create_configuration(config: TrainingConfig, user: CurrentUser, pool: PoolDep,
                                settings: SettingsDep) -> ConfigurationPublic:
-    """Store a TrainingConfig. It must keep to what this server allows, and its data set must exist and suit its
-    method."""
-    await resolve_data(settings, pool, user, config)
+    """Store a TrainingConfig, in TuneFleet's spelling or the specification's (stored in TuneFleet's). It must keep
+    to what this server allows; the data set it names, if any, must exist and suit its method (one that names none
+    is given its data set by the deploy: ``dataset_id``)."""
+    if config.data.has_source:
+        await resolve_data(settings, pool, user, config)
+    else:
+        await check_configuration_policy(settings, pool, user, config)
     row = await pool.fetchrow(
         "INSERT INTO configurations (id, user_id, config) VALUES ($1, $2, $3) RETURNING id, created_at",
         uuid.uuid4(), user, config.model_dump(mode="json"))

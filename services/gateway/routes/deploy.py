@@ -9,7 +9,7 @@ from shared.disk import volume_gb
 from shared.errors import NotFound, ValidationFailed
 from shared.providers import SEALED_ENVIRONMENT, seal_environment
 
-from ..deploying import load_configuration, request_deploy, require_reachable_urls, resolve_data
+from ..deploying import configuration_for, request_deploy, require_reachable_urls, resolve_data
 from ..deps import BusDep, CurrentUser, PoolDep, SettingsDep
 from ..schemas import (
     DeploymentRequest,
@@ -27,13 +27,6 @@ router = APIRouter(prefix="/api/training/deploy", tags=["deploy"])
 Provider = Literal["local", "runpod", "lambda"]
 
 
-async def _config(body: DeploymentRequest, pool, user: str) -> TrainingConfig:
-    if (body.configuration_id is None) == (body.config is None):
-        raise ValidationFailed("give exactly one of configuration_id (a saved configuration) or config",
-                               field="configuration_id")
-    return body.config or await load_configuration(pool, user, body.configuration_id)
-
-
 async def _deploy(provider: str, body: DeploymentRequest, config: TrainingConfig, user: str, pool, bus, settings,
                   options: dict) -> DeploymentResponse:
     cmd = await request_deploy(settings, pool, bus, user_id=user, provider=provider, config=config,
@@ -47,13 +40,13 @@ async def _deploy(provider: str, body: DeploymentRequest, config: TrainingConfig
 async def deploy_local(body: LocalDeploymentRequest, user: CurrentUser, pool: PoolDep, bus: BusDep,
                        settings: SettingsDep) -> DeploymentResponse:
     """Train on this machine. The answer comes once the request is stored; follow it by ``job_id``."""
-    return await _deploy("local", body, await _config(body, pool, user), user, pool, bus, settings, {})
+    return await _deploy("local", body, await configuration_for(pool, user, body), user, pool, bus, settings, {})
 
 
 async def _deploy_to_cloud(provider: str, body: RunPodDeploymentRequest | LambdaDeploymentRequest, request: Request,
                            user: str, pool, bus, settings, gpu_count: int | None = None) -> DeploymentResponse:
     require_reachable_urls(settings, provider)
-    config = await _config(body, pool, user)
+    config = await configuration_for(pool, user, body)
     if gpu_count is not None and gpu_count != config.training.gpu_count:
         # The pod's GPUs are what the trainer spreads over (accelerate launch when more than one).
         config = config.model_copy(update={"training": config.training.model_copy(update={"gpu_count": gpu_count})})

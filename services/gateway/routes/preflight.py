@@ -11,11 +11,11 @@ from pathlib import Path
 from fastapi import APIRouter, Request
 
 from shared.environment import minimal_environment
-from shared.errors import ServiceUnavailable, ValidationFailed
+from shared.errors import ServiceUnavailable
 from shared.settings import Settings
 from shared.trainer_users import RunAs, TrainerUsers
 
-from ..deploying import load_configuration, resolve_data
+from ..deploying import configuration_for, resolve_data
 from ..deps import CurrentUser, PoolDep, SettingsDep
 from ..schemas import DeploymentRequest
 
@@ -68,10 +68,7 @@ async def preflight(body: DeploymentRequest, request: Request, user: CurrentUser
                     settings: SettingsDep) -> dict:
     """Dry-run a configuration for a few steps on a tiny random model with the base model's architecture and
     tokenizer, on this machine's CPU: data, template and config errors show in seconds, before GPU time."""
-    if (body.configuration_id is None) == (body.config is None):
-        raise ValidationFailed("give exactly one of configuration_id (a saved configuration) or config",
-                               field="configuration_id")
-    config = body.config or await load_configuration(pool, user, body.configuration_id)
+    config = await configuration_for(pool, user, body)
     data = await resolve_data(settings, pool, user, config)
     return await run_user_preflight(request, settings, user, config.model_dump_json(), data.path, data.format.value)
 
