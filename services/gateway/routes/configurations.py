@@ -8,8 +8,8 @@ from shared.config import TrainingConfig
 from shared.errors import NotFound
 
 from ..deploying import resolve_data
-from ..policy import check_configuration_policy
 from ..deps import CurrentUser, PoolDep, SettingsDep
+from ..policy import check_configuration_policy
 from ..schemas import ConfigurationPublic
 
 router = APIRouter(prefix="/api/training/configurations", tags=["configurations"])
