@@ -67,8 +67,13 @@ async def test_a_stop_accepted_while_nats_is_away_reaches_the_scheduler_once_it_
         nats_server.spawn()
         wait_for_port(nats_server.port)
         stop = await stored_command(nats_server.url, subjects.STOP_REQUESTED, timeout=RELAY_AFTER_S * 6)
-    assert stop["job_id"] == job_id and stop["user_id"] == "alice"
-    assert await pool.fetchval("SELECT count(*) FROM gateway_outbox WHERE published_at IS NULL") == 0
+        assert stop["job_id"] == job_id and stop["user_id"] == "alice"
+        # JetStream stores the message before the relay marks its row sent (and the relay runs in this gateway):
+        # wait here for the mark, not just for the message
+        deadline = asyncio.get_running_loop().time() + 10
+        while await pool.fetchval("SELECT count(*) FROM gateway_outbox WHERE published_at IS NULL"):
+            assert asyncio.get_running_loop().time() < deadline, "the relay published the stop, never marked it sent"
+            await asyncio.sleep(0.1)
 
 
 async def test_a_deploy_the_scheduler_never_took_is_published_again(migrated, pool, nats_url, recorder):
