@@ -18,9 +18,10 @@ T = TypeVar("T")
 #: What a server that is down, starting or restarting answers; anything else (a wrong password) is raised.
 UNAVAILABLE = (OSError, TimeoutError, asyncpg.CannotConnectNowError, asyncpg.TooManyConnectionsError,
                asyncpg.PostgresConnectionError, nats.errors.NoServersError, nats.errors.TimeoutError)
-#: What a query or a publish raises while its server is away or restarting (a broken pooled connection too).
-OUTAGE = (*UNAVAILABLE, asyncpg.InterfaceError, asyncpg.AdminShutdownError, asyncpg.CrashShutdownError,
-          nats.errors.ConnectionClosedError, nats.errors.NoRespondersError)
+#: What a query or a publish raises while its server is away or restarting (a broken pooled connection too: one
+#: the server dropped in the middle of an operation may answer the next with asyncpg's InternalClientError).
+OUTAGE = (*UNAVAILABLE, asyncpg.InterfaceError, asyncpg.InternalClientError, asyncpg.AdminShutdownError,
+          asyncpg.CrashShutdownError, nats.errors.ConnectionClosedError, nats.errors.NoRespondersError)
 
 
 async def until_reachable(connect_once: Callable[[], Awaitable[T]], what: str, max_wait_s: float = 10.0) -> T:
