@@ -38,6 +38,20 @@ METHOD_FORMATS: dict[Method, frozenset[DataFormat]] = {
 }
 
 
+def method_format_problem(method: Method, fmt: DataFormat) -> str | None:
+    """Why ``method`` cannot train on ``fmt`` data, with the fix; None when it can. The one statement of this rule
+    (the gateway refuses with it, preflight and the trainer fail with it)."""
+    if fmt in METHOD_FORMATS[method]:
+        return None
+    if method in (Method.DPO, Method.ORPO):
+        fix = "upload preference data (rows with prompt, chosen and rejected), or use training.method='sft'"
+    elif method is Method.SFT:
+        fix = "use training.method='dpo' or 'orpo' for preference data, or upload text, chat or instruction data"
+    else:
+        fix = "RLHF samples completions for prompts: upload chat, instruction or preference data"
+    return f"training.method={method.value!r} cannot train on {fmt.value} data: {fix}"
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 

@@ -14,6 +14,25 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+#: The specification's two "Default Configurations", verbatim (the API's examples and the tests' bodies).
+DOCUMENTED_DEFAULTS: dict[str, dict[str, Any]] = {
+    "small": {
+        "name": "Qwen2.5-0.5B-fine-tune",
+        "model": "Qwen/Qwen2.5-0.5B",
+        "training": {"method": "sft", "num_epochs": 3, "learning_rate": 5e-4, "batch_size": 32,
+                     "gradient_accumulation_steps": 1, "lora_r": 8, "lora_alpha": 16},
+        "predictions": {"enabled": True, "sample_count": 5, "sample_frequency": "epoch"},
+    },
+    "large": {
+        "name": "Llama-2-70B-fine-tune",
+        "model": "meta-llama/Llama-2-70b-hf",
+        "training": {"method": "sft", "num_epochs": 2, "learning_rate": 2e-4, "batch_size": 4,
+                     "gradient_accumulation_steps": 4, "lora_r": 64, "lora_alpha": 128,
+                     "quantization": {"load_in_4bit": True, "bnb_4bit_quant_type": "nf4"}},
+        "predictions": {"enabled": True, "sample_count": 10, "sample_frequency": "eval"},
+    },
+}
+
 #: The interface's metadata: set by the server, not by the configuration.
 METADATA = ("id", "user_id", "created_at", "updated_at")
 

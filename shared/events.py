@@ -113,6 +113,7 @@ class WorkloadReported(Message):
     log_tail: str | None = None
     result: TrainerResult | None = None
     cost_usd: float | None = None
+    cost_per_hour: float | None = Field(default=None, description="The resource's price, in USD per hour.")
     resource_id: str | None = None
 
     @property

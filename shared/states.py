@@ -22,6 +22,20 @@ class JobStatus(StrEnum):
 
 TERMINAL = frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.STOPPED, JobStatus.BUDGET_EXCEEDED})
 
+#: The specification's five deployment statuses, for each of TuneFleet's (the README's states table). A job that was
+#: stopped, or stopped at its budget, did not complete: the specification has only ``failed`` for that, and
+#: ``status`` and ``status_reason`` say which.
+DOCUMENTED_STATUS: dict[JobStatus, str] = {
+    JobStatus.QUEUED: "queued",
+    JobStatus.PROVISIONING: "creating",
+    JobStatus.RUNNING: "running",
+    JobStatus.PREEMPTED: "creating",  # its machine was taken back; a new one is being made
+    JobStatus.COMPLETED: "completed",
+    JobStatus.FAILED: "failed",
+    JobStatus.STOPPED: "failed",
+    JobStatus.BUDGET_EXCEEDED: "failed",
+}
+
 _S = JobStatus
 ALLOWED: dict[JobStatus, frozenset[JobStatus]] = {
     _S.QUEUED: frozenset({_S.PROVISIONING, _S.RUNNING, _S.FAILED, _S.STOPPED}),

@@ -1,4 +1,6 @@
-"""The stack as processes (``tunefleet up``), shared by the end-to-end tests of a session."""
+"""The stack as processes (``tunefleet up``) beside emulated RunPod and Lambda clouds: one per session, shared by the
+end-to-end and contract suites (``tests/conftest.py`` registers these fixtures; ``tests/e2e/conftest.py`` gives
+their tests the helpers)."""
 
 from __future__ import annotations
 
@@ -19,7 +21,9 @@ from services.sandbox.mirror import mirror_app, python_url
 from services.sandbox.runpod import RunPodEmulator
 from tests.stack import TERMINAL, RunningStack, collect_events, wait_for_status
 
-__all__ = ["TERMINAL", "RunningStack", "collect_events", "wait_for_status"]
+__all__ = ["LAMBDA_KEY", "PROVISIONING_TIMEOUT_S", "RUNPOD_KEY", "TERMINAL", "EmulatorServer", "RunningStack",
+           "collect_events", "wait_for_status"]
+
 
 class EmulatorServer:
     """A cloud emulator served by uvicorn on a thread of the test process, so tests can inject faults."""
@@ -90,6 +94,8 @@ def stack(tmp_path_factory, tiny_model_dir, runpod, lambda_cloud, mirror, stock_
         "TUNEFLEET_PROVISIONING_TIMEOUT_S": str(PROVISIONING_TIMEOUT_S), "TUNEFLEET_SANDBOX": "true",
         # The operator's model folder: the tests' tiny models are built under pytest's temporary folder.
         "TUNEFLEET_MODEL_DIRS": str(tmp_path_factory.getbasetemp()),
+        # and its data folder: configurations in the specification's shape name their data by data.train_path.
+        "TUNEFLEET_DATA_DIRS": str(tmp_path_factory.getbasetemp() / "data-dir"),
         "TUNEFLEET_WORKLOAD_PYTHON_URL": mirror, "TUNEFLEET_WORKLOAD_PYTHON_SHA256": stock_images.python_sha256})
     s.start()
     yield s

@@ -8,7 +8,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from services.scheduler.repository import Transition
-from shared.events import DeployRequested, Message
+from shared.events import DeployRequested, Message, WorkloadReported
 from shared.ids import derived_id
 from shared.states import JobStatus, can_transition
 
@@ -19,6 +19,7 @@ class FakeJobs:
         self.histories: dict[str, list[Transition]] = {}
         self._by_source: dict[str, Transition] = {}
         self.early_stops: set[tuple[str, str]] = set()
+        self.errors: list[WorkloadReported] = []
 
     async def create(self, cmd: DeployRequested) -> Transition:
         status_event_id = derived_id(cmd.job_id, "status", JobStatus.QUEUED, 1)
@@ -61,11 +62,16 @@ class FakeJobs:
         return [(source, t) for source, t in self._by_source.items() if source in wanted]
 
     async def observe(self, job_id: str, *, log_tail: str | None, cost_usd: float | None,
-                      resource_id: str | None = None) -> None:
+                      resource_id: str | None = None, cost_per_hour: float | None = None) -> None:
         row = self.rows[job_id]
-        for key, value in (("log_tail", log_tail), ("cost_usd", cost_usd), ("resource_id", resource_id)):
+        for key, value in (("log_tail", log_tail), ("cost_usd", cost_usd), ("resource_id", resource_id),
+                           ("cost_per_hour", cost_per_hour)):
             if value is not None:
                 row[key] = value
+
+    async def record_error(self, evt: WorkloadReported) -> None:
+        if all(e.event_id != evt.event_id for e in self.errors):
+            self.errors.append(evt)
 
     async def remember_stop(self, job_id: str, user_id: str, reason: str) -> None:
         self.early_stops.add((job_id, user_id))

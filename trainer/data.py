@@ -35,7 +35,7 @@ import random
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from shared.config import METHOD_FORMATS, DataFormat, Method
+from shared.config import DataFormat, Method, method_format_problem
 from shared.dataformats import MAX_REPORTED_ERRORS, DatasetError, read_rows
 from shared.jobspec import JobSpec
 
@@ -203,9 +203,9 @@ def prediction_sample(row: dict, fmt: DataFormat, tokenizer=None) -> PredictionS
 
 
 def check_method_format(method: Method, fmt: DataFormat) -> None:
-    if fmt not in METHOD_FORMATS[method]:
-        allowed = ", ".join(sorted(f.value for f in METHOD_FORMATS[method]))
-        raise ValueError(f"training.method={method.value!r} cannot train on {fmt.value} data: use {allowed} data")
+    problem = method_format_problem(method, fmt)
+    if problem:
+        raise ValueError(problem)
 
 
 def prepare_data(spec: JobSpec, tokenizer=None) -> PreparedData:

@@ -12,9 +12,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from shared.config import DataFormat, Method, TrainingConfig
+from shared.config import DataFormat, Method, TrainingConfig, method_format_problem
 from shared.jobspec import JobSpec
-from trainer.data import check_method_format
 from trainer.errors import ConfigRefused
 
 #: Layer types LoRA can adapt (peft), by class name so that quantized layers count too.
@@ -65,17 +64,9 @@ def check_spec(spec: JobSpec, *, hardware: Hardware | None = None, check_hardwar
 def check_method(config: TrainingConfig, fmt: DataFormat) -> None:
     t = config.training
     method = t.method
-    try:
-        check_method_format(method, fmt)
-    except ValueError:
-        if method in (Method.DPO, Method.ORPO):
-            fix = "upload preference data (rows with prompt, chosen and rejected), or use training.method='sft'"
-        elif method is Method.SFT:
-            fix = "use training.method='dpo' or 'orpo' for preference data, or upload text, chat or instruction data"
-        else:
-            fix = "RLHF samples completions for prompts: upload chat, instruction or preference data"
-        raise ConfigRefused("training.method", f"training.method={method.value!r} cannot train on {fmt.value} "
-                                               f"data: {fix}") from None
+    problem = method_format_problem(method, fmt)
+    if problem:
+        raise ConfigRefused("training.method", problem)
     if method is not Method.RLHF:
         return
     r = t.rlhf

@@ -155,7 +155,7 @@ class CloudRunner:
             if row["resource_id"]:
                 await self._terminate(row)
             await self._end(job_id, row["attempt"], WorkloadPhase.STOPPED, message="stopped on request",
-                            cost_usd=_cost(row))
+                            **_costs(row))
 
     # Polling --------------------------------------------------------------------------------------------
 
@@ -220,7 +220,7 @@ class CloudRunner:
             return
         tail = await asyncio.to_thread(read_log_tail, folder)
         if status.phase is None:
-            await self._end(job_id, attempt, WorkloadPhase.PREEMPTED, log_tail=tail, cost_usd=_cost(row),
+            await self._end(job_id, attempt, WorkloadPhase.PREEMPTED, log_tail=tail, **_costs(row),
                             message=f"the {self.provider} resource went away mid-run ({status.detail})")
         elif status.phase is WorkloadPhase.FAILED:
             await self._stop(row, WorkloadPhase.FAILED, status.detail, tail)
@@ -283,7 +283,7 @@ class CloudRunner:
         if fresh and row["report_age_s"] < self.report_every_s:
             return
         await self.report(self._event(row["job_id"], row["attempt"], phase, resource_id=row["resource_id"],
-                                      cost_usd=_cost(row), **kw))
+                                      **_costs(row), **kw))
         await self.workloads.reported(str(row["job_id"]), row["attempt"])
 
     async def _finish(self, row: asyncpg.Record, result: TrainerResult, folder: Path) -> None:
@@ -294,7 +294,7 @@ class CloudRunner:
         delivered = await asyncio.to_thread(replay_spool, self.settings, job_id, folder)
         tail = await asyncio.to_thread(read_log_tail, folder)
         await self._end(job_id, attempt, result_phase(result), result=_localised(result, folder),
-                        message=result.error_message, log_tail=tail, cost_usd=_cost(row),
+                        message=result.error_message, log_tail=tail, **_costs(row),
                         spool_pending=not delivered)
 
     async def _deliver_pending_spools(self) -> None:
@@ -309,7 +309,7 @@ class CloudRunner:
         log.warning("job %s attempt %s: %s", row["job_id"], row["attempt"], message.splitlines()[0])
         await self._terminate(row)
         await self._end(str(row["job_id"]), row["attempt"], phase, message=message, log_tail=tail,
-                        cost_usd=_cost(row))
+                        **_costs(row))
 
     async def reconcile(self) -> int:
         """Terminate every resource of this provider that no live workload owns, and any second resource of an
@@ -377,3 +377,8 @@ def _localised(result: TrainerResult, folder: Path) -> TrainerResult:
 def _cost(row: asyncpg.Record) -> float:
     """Billing runs from creation at the resource's hourly price."""
     return round(row["cost_per_hour"] * float(row["age_s"]) / 3600.0, 6)
+
+
+def _costs(row: asyncpg.Record) -> dict[str, float]:
+    """What a report says of cost: so far, and the hourly price it accrues at."""
+    return {"cost_usd": _cost(row), "cost_per_hour": float(row["cost_per_hour"])}

@@ -7,19 +7,21 @@ import ipaddress
 import logging
 import uuid
 from dataclasses import dataclass
+from datetime import datetime
 from urllib.parse import urlsplit
 
 import asyncpg
 from pydantic import ValidationError
 
 from shared.bus import Bus
-from shared.config import METHOD_FORMATS, DataFormat, TrainingConfig
+from shared.config import DataFormat, TrainingConfig, method_format_problem
 from shared.dataformats import DatasetError, validate_file
 from shared.errors import ConfigIncompatible, NotFound, ValidationFailed
 from shared.events import DeployRequested
 from shared.outbox import Outbox
 from shared.settings import Settings
 
+from . import repository
 from .policy import check_configuration_policy, check_local_job, check_train_path
 from .quotas import check_local_jobs
 
@@ -28,6 +30,14 @@ log = logging.getLogger(__name__)
 RELAY_AFTER_S = 5.0
 #: The gateway's outbox for other commands (stop requests).
 OUTBOX = "gateway_outbox"
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """A deploy stored (and published, or left to the relay)."""
+
+    command: DeployRequested
+    created_at: datetime
 
 
 @dataclass(frozen=True)
@@ -43,12 +53,11 @@ async def load_configuration(pool: asyncpg.Pool, user_id: str, configuration_id:
     except ValueError as exc:
         raise ValidationFailed(f"configuration_id {configuration_id!r} is not a valid id",
                                field="configuration_id") from exc
-    raw = await pool.fetchval("SELECT config FROM configurations WHERE id = $1 AND user_id = $2",
-                              configuration_id, user_id)
-    if raw is None:
+    row = await repository.configuration(pool, user_id, configuration_id)
+    if row is None:
         raise NotFound(f"configuration {configuration_id} not found; create it with "
                        "POST /api/training/configurations", field="configuration_id")
-    return TrainingConfig.model_validate(raw)
+    return TrainingConfig.model_validate(row["config"])
 
 
 async def configuration_for(pool: asyncpg.Pool, user_id: str, body) -> TrainingConfig:
@@ -76,12 +85,7 @@ async def resolve_data(settings: Settings, pool: asyncpg.Pool, user_id: str, con
                                "data.dataset_id (upload the JSONL with POST /api/training/datasets)",
                                field="data.dataset_id")
     if config.data.dataset_id:
-        try:
-            uuid.UUID(config.data.dataset_id)
-            row = await pool.fetchrow("SELECT path, format, rows FROM datasets WHERE id = $1 AND user_id = $2",
-                                      config.data.dataset_id, user_id)
-        except ValueError:
-            row = None
+        row = await repository.dataset(pool, user_id, config.data.dataset_id)
         if row is None:
             raise ValidationFailed(f"data.dataset_id {config.data.dataset_id!r} is not one of your data sets; "
                                    "upload one with POST /api/training/datasets", field="data.dataset_id")
@@ -92,13 +96,9 @@ async def resolve_data(settings: Settings, pool: asyncpg.Pool, user_id: str, con
         raise ConfigIncompatible(f"data.format is {config.data.format.value} but the data set is "
                                  f"{data.format.value}; drop data.format or upload matching data",
                                  field="data.format")
-    method = config.training.method
-    if data.format not in METHOD_FORMATS[method]:
-        fits = ", ".join(sorted(f.value for f in METHOD_FORMATS[method]))
-        raise ConfigIncompatible(
-            f"training.method {method.value} cannot train on {data.format.value} data; it needs {fits} data "
-            f"(for {data.format.value} data use training.method "
-            f"{'sft' if data.format is not DataFormat.PREFERENCE else 'dpo'})", field="training.method")
+    problem = method_format_problem(config.training.method, data.format)
+    if problem:
+        raise ConfigIncompatible(problem, field="training.method")
     return data
 
 
@@ -145,7 +145,7 @@ def require_reachable_urls(settings: Settings, provider: str) -> None:
 
 async def request_deploy(settings: Settings, pool: asyncpg.Pool, bus: Bus, *, user_id: str, provider: str,
                          config: TrainingConfig, configuration_id: str | None, budget_limit: float | None,
-                         provider_options: dict) -> DeployRequested:
+                         provider_options: dict) -> Accepted:
     data = await resolve_data(settings, pool, user_id, config)
     if provider == "local":
         await check_local_job(settings, config)
@@ -156,16 +156,29 @@ async def request_deploy(settings: Settings, pool: asyncpg.Pool, bus: Bus, *, us
     async with pool.acquire() as conn, conn.transaction():
         if provider == "local":
             await check_local_jobs(conn, user_id, settings.max_local_jobs_per_user)
-        await conn.execute(
-            "INSERT INTO deploy_requests (job_id, user_id, provider, message) VALUES ($1, $2, $3, $4)",
-            cmd.job_id, user_id, provider, cmd.model_dump(mode="json"))
+        await _hold_sources(conn, user_id, configuration_id, config)
+        created_at = await repository.insert_deploy(conn, cmd.job_id, user_id, provider, cmd.model_dump(mode="json"))
     try:
         await bus.publish(cmd)
     except Exception:  # the relay publishes it later; the request is accepted all the same
         log.warning("publishing deploy of job %s failed; the outbox relay will retry", cmd.job_id)
     else:
-        await pool.execute("UPDATE deploy_requests SET published_at = now() WHERE job_id = $1", cmd.job_id)
-    return cmd
+        await repository.mark_deploy_published(pool, cmd.job_id)
+    return Accepted(cmd, created_at)
+
+
+async def _hold_sources(conn: asyncpg.Connection, user_id: str, configuration_id: str | None,
+                        config: TrainingConfig) -> None:
+    """Within the deploy's transaction: the configuration and data set it was made from still exist, and stay until
+    it is stored (their DELETE takes the same locks, then refuses while a live job uses them)."""
+    if configuration_id is not None:
+        await repository.lock_for_use(conn, "configuration", configuration_id)
+        if await repository.configuration(conn, user_id, configuration_id) is None:
+            raise NotFound(f"configuration {configuration_id} was deleted", field="configuration_id")
+    if config.data.dataset_id:
+        await repository.lock_for_use(conn, "dataset", config.data.dataset_id)
+        if await repository.dataset(conn, user_id, config.data.dataset_id) is None:
+            raise NotFound(f"data set {config.data.dataset_id} was deleted", field="data.dataset_id")
 
 
 #: A published deploy that the scheduler has not turned into a job after this long is published again, at most
@@ -178,28 +191,18 @@ async def relay_outbox(pool: asyncpg.Pool, bus: Bus) -> int:
     """Publish accepted deploys whose first publish failed, and again those the scheduler has not taken after
     ``REPUBLISH_AFTER_S`` (the same message id: a copy JetStream still holds is dropped, and the scheduler creates
     each job once). Returns how many were sent."""
-    await pool.execute(
-        """UPDATE deploy_requests d SET scheduled_at = now() FROM jobs j
-           WHERE d.scheduled_at IS NULL AND j.id = d.job_id""")
-    rows = await pool.fetch(
-        """SELECT job_id, message, published_at, republished FROM deploy_requests
-           WHERE scheduled_at IS NULL
-             AND ((published_at IS NULL AND created_at < now() - make_interval(secs => $1))
-                  OR (published_at < now() - make_interval(secs => $2) AND republished < $3))
-           ORDER BY created_at LIMIT 100""", RELAY_AFTER_S, REPUBLISH_AFTER_S, MAX_REPUBLISH)
+    rows = await repository.deploys_to_relay(pool, RELAY_AFTER_S, REPUBLISH_AFTER_S, MAX_REPUBLISH)
     sent = 0
     for row in rows:
         try:
             cmd = DeployRequested.model_validate(row["message"])
         except ValidationError:
             log.error("deploy request of job %s cannot be read; it is not published", row["job_id"])
-            await pool.execute("UPDATE deploy_requests SET republished = $2 WHERE job_id = $1", row["job_id"],
-                               MAX_REPUBLISH)
+            await repository.give_up_deploy(pool, row["job_id"], MAX_REPUBLISH)
             continue
         await bus.publish(cmd)
         again = int(row["published_at"] is not None)
-        await pool.execute("UPDATE deploy_requests SET published_at = now(), republished = republished + $2 "
-                           "WHERE job_id = $1", row["job_id"], again)
+        await repository.mark_deploy_published(pool, row["job_id"], again)
         if again and row["republished"] + 1 == MAX_REPUBLISH:
             log.error("job %s: the scheduler has not taken its deploy after %s publishes; look for it in the dead "
                       "letters (tunefleet dead-letters list)", row["job_id"], MAX_REPUBLISH + 1)

@@ -31,6 +31,8 @@ from shared.errors import ValidationFailed
 from shared.netpolicy import BlockedAddress, public_address
 from shared.settings import Settings
 
+from . import repository, views
+
 #: A Hugging Face hub id: ``name`` or ``owner/name``.
 HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
 
@@ -74,9 +76,7 @@ async def _check_model_reference(settings: Settings, pool: asyncpg.Pool, user_id
                                field=field)
     if not os.path.isabs(reference):
         raise ValidationFailed(f"{field} {reference!r}: give a local model as an absolute path", field=field)
-    registered = [Path(p) for p in await pool.fetchval(
-        "SELECT coalesce(array_agg(adapter_path), '{}') FROM models WHERE user_id = $1 AND adapter_path IS NOT NULL",
-        user_id)]
+    registered = [Path(p) for p in await views.adapter_paths(pool, user_id)]
     if await asyncio.to_thread(is_inside, Path(reference), [settings.models_dir, *settings.model_dirs, *registered]):
         base = await asyncio.to_thread(_adapter_base, Path(reference))
         if base is not None:
@@ -116,8 +116,7 @@ async def check_configuration_policy(settings: Settings, pool: asyncpg.Pool, use
             "training.rlhf.judge_api_key_env names a variable of the machine the trainer runs on, which through this "
             "API is a server's: store the judge's key with PUT /api/secrets/judge and set "
             "training.rlhf.judge_api_key_secret to \"judge\" instead", field="training.rlhf.judge_api_key_env")
-    if rlhf.judge_api_key_secret and not await pool.fetchval(
-            "SELECT 1 FROM user_secrets WHERE user_id = $1 AND provider = $2", user_id, rlhf.judge_api_key_secret):
+    if rlhf.judge_api_key_secret and not await repository.has_secret(pool, user_id, rlhf.judge_api_key_secret):
         raise ValidationFailed(
             f"training.rlhf.judge_api_key_secret names the secret {rlhf.judge_api_key_secret!r}, which you have not "
             f"stored: PUT /api/secrets/{rlhf.judge_api_key_secret} with {{\"api_key\": \"...\"}} first",

@@ -16,7 +16,8 @@ import asyncpg
 
 from shared.errors import QuotaExceeded
 from shared.settings import Settings
-from shared.states import TERMINAL
+
+from . import repository
 
 
 class UserSlots:
@@ -64,13 +65,7 @@ class ProcessQuotas:
 async def check_local_jobs(conn: asyncpg.Connection, user_id: str, limit: int) -> None:
     """Within the transaction that stores a local deploy: refuse it when the user has ``limit`` unfinished. A
     deploy the scheduler has not made a job of counts for an hour (it would be stuck, not running, after that)."""
-    await conn.execute("SELECT pg_advisory_xact_lock(hashtext('tunefleet-local-jobs:' || $1))", user_id)
-    unfinished = await conn.fetchval(
-        """SELECT count(*) FROM deploy_requests d LEFT JOIN jobs j ON j.id = d.job_id
-           WHERE d.user_id = $1 AND d.provider = 'local'
-             AND (NOT j.status = ANY($2::text[])
-                  OR (j.id IS NULL AND d.created_at > now() - interval '1 hour'))""",
-        user_id, [s.value for s in TERMINAL])
+    unfinished = await repository.count_unfinished_local(conn, user_id)
     if unfinished >= limit:
         raise QuotaExceeded(f"you have {unfinished} local jobs unfinished, the most this server allows one user "
                             f"(TUNEFLEET_MAX_LOCAL_JOBS_PER_USER={limit}); stop one or wait for it to end, or deploy "

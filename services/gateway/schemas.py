@@ -6,7 +6,7 @@ import re
 from datetime import datetime
 from typing import Any
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, computed_field, field_validator, model_validator
 
 from shared.config import TrainingConfig
 
@@ -15,6 +15,14 @@ class ConfigurationPublic(BaseModel):
     id: str
     config: TrainingConfig
     created_at: datetime
+    updated_at: datetime
+
+
+class ConfigurationsPage(BaseModel):
+    total_count: int
+    limit: int
+    offset: int
+    configurations: list[ConfigurationPublic]
 
 
 class DatasetPublic(BaseModel):
@@ -22,7 +30,15 @@ class DatasetPublic(BaseModel):
     filename: str
     format: str
     rows: int
-    stats: dict[str, Any]
+    stats: dict[str, Any] = Field(description="Rows, character lengths and the like, as the upload's check found.")
+    created_at: datetime
+
+
+class DatasetsPage(BaseModel):
+    total_count: int
+    limit: int
+    offset: int
+    datasets: list[DatasetPublic]
 
 
 class DeploymentRequest(BaseModel):
@@ -31,7 +47,9 @@ class DeploymentRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
     configuration_id: str | None = Field(
-        default=None, validation_alias=AliasChoices("configuration_id", "config_id", "training_config_id"))
+        default=None, validation_alias=AliasChoices("training_config_id", "configuration_id", "config_id"),
+        description="A saved configuration's id (the specification's name; configuration_id and config_id are "
+                    "taken too).")
     config: TrainingConfig | None = None
     dataset_id: str | None = Field(
         default=None, description="The data set to train on, for a configuration that names none (as the "
@@ -49,6 +67,11 @@ _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 class RunPodDeploymentRequest(DeploymentRequest):
+    """The specification's ``RunPodDeploymentRequest``, with TuneFleet's additions."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"training_config_id": "cfg_abc123", "gpu_type": "NVIDIA A100 80GB PCIe", "gpu_count": 1,
+         "volume_size_gb": 50, "budget_limit": 100}]})
     gpu_type: str = Field(description="A RunPod GPU type id, e.g. 'NVIDIA A100 80GB PCIe'.")
     gpu_count: int = Field(default=1, ge=1, le=8)
     docker_image: str | None = Field(
@@ -111,33 +134,98 @@ class LambdaDeploymentRequest(DeploymentRequest):
         return self.model_dump(include={"instance_type", "region"})
 
 
-class DeploymentResponse(BaseModel):
+class DeploymentCost(BaseModel):
+    """The specification's ``DeploymentCost``."""
+
+    estimated_cost: float | None = Field(
+        default=None, description="USD: the projected total at the current speed (cost so far over progress); the "
+                                  "final cost once the job has ended; null while there is no progress to project.")
+    cost_per_hour: float | None = Field(default=None, description="USD per hour of the job's resource, once known "
+                                                                  "(0 for local jobs).")
+    actual_cost: float | None = Field(default=None, description="USD: the final cost, null until the job has ended.")
+
+
+class DeploymentMetrics(BaseModel):
+    """The newest training figures, as the specification's status shows them."""
+
+    epoch: float | None = None
+    step: int | None = None
+    loss: float | None = None
+    learning_rate: float | None = None
+    progress_percentage: float | None = Field(default=None, description="0..100, from the step or the epoch.")
+
+
+class DeploymentFields(BaseModel):
+    """What the specification's deployment answers carry, on every deploy answer and job status."""
+
+    deployment_id: str = Field(description="TuneFleet's id of the deployment: the job id.")
+    pod_id: str = Field(description="The provider's id of the workload once it exists (the pod, the instance; for "
+                                    "a local job its trainer process, as pid:start time); the job id before that.")
+    pod_url: str | None = Field(default=None, description="Where the workload can be seen: the provider console's "
+                                                          "page for it, or this gateway's job for local jobs.")
+    status: str = Field(description="TuneFleet's status (see the states table in the README).")
+    deployment_status: str = Field(description="The specification's DeploymentStatus for it: queued, creating, "
+                                               "running, completed or failed.")
+    gpu_type: str | None = Field(default=None, description="The GPU (RunPod) or instance type (Lambda) asked for; "
+                                                           "null for local jobs.")
+    gpu_count: int = 1
+    cost: DeploymentCost = Field(default_factory=DeploymentCost)
+    created_at: datetime
+
+
+class DeploymentResponse(DeploymentFields):
+    """The answer to a deploy: the specification's ``RunPodDeploymentResponse`` and the like."""
+
     job_id: str
     provider: str
-    status: str
-    pod_id: str = Field(description="The provider's id of the workload; for local, the job id.")
     message: str
 
 
-class JobPublic(BaseModel):
+class JobPublic(DeploymentFields):
+    """A job's unified status; also the answer of ``GET /api/training/deploy/{provider}?pod_id=`` (the
+    specification's ``RunPodDeploymentStatus``)."""
+
     job_id: str
     name: str | None
     provider: str
-    status: str
     status_reason: str | None = None
     attempt: int = 1
-    created_at: datetime
     started_at: datetime | None = None
     finished_at: datetime | None = None
     progress: float | None = Field(default=None, description="0..1 from the latest step or epoch.")
     latest_metrics: dict[str, Any] | None = None
+    metrics: DeploymentMetrics = Field(default_factory=DeploymentMetrics)
     logs_tail: str | None = None
+    logs: str | None = Field(default=None, description="The newest lines of the workload's log (as logs_tail).")
     cost_usd: float = 0.0
     budget_limit_usd: float | None = None
     result: dict[str, Any] | None = None
     model_id: str | None = Field(default=None, description="The registered model, once there is one.")
     resource_id: str | None = Field(default=None, description="The provider's id of the workload (a pod id …).")
     history: list[dict[str, Any]] = Field(default_factory=list)
+
+
+class JobError(BaseModel):
+    """The specification's ``training_errors`` record, per attempt."""
+
+    attempt: int
+    phase: str = Field(description="How the attempt ended: failed or preempted.")
+    error_type: str = Field(description="The exception's class (OutOfMemoryError, ConfigRefused ...), or what the "
+                                        "provider saw (WorkloadFailed, Preempted).")
+    error_message: str
+    error_field: str | None = Field(default=None, description="The configuration field a refusal names.")
+    traceback: str | None = None
+    occurred_at: datetime
+
+    @computed_field  # the specification's name
+    @property
+    def timestamp(self) -> datetime:
+        return self.occurred_at
+
+
+class JobErrors(BaseModel):
+    job_id: str
+    errors: list[JobError]
 
 
 class SeriesSummary(BaseModel):
@@ -163,7 +251,9 @@ class AttemptSpan(BaseModel):
 
 
 class MetricsPage(BaseModel):
-    """One row per step: ``{step, attempt, epoch, recorded_at, <name>: value, ...}``, oldest first."""
+    """One row per step: ``{step, attempt, epoch, recorded_at, timestamp, <name>: value, ...}``, oldest first. Metrics
+    logged under transformers' names appear under the specification's too: ``grad_norm`` as ``gradient_norm``,
+    ``samples_per_second`` as ``samples_per_sec``, ``gpu_memory_allocated_mb`` as ``gpu_memory_mb``."""
 
     job_id: str
     total_count: int = Field(description="Rows in the whole answer: every page together, or with max_points "
@@ -173,13 +263,62 @@ class MetricsPage(BaseModel):
     downsampling: Downsampling | None = Field(default=None, description="Set when max_points was given.")
 
 
+class PredictionMetrics(BaseModel):
+    bleu: float | None = Field(default=None, description="sacreBLEU of generated against expected, 0..100.")
+    rouge_l: float | None = Field(default=None, description="ROUGE-L F1 of generated against expected, 0..1.")
+
+
+class PredictionPublic(BaseModel):
+    """A sample the model generated during training: the specification's prediction, with its attempt."""
+
+    sample_id: str = Field(description="sample_<sample_index>: the same held-out sample at every step.")
+    sample_index: int
+    step: int
+    attempt: int
+    epoch: float | None
+    prompt: str
+    generated: str
+    expected: str | None
+    metrics: PredictionMetrics
+    scores: dict[str, float] = Field(default_factory=dict, description="Every score computed (metrics' source).")
+    created_at: datetime
+    timestamp: datetime
+
+
 class PredictionsPage(BaseModel):
     job_id: str
-    predictions: list[dict[str, Any]]
+    predictions: list[PredictionPublic]
+
+
+class LoraAdapter(BaseModel):
+    path: str | None
+    r: int | None
+    alpha: int | None
+
+
+class ModelAdapters(BaseModel):
+    lora: LoraAdapter | None = Field(default=None, description="Null for a full fine-tune.")
+
+
+class ModelMetadata(BaseModel):
+    training_method: str
+    final_loss: float | None
+    training_time_hours: float | None
+    dataset_size: int | None
+    total_cost_usd: float | None
 
 
 class ModelPublic(BaseModel):
+    """A registered model: the specification's ``llm_models`` entry (``model_type`` … ``metadata``) with TuneFleet's
+    own fields beside it."""
+
     id: str
+    user_id: str
+    model_type: str = "causal_lm"
+    source: str = "training_job"
+    source_job_id: str
+    adapters: ModelAdapters
+    metadata: ModelMetadata
     job_id: str
     name: str
     base_model: str
@@ -194,3 +333,14 @@ class ModelPublic(BaseModel):
     cost_usd: float | None
     provider: str
     created_at: datetime
+
+    @classmethod
+    def from_row(cls, row) -> ModelPublic:
+        r = dict(row)
+        lora = LoraAdapter(path=r["adapter_path"], r=r["lora_r"], alpha=r["lora_alpha"]) if r["lora_r"] else None
+        hours = None if r["training_seconds"] is None else round(r["training_seconds"] / 3600.0, 6)
+        return cls(**{**r, "id": str(r["id"]), "job_id": str(r["job_id"])}, source_job_id=str(r["job_id"]),
+                   adapters=ModelAdapters(lora=lora),
+                   metadata=ModelMetadata(training_method=r["method"], final_loss=r["final_loss"],
+                                          training_time_hours=hours, dataset_size=r["dataset_rows"],
+                                          total_cost_usd=r["cost_usd"]))

@@ -1,4 +1,5 @@
-"""Read-side queries. The gateway reads the tables other services own and never writes them."""
+"""Reads of the tables other services own (jobs and their history and errors, metric points, predictions,
+models): the gateway reads them and never writes them. Its own tables are in ``repository``."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ from typing import Any
 import asyncpg
 
 from shared.errors import NotFound, ValidationFailed
+
+from . import repository
 
 
 def _epoch_bounds(epoch: int | None) -> tuple[float | None, float | None]:
@@ -25,18 +28,33 @@ async def job_row(pool: asyncpg.Pool, user_id: str, job_id: str) -> asyncpg.Reco
     row = await pool.fetchrow("SELECT * FROM jobs WHERE id = $1 AND user_id = $2", job_id, user_id)
     if row is not None:
         return row
-    pending = await pool.fetchrow(
-        """SELECT job_id AS id, provider, created_at, message->'config'->>'name' AS name
-           FROM deploy_requests WHERE job_id = $1 AND user_id = $2""", job_id, user_id)
+    pending = await repository.pending_deploy(pool, user_id, job_id)
     if pending is None:
         raise NotFound(f"job {job_id} not found")
     return pending
 
 
 async def ensure_job_visible(pool: asyncpg.Pool, user_id: str, job_id: str) -> None:
-    owned = await pool.fetchval("SELECT 1 FROM deploy_requests WHERE job_id = $1 AND user_id = $2", job_id, user_id)
-    if not owned:
+    if not await repository.deploy_owned(pool, user_id, job_id):
         raise NotFound(f"job {job_id} not found")
+
+
+async def job_for_resource(pool: asyncpg.Pool, user_id: str, provider: str, pod_id: str) -> str | None:
+    """The user's job on ``provider`` with this id, or whose workload has this provider id (a pod id ...)."""
+    found = await pool.fetchval(
+        "SELECT id::text FROM jobs WHERE user_id = $1 AND provider = $2 AND (id::text = $3 OR resource_id = $3)",
+        user_id, provider, pod_id)
+    if found is None and await repository.pending_deploy(pool, user_id, pod_id, provider) is not None:
+        found = pod_id
+    return found
+
+
+async def job_errors(pool: asyncpg.Pool, job_id: str) -> list[dict[str, Any]]:
+    """Why each attempt failed or was preempted, oldest first."""
+    rows = await pool.fetch(
+        """SELECT attempt, phase, error_type, error_message, error_field, traceback, occurred_at
+           FROM job_errors WHERE job_id = $1 ORDER BY id""", job_id)
+    return [dict(r) for r in rows]
 
 
 async def history(pool: asyncpg.Pool, job_id: str) -> list[dict[str, Any]]:
@@ -257,8 +275,20 @@ async def predictions(pool: asyncpg.Pool, job_id: str, *, epoch: int | None, lim
     return [dict(r) for r in rows]
 
 
-async def models(pool: asyncpg.Pool, user_id: str) -> list[asyncpg.Record]:
-    return await pool.fetch("SELECT * FROM models WHERE user_id = $1 ORDER BY created_at DESC", user_id)
+async def models(pool: asyncpg.Pool, user_id: str, limit: int = 500, offset: int = 0) -> list[asyncpg.Record]:
+    return await pool.fetch("SELECT * FROM models WHERE user_id = $1 ORDER BY created_at DESC, id LIMIT $2 OFFSET $3",
+                            user_id, limit, offset)
+
+
+async def model(pool: asyncpg.Pool, user_id: str, model_id: str) -> asyncpg.Record | None:
+    return await pool.fetchrow("SELECT * FROM models WHERE id::text = $1 AND user_id = $2", model_id, user_id)
+
+
+async def adapter_paths(pool: asyncpg.Pool, user_id: str) -> list[str]:
+    """The folders of the user's registered adapters (a configuration may start from one)."""
+    return await pool.fetchval(
+        "SELECT coalesce(array_agg(adapter_path), '{}') FROM models WHERE user_id = $1 AND adapter_path IS NOT NULL",
+        user_id)
 
 
 async def model_id_for_job(pool: asyncpg.Pool, job_id: str) -> str | None:

@@ -132,7 +132,8 @@ async def handle_workload_reported(evt: WorkloadReported, *, jobs: JobRepository
         if not await _redo(evt, job, jobs=jobs, bus=bus):
             log.info("ignoring report of attempt %s for job %s (now at %s)", evt.attempt, evt.job_id, job["attempt"])
         return
-    await jobs.observe(evt.job_id, log_tail=evt.log_tail, cost_usd=evt.cost_usd, resource_id=evt.resource_id)
+    await jobs.observe(evt.job_id, log_tail=evt.log_tail, cost_usd=evt.cost_usd, resource_id=evt.resource_id,
+                       cost_per_hour=evt.cost_per_hour)
     current = JobStatus(job["status"])
     if current.is_terminal:
         if await _redo(evt, job, jobs=jobs, bus=bus):
@@ -142,6 +143,8 @@ async def handle_workload_reported(evt: WorkloadReported, *, jobs: JobRepository
                                            job_id=evt.job_id, provider=evt.provider, user_id=job["user_id"],
                                            reason=f"job already {current.value}"))
         return
+    if evt.phase is WorkloadPhase.PREEMPTED or (evt.phase is WorkloadPhase.FAILED and not job["stop_requested"]):
+        await jobs.record_error(evt)  # kept whatever follows (a retry, or the end)
     if await _enforce_budget(evt, job, jobs=jobs, bus=bus):
         return
     new = PHASE_STATUS[evt.phase]

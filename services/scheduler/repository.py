@@ -7,7 +7,7 @@ from datetime import datetime
 
 import asyncpg
 
-from shared.events import DeployRequested
+from shared.events import DeployRequested, WorkloadPhase, WorkloadReported
 from shared.ids import derived_id
 from shared.states import JobStatus, can_transition
 
@@ -98,12 +98,29 @@ class JobRepository:
                 for r in rows]
 
     async def observe(self, job_id: str, *, log_tail: str | None, cost_usd: float | None,
-                      resource_id: str | None = None) -> None:
-        """Record what a provider saw, whatever the state: the log tail, the cost so far, its resource id."""
+                      resource_id: str | None = None, cost_per_hour: float | None = None) -> None:
+        """Record what a provider saw, whatever the state: the log tail, the cost so far and its hourly rate, its
+        resource id."""
         await self.pool.execute(
             """UPDATE jobs SET log_tail = COALESCE($2, log_tail), cost_usd = COALESCE($3, cost_usd),
-                   resource_id = COALESCE($4, resource_id), updated_at = now() WHERE id = $1""",
-            job_id, log_tail, cost_usd, resource_id)
+                   resource_id = COALESCE($4, resource_id), cost_per_hour = COALESCE($5, cost_per_hour),
+                   updated_at = now() WHERE id = $1""",
+            job_id, log_tail, cost_usd, resource_id, cost_per_hour)
+
+    async def record_error(self, evt: WorkloadReported) -> None:
+        """Keep why an attempt failed or was preempted (once per report, however often it is delivered)."""
+        result = evt.result
+        error_type = (result.error_type if result and result.error_type else
+                      "Preempted" if evt.phase is WorkloadPhase.PREEMPTED else "WorkloadFailed")
+        message = (result.error_message if result and result.error_message else None) or evt.message or (
+            f"the workload ended {evt.phase.value}" + (f" with exit code {evt.exit_code}"
+                                                        if evt.exit_code is not None else ""))
+        await self.pool.execute(
+            """INSERT INTO job_errors (job_id, attempt, phase, error_type, error_message, error_field, traceback,
+                                       occurred_at, source_event_id)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (source_event_id) DO NOTHING""",
+            evt.job_id, evt.attempt, evt.phase.value, error_type, message, result.error_field if result else None,
+            result.traceback if result else None, evt.occurred_at, evt.event_id)
 
     async def remember_stop(self, job_id: str, user_id: str, reason: str) -> None:
         """A stop for a job not created yet: ``create`` will make the job with its stop requested."""

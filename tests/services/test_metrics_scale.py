@@ -9,7 +9,7 @@ import time
 import uuid
 from datetime import UTC, datetime
 
-from services.gateway.queries import _BUCKETS
+from services.gateway.views import _BUCKETS
 
 from .conftest import gateway_client
 
@@ -76,7 +76,8 @@ async def test_downsampled_series_keeps_min_max_first_and_last(migrated, pool, a
         r = await client.get(f"/api/training/metrics/{job_id}", headers=auth(api_key),
                              params={"max_points": 100, "name": ["lr", "eval_loss"], "epoch": 3})
         page = r.json()
-        assert {k for m in page["metrics"] for k in m} <= {"step", "attempt", "epoch", "recorded_at", "lr", "eval_loss"}
+        assert {k for m in page["metrics"] for k in m} <= {"step", "attempt", "epoch", "recorded_at", "timestamp", "lr",
+                                                            "eval_loss"}
         assert all(2000 < m["step"] <= 3000 for m in page["metrics"])
         assert {s["name"]: s["raw_points"] for s in page["downsampling"]["series"]} == {"lr": 1000, "eval_loss": 2}
 
@@ -86,7 +87,7 @@ async def test_downsampled_series_keeps_min_max_first_and_last(migrated, pool, a
         page = r.json()
         assert page["total_count"] == 40 and page["downsampling"] is None
         assert [m["step"] for m in page["metrics"]] == list(range(18_000, n + 1, 500))
-        assert set(page["metrics"][0]) == {"step", "attempt", "epoch", "recorded_at", "eval_loss"}
+        assert set(page["metrics"][0]) == {"step", "attempt", "epoch", "recorded_at", "timestamp", "eval_loss"}
 
 
 async def test_pages_of_a_job_with_many_metrics(migrated, pool, api_key):
@@ -123,10 +124,10 @@ async def test_bad_read_parameters_get_422_naming_the_field(migrated, pool, api_
 
 async def test_a_job_with_very_many_metric_names_cannot_tie_up_the_reads(migrated, pool, api_key):
     """A job may log any names: a read is bounded in the series it takes (and in time: see the million-row test)."""
-    from services.gateway import queries
+    from services.gateway import views
 
     job_id = await visible_job(pool)
-    names = [f"probe_{i:04d}" for i in range(queries.MAX_SERIES + 50)]
+    names = [f"probe_{i:04d}" for i in range(views.MAX_SERIES + 50)]
     now = datetime.now(UTC)
     async with pool.acquire() as conn:
         await conn.copy_records_to_table("metric_points", columns=COLUMNS, records=(
@@ -135,14 +136,14 @@ async def test_a_job_with_very_many_metric_names_cannot_tie_up_the_reads(migrate
         url = f"/api/training/metrics/{job_id}"
         r = await client.get(url, headers=auth(api_key), params={"max_points": 100})
         assert r.status_code == 422 and r.json()["detail"]["field"] == "name" and "150 metrics" in r.text
-        r = await client.get(url, headers=auth(api_key), params={"name": names[:queries.MAX_SERIES + 1]})
+        r = await client.get(url, headers=auth(api_key), params={"name": names[:views.MAX_SERIES + 1]})
         assert r.status_code == 422 and r.json()["detail"]["field"] == "name"
         r = await client.get(url, headers=auth(api_key), params={"max_points": 100, "name": names[:3]})
         assert r.status_code == 200 and len(r.json()["downsampling"]["series"]) == 3
 
 
 async def test_a_million_row_job_reads_through_the_index(migrated, pool, api_key, monkeypatch):
-    from services.gateway import queries
+    from services.gateway import views
 
     job_id, neighbour = await visible_job(pool), await visible_job(pool)
     names = ("eval_loss", "grad_norm", "learning_rate", "loss")
@@ -174,11 +175,11 @@ async def test_a_million_row_job_reads_through_the_index(migrated, pool, api_key
         job = time.perf_counter() - started
         assert r.json()["latest_metrics"]["step"] == 249_999
         # A read that runs over the statement timeout is cancelled in PostgreSQL and answered 503.
-        monkeypatch.setattr(queries, "READ_TIMEOUT_MS", 1)
+        monkeypatch.setattr(views, "READ_TIMEOUT_MS", 1)
         for params in ({"max_points": 1000}, {"limit": 1000, "offset": 100_000}):
             r = await client.get(f"/api/training/metrics/{job_id}", headers=auth(api_key), params=params)
             assert r.status_code == 503 and "ask for less" in r.json()["detail"]["message"], (params, r.text)
-        monkeypatch.setattr(queries, "READ_TIMEOUT_MS", 15_000)
+        monkeypatch.setattr(views, "READ_TIMEOUT_MS", 15_000)
         r = await client.get(f"/api/training/metrics/{job_id}", headers=auth(api_key), params={"limit": 1})
         assert r.status_code == 200  # the pool's connections are fine after a cancelled read
     print(f"1M rows: one metric {one * 1000:.0f} ms, four metrics {every * 1000:.0f} ms, "

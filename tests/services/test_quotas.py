@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
-from services.gateway.routes import preflight as preflight_route
+from services.gateway import preflighting as preflight_route
 
 from .conftest import gateway_client
 from .test_gateway import INSTRUCTION_ROWS, auth, config_for, upload

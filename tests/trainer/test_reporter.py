@@ -210,3 +210,25 @@ def test_non_finite_and_non_numeric_values_are_dropped():
 ])
 def test_retry_after_parsing(header, expected):
     assert _retry_after(header) == expected
+
+
+def test_what_the_reporter_sends_is_the_shared_ingest_contract(collector, tmp_path):
+    """Every batch the reporter posts validates as ``shared.ingest_batch.BatchIn``, the model ingest reads it with,
+    and carries no field that model does not know (ingest would drop it silently)."""
+    from shared.events import MetricPoint, PredictionRecord
+    from shared.ingest_batch import BatchIn
+
+    reporter = _reporter(collector.url, tmp_path / "spool.jsonl", attempt=2)
+    _log(reporter, range(1, 6), predictions=True)
+    reporter.log_prediction(6, 0.6, 1, "p", "g", "e", {"bleu": 1.0, "rouge_l": 0.5})
+    assert reporter.close(timeout=10)
+    assert collector.batches
+    for batch in collector.batches.values():
+        parsed = BatchIn.model_validate(batch)
+        assert set(batch) <= set(BatchIn.model_fields)
+        for metric in batch["metrics"]:
+            assert set(metric) <= set(MetricPoint.model_fields)
+        for prediction in batch["predictions"]:
+            assert set(prediction) <= set(PredictionRecord.model_fields)
+        assert parsed.attempt == 2
+    assert sum(len(b["predictions"]) for b in collector.batches.values()) == 6

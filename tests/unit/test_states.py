@@ -30,3 +30,11 @@ def test_no_going_backwards():
 
 def test_every_state_has_a_rule():
     assert set(ALLOWED) == set(JobStatus)
+
+
+def test_every_status_has_one_of_the_documents_five():
+    from shared.states import DOCUMENTED_STATUS
+
+    assert set(DOCUMENTED_STATUS) == set(JobStatus)
+    assert set(DOCUMENTED_STATUS.values()) == {"queued", "creating", "running", "completed", "failed"}
+    assert all(DOCUMENTED_STATUS[s] in ("completed", "failed") for s in TERMINAL)

@@ -1,39 +1,93 @@
 from __future__ import annotations
 
 import uuid
+from typing import Annotated
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Body, Query
 
 from shared.config import TrainingConfig
+from shared.config_spellings import DOCUMENTED_DEFAULTS
 from shared.errors import NotFound
 
+from .. import repository
 from ..deploying import resolve_data
 from ..deps import CurrentUser, PoolDep, SettingsDep
 from ..policy import check_configuration_policy
-from ..schemas import ConfigurationPublic
+from ..schemas import ConfigurationPublic, ConfigurationsPage
 
 router = APIRouter(prefix="/api/training/configurations", tags=["configurations"])
 
 
-@router.post("", status_code=201, response_model=ConfigurationPublic)
-async def create_configuration(config: TrainingConfig, user: CurrentUser, pool: PoolDep,
-                               settings: SettingsDep) -> ConfigurationPublic:
-    """Store a TrainingConfig, in TuneFleet's spelling or the specification's (stored in TuneFleet's). It must keep
-    to what this server allows; the data set it names, if any, must exist and suit its method (one that names none
-    is given its data set by the deploy: ``dataset_id``)."""
+async def _check(settings, pool, user: str, config: TrainingConfig) -> None:
+    """It must keep to what this server allows; the data set it names, if any, must exist and suit its method."""
     if config.data.has_source:
         await resolve_data(settings, pool, user, config)
     else:
         await check_configuration_policy(settings, pool, user, config)
-    row = await pool.fetchrow(
-        "INSERT INTO configurations (id, user_id, config) VALUES ($1, $2, $3) RETURNING id, created_at",
-        uuid.uuid4(), user, config.model_dump(mode="json"))
-    return ConfigurationPublic(id=str(row["id"]), config=config, created_at=row["created_at"])
+
+
+def _public(row) -> ConfigurationPublic:
+    return ConfigurationPublic(id=str(row["id"]), config=row["config"], created_at=row["created_at"],
+                               updated_at=row["updated_at"])
+
+
+async def _refuse_if_used(conn, user: str, configuration_id: uuid.UUID, doing: str) -> None:
+    await repository.lock_for_use(conn, "configuration", str(configuration_id))
+    await repository.refuse_while_used(conn, user, f"configuration {configuration_id}", doing,
+                                       config_id=str(configuration_id))
+
+
+#: The body's examples in the OpenAPI: the specification's two default configurations, as it writes them.
+EXAMPLES = {f"specification-{name}": {"summary": f"The specification's {name}-model default configuration",
+                                      "value": body} for name, body in DOCUMENTED_DEFAULTS.items()}
+ConfigurationBody = Annotated[TrainingConfig, Body(openapi_examples=EXAMPLES)]
+
+
+@router.post("", status_code=201, response_model=ConfigurationPublic)
+async def create_configuration(config: ConfigurationBody, user: CurrentUser, pool: PoolDep,
+                               settings: SettingsDep) -> ConfigurationPublic:
+    """Store a TrainingConfig, in TuneFleet's spelling or the specification's (stored in TuneFleet's). It must keep
+    to what this server allows; the data set it names, if any, must exist and suit its method (one that names none
+    is given its data set by the deploy: ``dataset_id``)."""
+    await _check(settings, pool, user, config)
+    return _public(await repository.insert_configuration(pool, user, config.model_dump(mode="json")))
+
+
+@router.get("", response_model=ConfigurationsPage)
+async def list_configurations(user: CurrentUser, pool: PoolDep, limit: int = Query(50, ge=1, le=500),
+                              offset: int = Query(0, ge=0)) -> ConfigurationsPage:
+    """Your configurations, newest first."""
+    total, rows = await repository.configurations(pool, user, limit, offset)
+    return ConfigurationsPage(total_count=total, limit=limit, offset=offset,
+                              configurations=[_public(r) for r in rows])
 
 
 @router.get("/{configuration_id}", response_model=ConfigurationPublic)
 async def get_configuration(configuration_id: uuid.UUID, user: CurrentUser, pool: PoolDep) -> ConfigurationPublic:
-    row = await pool.fetchrow("SELECT * FROM configurations WHERE id = $1 AND user_id = $2", configuration_id, user)
+    row = await repository.configuration(pool, user, str(configuration_id))
     if row is None:
         raise NotFound(f"configuration {configuration_id} not found")
-    return ConfigurationPublic(id=str(row["id"]), config=row["config"], created_at=row["created_at"])
+    return _public(row)
+
+
+@router.put("/{configuration_id}", response_model=ConfigurationPublic)
+async def replace_configuration(configuration_id: uuid.UUID, config: ConfigurationBody, user: CurrentUser,
+                                pool: PoolDep, settings: SettingsDep) -> ConfigurationPublic:
+    """Replace a configuration, checked as on create. Refused (409) while an unfinished job was made from it: a
+    job's configuration is what it was deployed with."""
+    await _check(settings, pool, user, config)
+    async with pool.acquire() as conn, conn.transaction():
+        await _refuse_if_used(conn, user, configuration_id, "changed")
+        row = await repository.update_configuration(conn, user, configuration_id, config.model_dump(mode="json"))
+    if row is None:
+        raise NotFound(f"configuration {configuration_id} not found")
+    return _public(row)
+
+
+@router.delete("/{configuration_id}", status_code=204)
+async def delete_configuration(configuration_id: uuid.UUID, user: CurrentUser, pool: PoolDep) -> None:
+    """Delete a configuration; refused (409) while an unfinished job was made from it."""
+    async with pool.acquire() as conn, conn.transaction():
+        await _refuse_if_used(conn, user, configuration_id, "deleted")
+        if not await repository.delete_configuration(conn, user, configuration_id):
+            raise NotFound(f"configuration {configuration_id} not found")

@@ -3,15 +3,17 @@ from __future__ import annotations
 import asyncio
 import os
 import uuid
+from pathlib import Path
 
 import anyio
-from fastapi import APIRouter, UploadFile
+from fastapi import APIRouter, Query, UploadFile
 
 from shared.dataformats import DatasetError, validate_file
-from shared.errors import DatasetInvalid, PayloadTooLarge
+from shared.errors import DatasetInvalid, NotFound, PayloadTooLarge
 
+from .. import repository
 from ..deps import CurrentUser, PoolDep, SettingsDep
-from ..schemas import DatasetPublic
+from ..schemas import DatasetPublic, DatasetsPage
 
 router = APIRouter(prefix="/api/training/datasets", tags=["datasets"])
 
@@ -48,10 +50,42 @@ async def upload_dataset(file: UploadFile, user: CurrentUser, pool: PoolDep, set
     except BaseException:
         path.unlink(missing_ok=True)
         raise
-    await pool.execute(
-        """INSERT INTO datasets (id, user_id, filename, path, format, rows, stats)
-           VALUES ($1, $2, $3, $4, $5, $6, $7)""",
-        dataset_id, user, file.filename or "data.jsonl", str(path), summary.format.value, summary.rows,
-        summary.stats)
+    created_at = await repository.insert_dataset(pool, dataset_id, user, file.filename or "data.jsonl", str(path),
+                                                 summary.format.value, summary.rows, summary.stats)
     return DatasetPublic(id=str(dataset_id), filename=file.filename or "data.jsonl", format=summary.format.value,
-                         rows=summary.rows, stats=summary.stats)
+                         rows=summary.rows, stats=summary.stats, created_at=created_at)
+
+
+def _public(row) -> DatasetPublic:
+    return DatasetPublic(id=str(row["id"]), filename=row["filename"], format=row["format"], rows=row["rows"],
+                         stats=row["stats"], created_at=row["created_at"])
+
+
+@router.get("", response_model=DatasetsPage)
+async def list_datasets(user: CurrentUser, pool: PoolDep, limit: int = Query(50, ge=1, le=500),
+                        offset: int = Query(0, ge=0)) -> DatasetsPage:
+    """Your data sets with their statistics, newest first."""
+    total, rows = await repository.datasets(pool, user, limit, offset)
+    return DatasetsPage(total_count=total, limit=limit, offset=offset, datasets=[_public(r) for r in rows])
+
+
+@router.get("/{dataset_id}", response_model=DatasetPublic)
+async def get_dataset(dataset_id: uuid.UUID, user: CurrentUser, pool: PoolDep) -> DatasetPublic:
+    row = await repository.dataset(pool, user, str(dataset_id))
+    if row is None:
+        raise NotFound(f"data set {dataset_id} not found")
+    return _public(row)
+
+
+@router.delete("/{dataset_id}", status_code=204)
+async def delete_dataset(dataset_id: uuid.UUID, user: CurrentUser, pool: PoolDep) -> None:
+    """Delete a data set and its file; refused (409) while an unfinished job trains on it."""
+    async with pool.acquire() as conn, conn.transaction():
+        await repository.lock_for_use(conn, "dataset", str(dataset_id))
+        row = await repository.dataset(conn, user, str(dataset_id))
+        if row is None:
+            raise NotFound(f"data set {dataset_id} not found")
+        await repository.refuse_while_used(conn, user, f"data set {dataset_id}", "deleted", dataset_path=row["path"])
+        path = await repository.delete_dataset(conn, user, dataset_id)
+    if path:
+        await asyncio.to_thread(Path(path).unlink, missing_ok=True)

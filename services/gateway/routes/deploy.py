@@ -9,8 +9,10 @@ from shared.disk import volume_gb
 from shared.errors import NotFound, ValidationFailed
 from shared.providers import SEALED_ENVIRONMENT, seal_environment
 
+from .. import repository, views
 from ..deploying import configuration_for, request_deploy, require_reachable_urls, resolve_data
 from ..deps import BusDep, CurrentUser, PoolDep, SettingsDep
+from ..preflighting import run_user_preflight
 from ..schemas import (
     DeploymentRequest,
     DeploymentResponse,
@@ -19,8 +21,7 @@ from ..schemas import (
     LocalDeploymentRequest,
     RunPodDeploymentRequest,
 )
-from .jobs import job_public
-from .preflight import run_user_preflight
+from ..status import deployment_response, job_public
 
 router = APIRouter(prefix="/api/training/deploy", tags=["deploy"])
 
@@ -29,11 +30,10 @@ Provider = Literal["local", "runpod", "lambda"]
 
 async def _deploy(provider: str, body: DeploymentRequest, config: TrainingConfig, user: str, pool, bus, settings,
                   options: dict) -> DeploymentResponse:
-    cmd = await request_deploy(settings, pool, bus, user_id=user, provider=provider, config=config,
-                               configuration_id=body.configuration_id, budget_limit=body.budget_limit,
-                               provider_options=options)
-    return DeploymentResponse(job_id=cmd.job_id, provider=provider, status="queued", pod_id=cmd.job_id,
-                              message=f"deploy accepted; follow GET /api/training/jobs/{cmd.job_id}")
+    accepted = await request_deploy(settings, pool, bus, user_id=user, provider=provider, config=config,
+                                    configuration_id=body.configuration_id, budget_limit=body.budget_limit,
+                                    provider_options=options)
+    return deployment_response(settings, accepted.command.job_id, provider, options, config, accepted.created_at)
 
 
 @router.post("/local", status_code=202, response_model=DeploymentResponse)
@@ -50,7 +50,7 @@ async def _deploy_to_cloud(provider: str, body: RunPodDeploymentRequest | Lambda
     if gpu_count is not None and gpu_count != config.training.gpu_count:
         # The pod's GPUs are what the trainer spreads over (accelerate launch when more than one).
         config = config.model_copy(update={"training": config.training.model_copy(update={"gpu_count": gpu_count})})
-    if not await pool.fetchval("SELECT 1 FROM user_secrets WHERE user_id = $1 AND provider = $2", user, provider):
+    if not await repository.has_secret(pool, user, provider):
         raise ValidationFailed(f"no {provider} credentials stored; add them with PUT /api/secrets/{provider}",
                                field="provider")
     if body.preflight:
@@ -96,17 +96,11 @@ async def deploy_lambda(body: LambdaDeploymentRequest, request: Request, user: C
 
 
 @router.get("/{provider}", response_model=JobPublic)
-async def deployment_status(provider: Provider, user: CurrentUser, pool: PoolDep,
+async def deployment_status(provider: Provider, user: CurrentUser, pool: PoolDep, settings: SettingsDep,
                             pod_id: str = Query(..., description="The job id the deploy answered with, or the "
                                                                   "provider's own id of the workload.")) -> JobPublic:
-    job_id = await pool.fetchval(
-        """SELECT id::text FROM jobs WHERE user_id = $1 AND provider = $2 AND (id::text = $3 OR resource_id = $3)""",
-        user, provider, pod_id)
+    """The specification's deployment status: the job's unified status, found by its id or its pod's."""
+    job_id = await views.job_for_resource(pool, user, provider, pod_id)
     if job_id is None:
-        pending = await pool.fetchval(
-            "SELECT job_id::text FROM deploy_requests WHERE user_id = $1 AND provider = $2 AND job_id::text = $3",
-            user, provider, pod_id)
-        if pending is None:
-            raise NotFound(f"no {provider} deployment {pod_id!r}")
-        job_id = pending
-    return await job_public(pool, user, job_id)
+        raise NotFound(f"no {provider} deployment {pod_id!r}")
+    return await job_public(pool, settings, user, job_id)

@@ -12,17 +12,18 @@ from starlette.background import BackgroundTask
 from shared import subjects
 from shared.states import JobStatus
 
-from ..deps import CurrentUser, PoolDep
-from .jobs import job_public
+from ..deps import CurrentUser, PoolDep, SettingsDep
+from ..status import job_public
 
 router = APIRouter(prefix="/api/training/jobs", tags=["events"])
 
 
 @router.get("/{job_id}/events")
-async def job_events(job_id: uuid.UUID, request: Request, user: CurrentUser, pool: PoolDep) -> EventSourceResponse:
+async def job_events(job_id: uuid.UUID, request: Request, user: CurrentUser, pool: PoolDep,
+                     settings: SettingsDep) -> EventSourceResponse:
     """Server-sent events: first ``snapshot`` (the job as GET returns it), then ``status``, ``metrics`` and
     ``predictions`` as they happen. The stream ends after the job's final status."""
-    snapshot = await job_public(pool, user, str(job_id))
+    snapshot = await job_public(pool, settings, user, str(job_id))
     quota = request.app.state.quotas.streams
     quota.take(user)
     sub = None

@@ -4,68 +4,48 @@ import uuid
 
 from fastapi import APIRouter, Query
 
-from shared.config import TrainingConfig
 from shared.events import StopRequested
 from shared.outbox import Outbox
 from shared.states import JobStatus
 
-from .. import queries
+from .. import repository, views
 from ..deploying import OUTBOX
-from ..deps import BusDep, CurrentUser, PoolDep
-from ..schemas import JobPublic
+from ..deps import BusDep, CurrentUser, PoolDep, SettingsDep
+from ..schemas import JobErrors, JobPublic
+from ..status import job_public
 
 router = APIRouter(prefix="/api/training/jobs", tags=["jobs"])
 
 
-def _progress(row, latest: dict | None) -> float | None:
-    if row.get("status") == JobStatus.COMPLETED:
-        return 1.0
-    if not latest or "config" not in row:
-        return None
-    training = TrainingConfig.model_validate(row["config"]).training
-    if training.max_steps:
-        return min(1.0, latest["step"] / training.max_steps)
-    if latest.get("epoch") is not None:
-        return min(1.0, latest["epoch"] / training.epochs)
-    return None
-
-
-async def job_public(pool: PoolDep, user: str, job_id: str) -> JobPublic:
-    row = dict(await queries.job_row(pool, user, job_id))
-    latest = await queries.latest_metrics(pool, job_id)
-    return JobPublic(
-        job_id=str(row["id"]), name=row.get("name"), provider=row["provider"],
-        status=row.get("status", JobStatus.QUEUED.value),
-        status_reason=row.get("status_reason") or ("accepted; waiting for the scheduler"
-                                                   if "status" not in row else None),
-        attempt=row.get("attempt", 1), created_at=row["created_at"], started_at=row.get("started_at"),
-        finished_at=row.get("finished_at"), progress=_progress(row, latest), latest_metrics=latest,
-        logs_tail=row.get("log_tail"), cost_usd=row.get("cost_usd") or 0.0,
-        budget_limit_usd=row.get("budget_limit_usd"), result=row.get("result"),
-        model_id=await queries.model_id_for_job(pool, job_id) if row.get("status") == JobStatus.COMPLETED else None,
-        resource_id=row.get("resource_id"),
-        history=await queries.history(pool, job_id) if "status" in row else [],
-    )
-
-
 @router.get("", response_model=list[JobPublic])
-async def list_jobs(user: CurrentUser, pool: PoolDep, limit: int = Query(50, ge=1, le=500)) -> list[JobPublic]:
-    ids = await pool.fetch(
-        "SELECT job_id FROM deploy_requests WHERE user_id = $1 ORDER BY created_at DESC LIMIT $2", user, limit)
-    return [await job_public(pool, user, str(r["job_id"])) for r in ids]
+async def list_jobs(user: CurrentUser, pool: PoolDep, settings: SettingsDep, limit: int = Query(50, ge=1, le=500),
+                    offset: int = Query(0, ge=0)) -> list[JobPublic]:
+    """Your jobs, newest first."""
+    return [await job_public(pool, settings, user, job_id)
+            for job_id in await repository.deploy_ids(pool, user, limit, offset)]
 
 
 @router.get("/{job_id}", response_model=JobPublic)
-async def get_job(job_id: uuid.UUID, user: CurrentUser, pool: PoolDep) -> JobPublic:
-    """Unified status: state, reason, progress, latest metrics, log tail, cost and history."""
-    return await job_public(pool, user, str(job_id))
+async def get_job(job_id: uuid.UUID, user: CurrentUser, pool: PoolDep, settings: SettingsDep) -> JobPublic:
+    """Unified status: state, reason, progress, latest metrics, log tail, cost and history, with the
+    specification's deployment fields (``deployment_id``, ``pod_id``, ``pod_url``, ``logs``, ``metrics``, ``cost``)."""
+    return await job_public(pool, settings, user, str(job_id))
+
+
+@router.get("/{job_id}/errors", response_model=JobErrors)
+async def get_job_errors(job_id: uuid.UUID, user: CurrentUser, pool: PoolDep) -> JobErrors:
+    """Why each attempt failed or was preempted, oldest first: the error's type, message and traceback (when the
+    trainer raised one), the configuration field it names, and when. Kept when a retry follows."""
+    await views.ensure_job_visible(pool, user, str(job_id))
+    return JobErrors(job_id=str(job_id), errors=await views.job_errors(pool, str(job_id)))
 
 
 @router.post("/{job_id}/stop", status_code=202, response_model=JobPublic)
-async def stop_job(job_id: uuid.UUID, user: CurrentUser, pool: PoolDep, bus: BusDep) -> JobPublic:
+async def stop_job(job_id: uuid.UUID, user: CurrentUser, pool: PoolDep, bus: BusDep,
+                   settings: SettingsDep) -> JobPublic:
     """Ask the scheduler to stop the job; it ends ``stopped`` once the provider has ended the workload. The request
     is stored before the answer, so it reaches the scheduler even if NATS is away now."""
-    job = await job_public(pool, user, str(job_id))
+    job = await job_public(pool, settings, user, str(job_id))
     if not JobStatus(job.status).is_terminal:
         stop, outbox = StopRequested(job_id=str(job_id), user_id=user), Outbox(pool, OUTBOX)
         async with pool.acquire() as conn:

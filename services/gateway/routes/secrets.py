@@ -9,6 +9,7 @@ from shared.credentials import CREDENTIALS, plain
 from shared.errors import NotFound, ServiceUnavailable, ValidationFailed
 from shared.sealing import seal
 
+from .. import repository
 from ..deps import CurrentUser, PoolDep, SettingsDep
 from ..errors import describe_validation
 
@@ -36,23 +37,16 @@ async def put_secret(provider: str, user: CurrentUser, pool: PoolDep, settings: 
     if not settings.secrets_public_key:
         raise ServiceUnavailable("TUNEFLEET_SECRETS_PUBLIC_KEY is not set; credentials cannot be stored")
     sealed = seal(settings.secrets_public_key, plain(credentials))
-    await pool.execute(
-        """INSERT INTO user_secrets (user_id, provider, sealed, fields) VALUES ($1, $2, $3, $4)
-           ON CONFLICT (user_id, provider) DO UPDATE SET sealed = $3, fields = $4, updated_at = now()""",
-        user, provider, sealed, sorted(body))
+    await repository.put_secret(pool, user, provider, sealed, sorted(body))
 
 
 @router.get("")
 async def list_secrets(user: CurrentUser, pool: PoolDep) -> list[dict]:
     """Which providers you have credentials for, and when they changed; never the values."""
-    rows = await pool.fetch(
-        "SELECT provider, fields, updated_at FROM user_secrets WHERE user_id = $1 ORDER BY provider", user)
-    return [dict(r) for r in rows]
+    return await repository.list_secrets(pool, user)
 
 
 @router.delete("/{provider}", status_code=204)
 async def delete_secret(provider: str, user: CurrentUser, pool: PoolDep) -> None:
-    deleted = await pool.fetchval(
-        "DELETE FROM user_secrets WHERE user_id = $1 AND provider = $2 RETURNING provider", user, provider)
-    if deleted is None:
+    if not await repository.delete_secret(pool, user, provider):
         raise NotFound(f"no credentials stored for {provider!r}")
