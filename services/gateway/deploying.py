@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from shared.bus import Bus
 from shared.config import DataFormat, TrainingConfig, method_format_problem
 from shared.dataformats import DatasetError, validate_file
-from shared.errors import ConfigIncompatible, NotFound, ValidationFailed
+from shared.errors import ConfigIncompatible, Conflict, NotFound, ValidationFailed
 from shared.events import DeployRequested
 from shared.outbox import Outbox
 from shared.settings import Settings
@@ -47,33 +47,53 @@ class ResolvedData:
     rows: int
 
 
-async def load_configuration(pool: asyncpg.Pool, user_id: str, configuration_id: str) -> TrainingConfig:
+@dataclass(frozen=True)
+class Saved:
+    """A saved configuration as a deploy read it: its id (in one spelling) and when it last changed."""
+
+    id: str
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class Chosen:
+    config: TrainingConfig
+    saved: Saved | None = None
+
+
+async def load_configuration(pool: asyncpg.Pool, user_id: str, configuration_id: str) -> Chosen:
     try:
-        uuid.UUID(configuration_id)
+        canonical = str(uuid.UUID(configuration_id))
     except ValueError as exc:
         raise ValidationFailed(f"configuration_id {configuration_id!r} is not a valid id",
                                field="configuration_id") from exc
-    row = await repository.configuration(pool, user_id, configuration_id)
+    row = await repository.configuration(pool, user_id, canonical)
     if row is None:
         raise NotFound(f"configuration {configuration_id} not found; create it with "
                        "POST /api/training/configurations", field="configuration_id")
-    return TrainingConfig.model_validate(row["config"])
+    return Chosen(TrainingConfig.model_validate(row["config"]), Saved(canonical, row["updated_at"]))
 
 
 async def configuration_for(pool: asyncpg.Pool, user_id: str, body) -> TrainingConfig:
+    """The configuration a preflight body gives (see ``chosen_configuration``)."""
+    return (await chosen_configuration(pool, user_id, body)).config
+
+
+async def chosen_configuration(pool: asyncpg.Pool, user_id: str, body) -> Chosen:
     """The configuration a deploy or preflight body gives: inline (``config``) or saved (``configuration_id``), with
     the request's ``dataset_id`` for one that names no data."""
     if (body.configuration_id is None) == (body.config is None):
         raise ValidationFailed("give exactly one of configuration_id (a saved configuration) or config",
                                field="configuration_id")
-    config = body.config or await load_configuration(pool, user_id, body.configuration_id)
+    chosen = Chosen(body.config) if body.config else await load_configuration(pool, user_id, body.configuration_id)
+    config = chosen.config
     if body.dataset_id is not None:
         if config.data.has_source:
             named = "data.dataset_id" if config.data.dataset_id else "data.train_path"
             raise ValidationFailed(f"dataset_id and the configuration's {named} both name the data; keep one",
                                    field="dataset_id")
         config = config.model_copy(update={"data": config.data.model_copy(update={"dataset_id": body.dataset_id})})
-    return config
+    return Chosen(config, chosen.saved)
 
 
 async def resolve_data(settings: Settings, pool: asyncpg.Pool, user_id: str, config: TrainingConfig) -> ResolvedData:
@@ -144,19 +164,19 @@ def require_reachable_urls(settings: Settings, provider: str) -> None:
 
 
 async def request_deploy(settings: Settings, pool: asyncpg.Pool, bus: Bus, *, user_id: str, provider: str,
-                         config: TrainingConfig, configuration_id: str | None, budget_limit: float | None,
+                         config: TrainingConfig, saved: Saved | None, budget_limit: float | None,
                          provider_options: dict) -> Accepted:
     data = await resolve_data(settings, pool, user_id, config)
     if provider == "local":
         await check_local_job(settings, config)
     cmd = DeployRequested(
-        job_id=str(uuid.uuid4()), user_id=user_id, provider=provider, config_id=configuration_id,
+        job_id=str(uuid.uuid4()), user_id=user_id, provider=provider, config_id=saved and saved.id,
         config=config, dataset_path=data.path, dataset_format=data.format, dataset_rows=data.rows,
         provider_options=provider_options, budget_limit_usd=budget_limit)
     async with pool.acquire() as conn, conn.transaction():
         if provider == "local":
             await check_local_jobs(conn, user_id, settings.max_local_jobs_per_user)
-        await _hold_sources(conn, user_id, configuration_id, config)
+        await _hold_sources(conn, user_id, saved, config)
         created_at = await repository.insert_deploy(conn, cmd.job_id, user_id, provider, cmd.model_dump(mode="json"))
     try:
         await bus.publish(cmd)
@@ -167,18 +187,24 @@ async def request_deploy(settings: Settings, pool: asyncpg.Pool, bus: Bus, *, us
     return Accepted(cmd, created_at)
 
 
-async def _hold_sources(conn: asyncpg.Connection, user_id: str, configuration_id: str | None,
+async def _hold_sources(conn: asyncpg.Connection, user_id: str, saved: Saved | None,
                         config: TrainingConfig) -> None:
     """Within the deploy's transaction: the configuration and data set it was made from still exist, and stay until
     it is stored (their DELETE takes the same locks, then refuses while a live job uses them)."""
-    if configuration_id is not None:
-        await repository.lock_for_use(conn, "configuration", configuration_id)
-        if await repository.configuration(conn, user_id, configuration_id) is None:
-            raise NotFound(f"configuration {configuration_id} was deleted", field="configuration_id")
+    if saved is not None:
+        await repository.lock_for_use(conn, "configuration", saved.id)
+        row = await repository.configuration(conn, user_id, saved.id)
+        if row is None:
+            raise NotFound(f"configuration {saved.id} was deleted while this deploy was checked",
+                           field="configuration_id")
+        if row["updated_at"] != saved.updated_at:
+            raise Conflict(f"configuration {saved.id} was changed while this deploy was checked; deploy again to "
+                           "train on what it says now", field="configuration_id")
     if config.data.dataset_id:
         await repository.lock_for_use(conn, "dataset", config.data.dataset_id)
         if await repository.dataset(conn, user_id, config.data.dataset_id) is None:
-            raise NotFound(f"data set {config.data.dataset_id} was deleted", field="data.dataset_id")
+            raise ValidationFailed(f"data.dataset_id {config.data.dataset_id!r} is not one of your data sets (it was "
+                                   "deleted while this deploy was checked)", field="data.dataset_id")
 
 
 #: A published deploy that the scheduler has not turned into a job after this long is published again, at most

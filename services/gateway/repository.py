@@ -156,13 +156,15 @@ async def lock_for_use(conn: asyncpg.Connection, kind: str, key: str) -> None:
 
 async def live_jobs_using(conn: Conn, user_id: str, *, config_id: str | None = None,
                           dataset_path: str | None = None) -> list[str]:
-    """The user's unfinished jobs (accepted deploys included) made from this configuration or data set."""
+    """The user's unfinished jobs made from this configuration or data set: the scheduler's not ended, and deploys it
+    has not made a job of yet, for an hour (one still untaken after that is stuck, as ``count_unfinished_local``
+    says, and must not hold its sources for ever)."""
     rows = await conn.fetch(
         """SELECT d.job_id::text AS id FROM deploy_requests d LEFT JOIN jobs j ON j.id = d.job_id
            WHERE d.user_id = $1
              AND (($2::text IS NOT NULL AND d.message->>'config_id' = $2)
                   OR ($3::text IS NOT NULL AND d.message->>'dataset_path' = $3))
-             AND (j.id IS NULL OR NOT j.status = ANY($4::text[]))
+             AND (NOT j.status = ANY($4::text[]) OR (j.id IS NULL AND d.created_at > now() - interval '1 hour'))
            ORDER BY d.created_at""", user_id, config_id, dataset_path, [s.value for s in TERMINAL])
     return [r["id"] for r in rows]
 

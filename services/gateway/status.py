@@ -3,6 +3,7 @@ scheduler's row (or the gateway's record of a deploy not yet scheduled) and the 
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Any
 
@@ -27,9 +28,15 @@ def pod_url(settings: Settings, provider: str, job_id: str, resource_id: str | N
     return CONSOLE_URLS.get(provider) if resource_id else None
 
 
+#: A Lambda instance type says its GPU count: ``gpu_8x_a100_80gb_sxm4``.
+_LAMBDA_GPUS = re.compile(r"gpu_(\d+)x_")
+
+
 def gpu_of(provider: str, options: dict[str, Any], config: TrainingConfig | None) -> tuple[str | None, int]:
     """The GPU (or instance type) and the GPU count a job asked for."""
-    count = options.get("gpu_count") or (config.training.gpu_count if config else 1)
+    instance = _LAMBDA_GPUS.match(options.get("instance_type") or "")
+    count = options.get("gpu_count") or (int(instance.group(1)) if instance else None) or (
+        config.training.gpu_count if config else 1)
     return options.get("gpu_type") or options.get("instance_type"), int(count)
 
 
@@ -78,6 +85,9 @@ async def job_public(pool: asyncpg.Pool, settings: Settings, user: str, job_id: 
     gpu_type, gpu_count = gpu_of(row["provider"], options, config)
     cost_usd = row.get("cost_usd") or 0.0
     resource_id = row.get("resource_id")
+    per_hour = row.get("cost_per_hour")
+    if per_hour is None and row["provider"] == "local":
+        per_hour = 0.0  # this machine costs nothing by the hour (before the provider's first report says so)
     return JobPublic(
         job_id=str(row["id"]), deployment_id=str(row["id"]), pod_id=resource_id or str(row["id"]),
         pod_url=pod_url(settings, row["provider"], str(row["id"]), resource_id), gpu_type=gpu_type,
@@ -87,8 +97,9 @@ async def job_public(pool: asyncpg.Pool, settings: Settings, user: str, job_id: 
         attempt=row.get("attempt", 1), created_at=row["created_at"], started_at=row.get("started_at"),
         finished_at=row.get("finished_at"), progress=done, latest_metrics=latest, metrics=_metrics(latest, done),
         logs_tail=row.get("log_tail"), logs=row.get("log_tail"), cost_usd=cost_usd,
-        cost=cost(status, cost_usd, row.get("cost_per_hour"), done),
-        budget_limit_usd=row.get("budget_limit_usd"), result=row.get("result"),
+        cost=cost(status, cost_usd, per_hour, done),
+        budget_limit_usd=row["budget_limit_usd"] if scheduled else message.get("budget_limit_usd"),
+        result=row.get("result"),
         model_id=await views.model_id_for_job(pool, job_id) if status == JobStatus.COMPLETED else None,
         resource_id=resource_id,
         history=await views.history(pool, job_id) if scheduled else [],

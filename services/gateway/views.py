@@ -3,6 +3,7 @@ models): the gateway reads them and never writes them. Its own tables are in ``r
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 import asyncpg
@@ -280,8 +281,8 @@ async def models(pool: asyncpg.Pool, user_id: str, limit: int = 500, offset: int
                             user_id, limit, offset)
 
 
-async def model(pool: asyncpg.Pool, user_id: str, model_id: str) -> asyncpg.Record | None:
-    return await pool.fetchrow("SELECT * FROM models WHERE id::text = $1 AND user_id = $2", model_id, user_id)
+async def model(pool: asyncpg.Pool, user_id: str, model_id: uuid.UUID) -> asyncpg.Record | None:
+    return await pool.fetchrow("SELECT * FROM models WHERE id = $1 AND user_id = $2", model_id, user_id)
 
 
 async def adapter_paths(pool: asyncpg.Pool, user_id: str) -> list[str]:

@@ -143,7 +143,7 @@ async def handle_workload_reported(evt: WorkloadReported, *, jobs: JobRepository
                                            job_id=evt.job_id, provider=evt.provider, user_id=job["user_id"],
                                            reason=f"job already {current.value}"))
         return
-    if evt.phase is WorkloadPhase.PREEMPTED or (evt.phase is WorkloadPhase.FAILED and not job["stop_requested"]):
+    if evt.phase in (WorkloadPhase.PREEMPTED, WorkloadPhase.FAILED) and not job["stop_requested"]:
         await jobs.record_error(evt)  # kept whatever follows (a retry, or the end)
     if await _enforce_budget(evt, job, jobs=jobs, bus=bus):
         return

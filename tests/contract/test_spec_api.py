@@ -193,7 +193,8 @@ def test_registry_entries_have_the_llm_models_shape(alice, jobs, tiny_model_dir,
     assert metadata["training_method"] == "sft" and metadata["final_loss"] > 0
     assert 0 < metadata["training_time_hours"] < 1 and metadata["dataset_size"] == 40
     assert metadata["total_cost_usd"] == pytest.approx(final["cost_usd"])
-    assert alice.get("/api/models/not-a-model").status_code == 404
+    assert alice.get("/api/models/not-a-model").status_code == 422
+    assert alice.get("/api/models/00000000-0000-4000-8000-000000000000").status_code == 404
 
 
 @pytest.mark.parametrize("provider", ["local", "runpod"])

@@ -3,22 +3,29 @@ the deployment cost fields, and data sets and configurations listed, changed and
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from pathlib import Path
 
+import pytest
 from faststream.nats import NatsBroker
 
 from services.gateway.routes.metrics import _spec_prediction, _spec_row
 from services.gateway.status import cost
+from services.scheduler.repository import JobRepository
 from services.scheduler.subscribers import wire as wire_scheduler
 from shared.bus import publish
+from shared.errors import Conflict
 from shared.events import WorkloadPhase
 from shared.jobspec import TrainerResult
 
 from .conftest import gateway_client, running_service
 from .test_gateway import INSTRUCTION_ROWS, auth, config_for, upload
 from .test_scheduler import deploy, report, wait_history_length, wait_status
+
+
+class NoBus:
+    async def publish(self, message) -> None:
+        raise AssertionError(f"nothing should be published: {message!r}")
 
 
 async def _visible_job(pool, job_id: str, message: dict | None = None) -> None:
@@ -45,9 +52,8 @@ async def test_each_failed_or_preempted_attempt_is_kept_with_its_error(migrated,
         failed = report(job_id, WorkloadPhase.FAILED, attempt=2, result=oom, exit_code=1)
         await publish(broker, failed)
         await wait_status(pool, job_id, "failed")
-        await publish(broker, failed)  # a redelivery: kept once
-        await asyncio.sleep(0.5)
         await broker.stop()
+    await JobRepository(pool).record_error(failed)  # its redelivery (JetStream would drop a copy; this would not)
     async with gateway_client(migrated) as client:
         body = (await client.get(f"/api/training/jobs/{job_id}/errors", headers=auth(api_key))).json()
         status = (await client.get("/api/training/deploy/local", params={"pod_id": job_id},
@@ -99,12 +105,14 @@ async def test_data_sets_are_listed_with_their_statistics_and_deleted_unless_a_l
                                     headers=auth(other_key))).status_code == 404
 
         path = await pool.fetchval("SELECT path FROM datasets WHERE id = $1", uuid.UUID(first["id"]))
-        job_id = str(uuid.uuid4())
-        await _visible_job(pool, job_id, {"dataset_path": path})  # accepted, not yet scheduled: live
+        r = await client.post("/api/training/deploy/local", headers=auth(api_key),
+                              json={"config": config_for(first["id"])})
+        job_id = r.json()["job_id"]  # accepted; no scheduler runs here, so it stays unfinished
         r = await client.delete(f"/api/training/datasets/{first['id']}", headers=auth(api_key))
         assert r.status_code == 409 and r.json()["detail"]["details"]["jobs"] == [job_id]
         assert Path(path).exists()
-        await pool.execute("DELETE FROM deploy_requests WHERE job_id = $1", job_id)
+        # A deploy the scheduler has not taken in an hour is stuck: it does not hold its data set for ever.
+        await pool.execute("UPDATE deploy_requests SET created_at = now() - interval '61 minutes'")
         assert (await client.delete(f"/api/training/datasets/{first['id']}", headers=auth(api_key))).status_code == 204
         assert not Path(path).exists()
         assert (await client.get(f"/api/training/datasets/{first['id']}", headers=auth(api_key))).status_code == 404
@@ -133,12 +141,53 @@ async def test_configurations_are_paged_replaced_and_deleted_by_their_owner_only
         assert (await client.put(url, headers=auth(other_key), json=bare)).status_code == 404
         assert (await client.delete(url, headers=auth(other_key))).status_code == 404
 
-        job_id = str(uuid.uuid4())
-        await _visible_job(pool, job_id, {"config_id": target})
+        # Deployed by the id in another spelling of the same UUID: the deploy still holds the configuration.
+        r = await client.post("/api/training/deploy/local", headers=auth(api_key),
+                              json={"training_config_id": target.upper()})
+        assert r.status_code == 202, r.text
+        job_id = r.json()["job_id"]
         for r in (await client.put(url, headers=auth(api_key), json=config_for(ds["id"])),
                   await client.delete(url, headers=auth(api_key))):
             assert r.status_code == 409 and job_id in r.json()["detail"]["message"]
-        await pool.execute("DELETE FROM deploy_requests WHERE job_id = $1", job_id)
+        await pool.execute("UPDATE deploy_requests SET created_at = now() - interval '61 minutes'")
         assert (await client.delete(url, headers=auth(api_key))).status_code == 204
         assert (await client.get(url, headers=auth(api_key))).status_code == 404
         assert (await client.delete(url, headers=auth(api_key))).status_code == 404
+
+
+async def test_a_configuration_changed_while_its_deploy_was_checked_is_not_deployed_as_it_was(migrated, pool, api_key):
+    """A cloud deploy reads its configuration, then preflights for up to minutes: a PUT in between must not leave the
+    job training on what the configuration said before under its id."""
+    from services.gateway import deploying
+
+    async with gateway_client(migrated) as client:
+        ds = (await upload(client, api_key, INSTRUCTION_ROWS)).json()
+        made = (await client.post("/api/training/configurations", headers=auth(api_key),
+                                  json=config_for(ds["id"]))).json()
+        read = await deploying.load_configuration(pool, "alice", made["id"].upper())
+        assert read.saved.id == made["id"]  # one spelling of the id, whatever the request's
+        r = await client.put(f"/api/training/configurations/{made['id']}", headers=auth(api_key),
+                             json={**config_for(ds["id"]), "name": "changed"})
+        assert r.status_code == 200
+        with pytest.raises(Conflict, match="changed while this deploy was checked") as refused:
+            await deploying.request_deploy(migrated, pool, NoBus(), user_id="alice", provider="local",
+                                           config=read.config, saved=read.saved, budget_limit=None,
+                                           provider_options={})
+        assert refused.value.field == "configuration_id"
+        assert await pool.fetchval("SELECT count(*) FROM deploy_requests") == 0
+
+
+async def test_a_deploy_not_yet_scheduled_shows_what_it_asked_for(migrated, api_key):
+    """Before the scheduler has made a job of it, the status comes from the gateway's own record of the deploy."""
+    async with gateway_client(migrated) as client:
+        ds = (await upload(client, api_key, INSTRUCTION_ROWS)).json()
+        r = await client.post("/api/training/deploy/local", headers=auth(api_key),
+                              json={"config": config_for(ds["id"]), "budget_limit": 5})
+        job_id = r.json()["job_id"]
+        job = (await client.get(f"/api/training/jobs/{job_id}", headers=auth(api_key))).json()
+    assert job["status"] == job["deployment_status"] == "queued" and job["budget_limit_usd"] == 5
+    assert job["deployment_id"] == job["pod_id"] == job_id and job["pod_url"].endswith(f"/api/training/jobs/{job_id}")
+    assert job["cost"] == {"estimated_cost": None, "cost_per_hour": 0.0, "actual_cost": None}
+    assert job["metrics"] == {"epoch": None, "step": None, "loss": None, "learning_rate": None,
+                              "progress_percentage": None}
+    assert job["gpu_type"] is None and job["gpu_count"] == 1 and job["logs"] is None

@@ -10,7 +10,7 @@ from shared.errors import NotFound, ValidationFailed
 from shared.providers import SEALED_ENVIRONMENT, seal_environment
 
 from .. import repository, views
-from ..deploying import configuration_for, request_deploy, require_reachable_urls, resolve_data
+from ..deploying import Chosen, chosen_configuration, request_deploy, require_reachable_urls, resolve_data
 from ..deps import BusDep, CurrentUser, PoolDep, SettingsDep
 from ..preflighting import run_user_preflight
 from ..schemas import (
@@ -28,11 +28,11 @@ router = APIRouter(prefix="/api/training/deploy", tags=["deploy"])
 Provider = Literal["local", "runpod", "lambda"]
 
 
-async def _deploy(provider: str, body: DeploymentRequest, config: TrainingConfig, user: str, pool, bus, settings,
+async def _deploy(provider: str, body: DeploymentRequest, chosen: Chosen, user: str, pool, bus, settings,
                   options: dict) -> DeploymentResponse:
+    config = chosen.config
     accepted = await request_deploy(settings, pool, bus, user_id=user, provider=provider, config=config,
-                                    configuration_id=body.configuration_id, budget_limit=body.budget_limit,
-                                    provider_options=options)
+                                    saved=chosen.saved, budget_limit=body.budget_limit, provider_options=options)
     return deployment_response(settings, accepted.command.job_id, provider, options, config, accepted.created_at)
 
 
@@ -40,13 +40,14 @@ async def _deploy(provider: str, body: DeploymentRequest, config: TrainingConfig
 async def deploy_local(body: LocalDeploymentRequest, user: CurrentUser, pool: PoolDep, bus: BusDep,
                        settings: SettingsDep) -> DeploymentResponse:
     """Train on this machine. The answer comes once the request is stored; follow it by ``job_id``."""
-    return await _deploy("local", body, await configuration_for(pool, user, body), user, pool, bus, settings, {})
+    return await _deploy("local", body, await chosen_configuration(pool, user, body), user, pool, bus, settings, {})
 
 
 async def _deploy_to_cloud(provider: str, body: RunPodDeploymentRequest | LambdaDeploymentRequest, request: Request,
                            user: str, pool, bus, settings, gpu_count: int | None = None) -> DeploymentResponse:
     require_reachable_urls(settings, provider)
-    config = await configuration_for(pool, user, body)
+    chosen = await chosen_configuration(pool, user, body)
+    config = chosen.config
     if gpu_count is not None and gpu_count != config.training.gpu_count:
         # The pod's GPUs are what the trainer spreads over (accelerate launch when more than one).
         config = config.model_copy(update={"training": config.training.model_copy(update={"gpu_count": gpu_count})})
@@ -65,7 +66,7 @@ async def _deploy_to_cloud(provider: str, body: RunPodDeploymentRequest | Lambda
         options["volume_size_gb"] = _volume_for(config, body.volume_size_gb)
         if body.secret_environment_variables:
             options[SEALED_ENVIRONMENT] = seal_environment(settings, body.secret_environment_variables)
-    return await _deploy(provider, body, config, user, pool, bus, settings, options)
+    return await _deploy(provider, body, Chosen(config, chosen.saved), user, pool, bus, settings, options)
 
 
 def _volume_for(config: TrainingConfig, asked: int | None) -> int:

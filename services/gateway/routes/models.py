@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import uuid
+
 from fastapi import APIRouter, Query
 
 from shared.errors import NotFound
@@ -19,7 +21,7 @@ async def list_models(user: CurrentUser, pool: PoolDep, limit: int = Query(100, 
 
 
 @router.get("/{model_id}", response_model=ModelPublic)
-async def get_model(model_id: str, user: CurrentUser, pool: PoolDep) -> ModelPublic:
+async def get_model(model_id: uuid.UUID, user: CurrentUser, pool: PoolDep) -> ModelPublic:
     row = await views.model(pool, user, model_id)
     if row is None:
         raise NotFound(f"model {model_id} not found; GET /api/models lists yours", field="model_id")
