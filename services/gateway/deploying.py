@@ -6,7 +6,7 @@ import asyncio
 import ipaddress
 import logging
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from urllib.parse import urlsplit
 
@@ -45,6 +45,7 @@ class ResolvedData:
     path: str
     format: DataFormat
     rows: int
+    stats: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -109,7 +110,7 @@ async def resolve_data(settings: Settings, pool: asyncpg.Pool, user_id: str, con
         if row is None:
             raise ValidationFailed(f"data.dataset_id {config.data.dataset_id!r} is not one of your data sets; "
                                    "upload one with POST /api/training/datasets", field="data.dataset_id")
-        data = ResolvedData(row["path"], DataFormat(row["format"]), row["rows"])
+        data = ResolvedData(row["path"], DataFormat(row["format"]), row["rows"], row["stats"])
     else:
         data = await asyncio.to_thread(_check_train_path, settings, config)
     if config.data.format and config.data.format is not data.format:
@@ -131,7 +132,7 @@ def _check_train_path(settings: Settings, config: TrainingConfig) -> ResolvedDat
         summary = validate_file(str(path), config.data.format)
     except (DatasetError, UnicodeDecodeError) as exc:
         raise ValidationFailed(f"data.train_path: {exc}", field="data.train_path") from exc
-    return ResolvedData(str(path), summary.format, summary.rows)
+    return ResolvedData(str(path), summary.format, summary.rows, summary.stats)
 
 
 def _unreachable(url: str) -> str | None:

@@ -134,6 +134,37 @@ class LambdaDeploymentRequest(DeploymentRequest):
         return self.model_dump(include={"instance_type", "region"})
 
 
+class EstimateRequest(DeploymentRequest):
+    """A configuration (saved or inline) and its data set, and optionally one GPU type to estimate on."""
+
+    gpu_type: str | None = Field(default=None, description="One GPU type (e.g. 'NVIDIA A100 80GB PCIe'); every "
+                                                            "GPU the estimator knows when unset.")
+    gpu_count: int = Field(default=1, ge=1, le=8, description="GPUs of one machine (data-parallel: each holds a "
+                                                              "whole copy of the job).")
+
+
+class EstimateCandidate(BaseModel):
+    gpu_type: str
+    gpu_count: int
+    vram_gib: float
+    tflops_16bit: float = Field(description="Dense 16-bit tensor TFLOPS (vendor datasheet).")
+    fits: bool
+    reason: str | None = Field(default=None, description="Why it does not fit, and what to change.")
+    hours: float = Field(description="Training time at the stated efficiency.")
+
+
+class EstimateResponse(BaseModel):
+    """Peak GPU memory by part, tokens, FLOPs and, per candidate GPU, whether the job fits and how long it takes
+    (fitting GPUs first, fastest first)."""
+
+    model: dict[str, Any]
+    data: dict[str, Any]
+    memory: dict[str, Any]
+    flops: float
+    candidates: list[EstimateCandidate]
+    assumptions: list[str]
+
+
 class DeploymentCost(BaseModel):
     """The specification's ``DeploymentCost``."""
 

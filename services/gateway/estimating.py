@@ -1,0 +1,98 @@
+"""``POST /api/training/estimate``: the estimator (``shared.estimate``) applied to a configuration, its data set and
+its base model's ``config.json`` (a local model folder the policy allows, or the Hugging Face hub)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+from shared import estimate
+from shared.config import TrainingConfig
+from shared.errors import ServiceUnavailable, ValidationFailed
+
+from .deploying import ResolvedData
+from .schemas import EstimateCandidate, EstimateResponse
+
+#: The longest a read of config.json from the hub may take.
+HUB_TIMEOUT_S = 20.0
+
+
+def _local_config(path: Path, depth: int = 0) -> dict[str, Any]:
+    """The config.json of a model folder, or of the base model an adapter folder names."""
+    if (path / "config.json").is_file():
+        return json.loads((path / "config.json").read_text())
+    adapter = path / "adapter_config.json"
+    if adapter.is_file() and depth < 2:
+        base = json.loads(adapter.read_text()).get("base_model_name_or_path")
+        if isinstance(base, str) and base.startswith("/"):
+            return _local_config(Path(base), depth + 1)
+        if isinstance(base, str):
+            return _hub_config(base, None)
+    raise ValidationFailed(f"model.base_model {str(path)!r} holds no config.json", field="model.base_model")
+
+
+def _hub_config(repo: str, revision: str | None) -> dict[str, Any]:
+    from huggingface_hub import errors as hub
+    from huggingface_hub import hf_hub_download
+
+    try:
+        return json.loads(Path(hf_hub_download(repo, "config.json", revision=revision, etag_timeout=10)).read_text())
+    except hub.LocalEntryNotFoundError as exc:  # not cached here, and the hub unreachable (or offline)
+        raise ServiceUnavailable(f"the Hugging Face hub could not be reached for {repo}'s config.json and it is not "
+                                 "cached here; try again, or give a local model folder") from exc
+    except (hub.RepositoryNotFoundError, hub.RevisionNotFoundError, hub.EntryNotFoundError, hub.GatedRepoError) as exc:
+        raise ValidationFailed(f"model.base_model {repo!r}: the hub has no readable config.json for it "
+                               f"({type(exc).__name__}); check the id and revision, or give a local model folder",
+                               field="model.base_model") from exc
+    except Exception as exc:  # the hub unreachable: the same request may work later
+        raise ServiceUnavailable(f"the Hugging Face hub could not be reached for {repo}'s config.json "
+                                 f"({type(exc).__name__}); try again, or give a local model folder") from exc
+
+
+async def model_config(config: TrainingConfig) -> dict[str, Any]:
+    base = config.model.base_model
+    if base.startswith("/"):  # the policy has allowed the folder
+        return await asyncio.to_thread(_local_config, Path(base))
+    try:
+        return await asyncio.wait_for(asyncio.to_thread(_hub_config, base, config.model.revision), HUB_TIMEOUT_S)
+    except TimeoutError as exc:
+        raise ServiceUnavailable(f"the Hugging Face hub did not answer in {HUB_TIMEOUT_S:.0f} s for {base}'s "
+                                 "config.json; try again") from exc
+
+
+def estimate_for(config: TrainingConfig, raw_model: dict[str, Any], data: ResolvedData, gpu_type: str | None,
+                 gpu_count: int) -> EstimateResponse:
+    try:
+        shape = estimate.ModelShape.from_config(raw_model)
+    except estimate.ModelConfigError as exc:
+        raise ValidationFailed(f"model.base_model: {exc}", field="model.base_model") from exc
+    if gpu_type is not None and gpu_type not in estimate.GPU_SPECS:
+        raise ValidationFailed(f"gpu_type {gpu_type!r} is not one the estimator knows: use one of "
+                               f"{', '.join(sorted(estimate.GPU_SPECS))}, or leave it out for all", field="gpu_type")
+    shape_of_data = estimate.data_shape(config, data.rows, data.stats)
+    per_batch = estimate.batch_tokens(config, shape_of_data)
+    mem = estimate.memory(shape, config, batch_tokens=per_batch, row_tokens=shape_of_data.longest_row)
+    tokens = estimate.training_tokens(config, shape_of_data)
+    flops = estimate.step_flops(shape, config, tokens, mem.trainable_params)
+    candidates = []
+    for name in [gpu_type] if gpu_type else sorted(estimate.GPU_SPECS):
+        spec = estimate.GPU_SPECS[name]
+        ok, why = estimate.fits(mem, spec.vram_gib, gpu_count)
+        candidates.append(EstimateCandidate(
+            gpu_type=name, gpu_count=gpu_count, vram_gib=round(spec.vram_gib, 1), tflops_16bit=spec.tflops_16bit,
+            fits=ok, reason=why, hours=estimate.hours(flops, spec, gpu_count)))
+    candidates.sort(key=lambda c: (not c.fits, c.hours))
+    return EstimateResponse(
+        model={"params": shape.params, "trainable_params": mem.trainable_params, "layers": shape.layers,
+               "hidden_size": shape.hidden, "vocab_size": shape.vocab},
+        data={"rows": shape_of_data.rows, "tokens_per_row": round(shape_of_data.tokens_per_row, 1),
+              "longest_row_tokens": shape_of_data.longest_row, "batch_tokens": per_batch,
+              "training_tokens": tokens},
+        memory=mem.as_dict(), flops=flops, candidates=candidates,
+        assumptions=[f"tokens = characters / {estimate.CHARS_PER_TOKEN:g}, cut at model.max_seq_length",
+                     f"time at {estimate.EFFICIENCY:.0%} of each GPU's dense 16-bit peak (NVIDIA datasheets)",
+                     f"needed = peak allocations + {estimate.ALLOCATOR_SLACK:.0%} allocator slack + "
+                     f"{estimate.CUDA_CONTEXT_BYTES / estimate.GIB:.1f} GiB CUDA context",
+                     *mem.notes])
