@@ -26,6 +26,7 @@ checkpointing (one forward again).
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -255,17 +256,24 @@ class GpuSpec:
     tflops_16bit: float  # dense bf16/fp16 tensor throughput, without sparsity
 
 
-#: NVIDIA's datasheet figures (dense 16-bit tensor TFLOPS; memory as sold, in GiB as PyTorch counts it), by the
-#: names RunPod's API and Lambda's instance types use.
-GPU_SPECS: dict[str, GpuSpec] = {
-    "NVIDIA H200": GpuSpec(141 * 1e9 / GIB, 989), "NVIDIA H100 80GB HBM3": GpuSpec(80 * 1e9 / GIB, 989),
-    "NVIDIA H100 PCIe": GpuSpec(80 * 1e9 / GIB, 756), "NVIDIA A100 80GB PCIe": GpuSpec(80 * 1e9 / GIB, 312),
-    "NVIDIA A100-SXM4-80GB": GpuSpec(80 * 1e9 / GIB, 312), "NVIDIA A100-SXM4-40GB": GpuSpec(40 * 1e9 / GIB, 312),
-    "NVIDIA L40S": GpuSpec(48 * 1e9 / GIB, 362), "NVIDIA RTX A6000": GpuSpec(48 * 1e9 / GIB, 155),
-    "NVIDIA A40": GpuSpec(48 * 1e9 / GIB, 150), "NVIDIA GeForce RTX 4090": GpuSpec(24 * 1e9 / GIB, 165),
-    "NVIDIA L4": GpuSpec(24 * 1e9 / GIB, 121), "NVIDIA A10": GpuSpec(24 * 1e9 / GIB, 125),
-    "NVIDIA RTX A4000": GpuSpec(16 * 1e9 / GIB, 77), "Tesla T4": GpuSpec(16 * 1e9 / GIB, 65),
-}
+#: Dense 16-bit tensor TFLOPS by GPU, from NVIDIA's datasheets (no sparsity; the P100 has no tensor cores), matched
+#: against an offer's name and description in this order (the first pattern that matches wins).
+TFLOPS_16BIT: list[tuple[re.Pattern[str], float]] = [(re.compile(p, re.IGNORECASE), t) for p, t in [
+    (r"H200", 989), (r"H100.*(PCIe|pcie)", 756), (r"H100", 989), (r"A100", 312), (r"L40S", 362),
+    (r"6000 Ada", 364), (r"A6000", 155), (r"\bA40\b", 150), (r"4090", 165), (r"A10G", 70), (r"\bA10\b", 125),
+    (r"A5000", 111), (r"A4000", 77), (r"\bL4\b", 121), (r"\bT4\b", 65), (r"P100", 19),
+]]
+
+
+def gpu_spec(text: str, vram_gb: float | None) -> GpuSpec | None:
+    """The spec of the GPU an offer names (``text``: its id and description), with the memory it states (GB); None
+    when the GPU or its memory is unknown."""
+    if not vram_gb:
+        return None
+    for pattern, tflops in TFLOPS_16BIT:
+        if pattern.search(text.replace("_", " ")):
+            return GpuSpec(vram_gb * 1e9 / GIB, tflops)
+    return None
 
 
 def hours(flops: float, gpu: GpuSpec, gpus: int = 1) -> float:

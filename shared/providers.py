@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
+from shared.catalogue import Offer
 from shared.events import WorkloadPhase
 from shared.sealing import seal, unseal
 
@@ -141,6 +142,11 @@ class Compute(abc.ABC, Generic[Credentials]):
     def installation(self) -> str:
         """This installation's id (``installation_id``), for the names of the resources it owns."""
         return installation_id(self.settings.require_secret_key())
+
+    async def catalogue(self, credentials: Credentials) -> list[Offer]:
+        """What the provider offers this account now, with prices (and capacity where it says), from its API.
+        The default offers nothing."""
+        return []
 
     async def validate(self, request: WorkloadRequest, credentials: Credentials) -> None:
         """Check the request against the provider (GPU type exists, …) before anything is created.

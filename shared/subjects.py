@@ -47,6 +47,11 @@ def job_all(job_id: str) -> str:
 MODEL_REGISTERED = f"{PREFIX}.model.registered"
 
 
+def catalogue(provider: str) -> str:
+    """Core NATS request/reply: ``{"user_id"}`` → the provider's offers for that user's account (``Catalogue``)."""
+    return f"{PREFIX}.catalogue.{provider}"
+
+
 def health(service: str) -> str:
     """Core NATS request/reply subject each service answers while it is ready."""
     return f"{PREFIX}.health.{service}"

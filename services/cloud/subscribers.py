@@ -7,11 +7,13 @@ from collections.abc import Callable
 
 from shared import subjects
 from shared.bus import COMMANDS, Bus, KeyedLocks, durable_consumer
+from shared.catalogue import CatalogueRequest
 from shared.events import ProvisionJob, TerminateJob
 from shared.providers import Compute
 from shared.service import Hooks, ServiceContext
 from shared.settings import Settings
 
+from .catalogue import CatalogueCache
 from .runner import CloudRunner
 
 #: Commands handled at once (a cloud create waits seconds on its API); one job's one after the other.
@@ -37,6 +39,12 @@ def wire_provider(make_compute: Callable[[ServiceContext], Compute],
         async def on_terminate(cmd: TerminateJob) -> None:
             async with per_job.hold(cmd.job_id):
                 await runner.terminate(cmd.job_id, cmd.user_id)
+
+        catalogue = CatalogueCache(runner)
+
+        @broker.subscriber(subjects.catalogue(name), queue=f"provider-{name}-catalogue")
+        async def on_catalogue(request: CatalogueRequest) -> dict:
+            return (await catalogue.for_user(request.user_id)).model_dump(mode="json")
 
         async def start_polling() -> None:
             await runner.recover()

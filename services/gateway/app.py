@@ -24,6 +24,7 @@ from .routes import (
     deploy,
     estimate,
     events,
+    gpus,
     health,
     jobs,
     keys,
@@ -59,7 +60,7 @@ def create_app(settings: Settings, tracer_provider: TracerProvider | None = None
     install_error_handlers(app)
     app.add_middleware(KeyFirst)
     install_tracing(app, tracer_provider)
-    for module in (health, configurations, datasets, preflight, estimate, deploy, jobs, events, metrics, models,
-                   secrets, keys, bundles):
+    for module in (health, configurations, datasets, preflight, estimate, gpus, deploy, jobs, events, metrics,
+                   models, secrets, keys, bundles):
         app.include_router(module.router)
     return app

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from shared import estimate
+from shared.catalogue import Offer
 from shared.config import TrainingConfig
 from shared.errors import ServiceUnavailable, ValidationFailed
 
@@ -62,37 +63,51 @@ async def model_config(config: TrainingConfig) -> dict[str, Any]:
                                  "config.json; try again") from exc
 
 
-def estimate_for(config: TrainingConfig, raw_model: dict[str, Any], data: ResolvedData, gpu_type: str | None,
-                 gpu_count: int) -> EstimateResponse:
+def estimate_for(config: TrainingConfig, raw_model: dict[str, Any], data: ResolvedData, offers: list[Offer],
+                 gpu_type: str | None) -> EstimateResponse:
+    """The estimate, and per offer of the catalogue (or the one ``gpu_type`` names) whether the job fits on one of
+    its GPUs, the hours on all of them (data-parallel) and the cost at its price."""
     try:
         shape = estimate.ModelShape.from_config(raw_model)
     except estimate.ModelConfigError as exc:
         raise ValidationFailed(f"model.base_model: {exc}", field="model.base_model") from exc
-    if gpu_type is not None and gpu_type not in estimate.GPU_SPECS:
-        raise ValidationFailed(f"gpu_type {gpu_type!r} is not one the estimator knows: use one of "
-                               f"{', '.join(sorted(estimate.GPU_SPECS))}, or leave it out for all", field="gpu_type")
+    if gpu_type is not None:
+        named = [o for o in offers if o.gpu_type == gpu_type]
+        if not named:
+            known = sorted({o.gpu_type for o in offers})
+            raise ValidationFailed(f"gpu_type {gpu_type!r} is not offered to you: use one of {', '.join(known)} "
+                                   "(GET /api/gpus), or leave it out for all", field="gpu_type")
+        offers = named
     shape_of_data = estimate.data_shape(config, data.rows, data.stats)
     per_batch = estimate.batch_tokens(config, shape_of_data)
     mem = estimate.memory(shape, config, batch_tokens=per_batch, row_tokens=shape_of_data.longest_row)
     tokens = estimate.training_tokens(config, shape_of_data)
     flops = estimate.step_flops(shape, config, tokens, mem.trainable_params)
-    candidates = []
-    for name in [gpu_type] if gpu_type else sorted(estimate.GPU_SPECS):
-        spec = estimate.GPU_SPECS[name]
-        ok, why = estimate.fits(mem, spec.vram_gib, gpu_count)
+    candidates, unknown = [], []
+    for offer in offers:
+        spec = estimate.gpu_spec(f"{offer.gpu_type} {offer.description}", offer.vram_gb)
+        if spec is None:
+            unknown.append(f"{offer.provider} {offer.gpu_type}")
+            continue
+        ok, why = estimate.fits(mem, spec.vram_gib, offer.gpu_count)
+        took = estimate.hours(flops, spec, offer.gpu_count)
         candidates.append(EstimateCandidate(
-            gpu_type=name, gpu_count=gpu_count, vram_gib=round(spec.vram_gib, 1), tflops_16bit=spec.tflops_16bit,
-            fits=ok, reason=why, hours=estimate.hours(flops, spec, gpu_count)))
-    candidates.sort(key=lambda c: (not c.fits, c.hours))
+            provider=offer.provider, gpu_type=offer.gpu_type, description=offer.description,
+            gpu_count=offer.gpu_count, vram_gib=round(spec.vram_gib, 1), tflops_16bit=spec.tflops_16bit, fits=ok,
+            reason=why, hours=took, usd_per_hour=offer.usd_per_hour, capacity=offer.capacity,
+            cost_usd=None if offer.usd_per_hour is None else round(took * offer.usd_per_hour, 4)))
+    candidates.sort(key=lambda c: (not c.fits, c.cost_usd is None, c.cost_usd or 0.0, c.hours))
+    notes = [f"tokens = characters / {estimate.CHARS_PER_TOKEN:g}, cut at model.max_seq_length",
+             f"time at {estimate.EFFICIENCY:.0%} of each GPU's dense 16-bit peak (NVIDIA datasheets), data-parallel "
+             "over an offer's GPUs",
+             f"needed = peak allocations + {estimate.ALLOCATOR_SLACK:.0%} allocator slack + "
+             f"{estimate.CUDA_CONTEXT_BYTES / estimate.GIB:.1f} GiB CUDA context", *mem.notes]
+    if unknown:
+        notes.append(f"not estimated (GPU or memory unknown): {', '.join(unknown)}")
     return EstimateResponse(
         model={"params": shape.params, "trainable_params": mem.trainable_params, "layers": shape.layers,
                "hidden_size": shape.hidden, "vocab_size": shape.vocab},
         data={"rows": shape_of_data.rows, "tokens_per_row": round(shape_of_data.tokens_per_row, 1),
               "longest_row_tokens": shape_of_data.longest_row, "batch_tokens": per_batch,
               "training_tokens": tokens},
-        memory=mem.as_dict(), flops=flops, candidates=candidates,
-        assumptions=[f"tokens = characters / {estimate.CHARS_PER_TOKEN:g}, cut at model.max_seq_length",
-                     f"time at {estimate.EFFICIENCY:.0%} of each GPU's dense 16-bit peak (NVIDIA datasheets)",
-                     f"needed = peak allocations + {estimate.ALLOCATOR_SLACK:.0%} allocator slack + "
-                     f"{estimate.CUDA_CONTEXT_BYTES / estimate.GIB:.1f} GiB CUDA context",
-                     *mem.notes])
+        memory=mem.as_dict(), flops=flops, candidates=candidates, assumptions=notes)

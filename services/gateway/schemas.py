@@ -8,6 +8,7 @@ from typing import Any
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, computed_field, field_validator, model_validator
 
+from shared.catalogue import Catalogue, Offer
 from shared.config import TrainingConfig
 
 
@@ -134,28 +135,38 @@ class LambdaDeploymentRequest(DeploymentRequest):
         return self.model_dump(include={"instance_type", "region"})
 
 
-class EstimateRequest(DeploymentRequest):
-    """A configuration (saved or inline) and its data set, and optionally one GPU type to estimate on."""
+class GpuCatalogue(BaseModel):
+    offers: list[Offer] = Field(description="Every provider's offers, cheapest first.")
+    providers: list[Catalogue] = Field(description="Per provider: when its offers were read, whether they are the "
+                                                   "last known (stale), or why there are none (offers left out).")
 
-    gpu_type: str | None = Field(default=None, description="One GPU type (e.g. 'NVIDIA A100 80GB PCIe'); every "
-                                                            "GPU the estimator knows when unset.")
-    gpu_count: int = Field(default=1, ge=1, le=8, description="GPUs of one machine (data-parallel: each holds a "
-                                                              "whole copy of the job).")
+
+class EstimateRequest(DeploymentRequest):
+    """A configuration (saved or inline) and its data set, and optionally one offer to estimate on."""
+
+    provider: str | None = Field(default=None, description="Only this provider's offers.")
+    gpu_type: str | None = Field(default=None, description="One offer of GET /api/gpus (a RunPod GPU type, a "
+                                                            "Lambda instance type ...); every offer when unset.")
 
 
 class EstimateCandidate(BaseModel):
+    provider: str
     gpu_type: str
-    gpu_count: int
-    vram_gib: float
-    tflops_16bit: float = Field(description="Dense 16-bit tensor TFLOPS (vendor datasheet).")
+    description: str
+    gpu_count: int = Field(description="The offer's GPUs: data-parallel, each holds a whole copy of the job.")
+    vram_gib: float = Field(description="Per GPU.")
+    tflops_16bit: float = Field(description="Dense 16-bit tensor TFLOPS per GPU (vendor datasheet).")
     fits: bool
     reason: str | None = Field(default=None, description="Why it does not fit, and what to change.")
     hours: float = Field(description="Training time at the stated efficiency.")
+    usd_per_hour: float | None
+    cost_usd: float | None = Field(description="hours x usd_per_hour.")
+    capacity: bool | None
 
 
 class EstimateResponse(BaseModel):
-    """Peak GPU memory by part, tokens, FLOPs and, per candidate GPU, whether the job fits and how long it takes
-    (fitting GPUs first, fastest first)."""
+    """Peak GPU memory by part, tokens, FLOPs and, per offer, whether the job fits, how long it takes and what it
+    costs (fitting offers first, cheapest first)."""
 
     model: dict[str, Any]
     data: dict[str, Any]

@@ -11,11 +11,13 @@ import asyncio
 import contextlib
 import json
 import posixpath
+import re
 import time
 
 import asyncpg
 
 from services.cloud.bundles import LOG_TAIL, PROGRESS, RESULT, write_atomically
+from shared.catalogue import Offer
 from shared.credentials import LambdaCredentials
 from shared.errors import NoCapacity, ProviderError, ProviderTransient
 from shared.events import WorkloadPhase
@@ -56,6 +58,24 @@ class HostKeys:
         return await self.get(instance_id)
 
 
+#: "1x A100 (40 GB SXM4)": the memory of each GPU, in a Lambda instance type's description.
+_GPU_MEMORY = re.compile(r"\((\d+) GB")
+_GPU_COUNT = re.compile(r"gpu_(\d+)x_")
+
+
+def lambda_offer(name: str, offer: dict) -> Offer:
+    """One instance type of ``GET /instance-types``: its price per hour in cents, and the regions with capacity."""
+    kind = offer["instance_type"]
+    description = kind.get("gpu_description") or kind.get("description") or name
+    memory = _GPU_MEMORY.search(kind.get("description") or "")
+    count = (kind.get("specs") or {}).get("gpus") or (int(m.group(1)) if (m := _GPU_COUNT.match(name)) else 1)
+    regions = [r["name"] for r in offer.get("regions_with_capacity_available") or []]
+    return Offer(provider="lambda", gpu_type=name, description=description, gpu_count=int(count),
+                 vram_gb=float(memory.group(1)) if memory else None,
+                 usd_per_hour=kind["price_cents_per_hour"] / 100, capacity=bool(regions), regions=regions,
+                 source="Lambda API: GET /instance-types")
+
+
 class LambdaCompute(Compute[LambdaCredentials]):
     name = "lambda"
     pushes_reports = False
@@ -79,6 +99,9 @@ class LambdaCompute(Compute[LambdaCredentials]):
             where = f"in {region}" if region else "in any region"
             raise NoCapacity(f"Lambda has no {wanted} capacity {where} now (regions with capacity: {regions})")
         return region or regions[0]
+
+    async def catalogue(self, credentials: LambdaCredentials) -> list[Offer]:
+        return [lambda_offer(name, offer) for name, offer in (await self.client(credentials).instance_types()).items()]
 
     async def validate(self, request: WorkloadRequest, credentials: LambdaCredentials) -> None:
         await self._region(request, credentials)

@@ -33,6 +33,11 @@ POD_FIELDS = ("id", "name", "desiredStatus", "costPerHr", "imageName", "gpuCount
               ("runtime", ("uptimeInSeconds", ("ports", ("ip", "isIpPublic", "privatePort", "publicPort", "type")))))
 
 
+#: The price fields of ``gpuTypes`` (as the SDK's ``get_gpu`` asks for one type), the lowest on-demand price of one GPU.
+GPU_OFFERS = ("query GpuOffers { gpuTypes { id displayName memoryInGb secureCloud communityCloud securePrice "
+              "communityPrice lowestPrice(input: {gpuCount: 1}) { minimumBidPrice uninterruptablePrice } } }")
+
+
 class RunPodClient:
     def __init__(self, api_key: str, *, attempts: int = 6, timeout: float = 30.0):
         self._api_key = api_key
@@ -66,6 +71,10 @@ class RunPodClient:
 
     async def gpu_types(self) -> list[dict]:
         return (await self._call(gpu_queries.QUERY_GPU_TYPES))["gpuTypes"]
+
+    async def gpu_offers(self) -> list[dict]:
+        """Every GPU type with its prices: the fields the SDK's ``get_gpu`` selects, for all types at once."""
+        return (await self._call(GPU_OFFERS))["gpuTypes"]
 
     async def pods(self) -> list[dict]:
         return (await self._call(pod_queries.QUERY_POD))["myself"]["pods"]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 
+from shared.catalogue import Offer
 from shared.credentials import RunPodCredentials
 from shared.errors import ProviderError
 from shared.events import WorkloadPhase
@@ -64,6 +65,19 @@ def docker_args() -> str:
     return json.dumps({"entrypoint": START_ARGV[:2], "cmd": START_ARGV[2:]})
 
 
+def runpod_offer(gpu: dict) -> Offer | None:
+    """One GPU type of ``gpuTypes`` with its lowest on-demand price of one GPU; None for a type with no price at all.
+    A type with no on-demand price now has no capacity (RunPod drops the price when none is free)."""
+    lowest = (gpu.get("lowestPrice") or {}).get("uninterruptablePrice")
+    listed = [p for p in (gpu.get("securePrice"), gpu.get("communityPrice")) if p]
+    price = lowest if lowest else min(listed, default=None)
+    if price is None:
+        return None
+    return Offer(provider="runpod", gpu_type=gpu["id"], description=gpu.get("displayName") or gpu["id"],
+                 vram_gb=gpu.get("memoryInGb"), usd_per_hour=float(price), capacity=bool(lowest),
+                 source="RunPod API: gpuTypes lowestPrice(gpuCount: 1)")
+
+
 class RunPodCompute(Compute[RunPodCredentials]):
     name = "runpod"
 
@@ -72,6 +86,9 @@ class RunPodCompute(Compute[RunPodCredentials]):
 
     def client(self, credentials: RunPodCredentials) -> RunPodClient:
         return RunPodClient(credentials.api_key.get_secret_value())
+
+    async def catalogue(self, credentials: RunPodCredentials) -> list[Offer]:
+        return [offer for gpu in await self.client(credentials).gpu_offers() if (offer := runpod_offer(gpu))]
 
     async def validate(self, request: WorkloadRequest, credentials: RunPodCredentials) -> None:
         gpu = request.options.get("gpu_type")

@@ -9,14 +9,14 @@ from pathlib import Path
 import pytest
 
 from services.gateway import estimating
+from shared.catalogue import documented
 from shared.errors import ServiceUnavailable, ValidationFailed
-from shared.estimate import GPU_SPECS
 
 from .conftest import gateway_client
 from .test_gateway import INSTRUCTION_ROWS, auth, upload
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "model_configs"
-A100 = "NVIDIA A100 80GB PCIe"
+A100 = "a100-large"  # Hugging Face Spaces' 80 GB A100: a documented offer, there without cloud credentials
 
 
 @pytest.fixture
@@ -44,7 +44,7 @@ async def test_a_gpu_too_small_is_flagged_and_the_fix_fits(models, api_key):
         assert answer["model"]["params"] == 70_553_706_496 and answer["data"]["rows"] == 8
         assert answer["memory"]["weights_gib"] == pytest.approx(70_553_706_496 * 2 / 2**30, rel=1e-3)
         [a100] = answer["candidates"]
-        assert a100["gpu_type"] == A100 and not a100["fits"]
+        assert a100["gpu_type"] == A100 and a100["provider"] == "hfspaces" and not a100["fits"]
         assert "the GPU has" in a100["reason"] and "training.quantization.bits" in a100["reason"]
         r = await client.post("/api/training/estimate", headers=auth(api_key),
                               json={**body(folder, ds["id"], quantization={"bits": 4}, gradient_checkpointing=True,
@@ -52,15 +52,20 @@ async def test_a_gpu_too_small_is_flagged_and_the_fix_fits(models, api_key):
                                     "gpu_type": A100})
         [a100] = r.json()["candidates"]
         assert a100["fits"] and a100["reason"] is None and a100["hours"] > 0
+        assert a100["cost_usd"] == pytest.approx(a100["hours"] * 2.50, abs=1e-4)
         assert any("4 bits" in note for note in r.json()["assumptions"])
 
         every = (await client.post("/api/training/estimate", headers=auth(api_key),
-                                   json=body(folder, ds["id"], quantization={"bits": 4}))).json()["candidates"]
-        assert {c["gpu_type"] for c in every} == set(GPU_SPECS)
-        fitting = [c["fits"] for c in every]
+                                   json=body(folder, ds["id"], quantization={"bits": 4}, max_steps=100))).json()
+        candidates = every["candidates"]
+        assert {(c["provider"], c["gpu_type"]) for c in candidates} == {
+            (o.provider, o.gpu_type) for c in documented() for o in c.offers}  # no cloud credentials: these
+        fitting = [c["fits"] for c in candidates]
         assert fitting == sorted(fitting, reverse=True) and True in fitting and False in fitting  # fitting first
-        hours = [c["hours"] for c in every if c["fits"]]
-        assert hours == sorted(hours)
+        costs = [c["cost_usd"] for c in candidates if c["fits"]]
+        assert costs == sorted(costs)
+        kaggle = next(c for c in candidates if c["gpu_type"] == "NvidiaTeslaT4")
+        assert kaggle["cost_usd"] == 0 and kaggle["gpu_count"] == 2 and not kaggle["fits"]  # 16 GB cards
 
 
 async def test_bad_estimate_requests_name_the_field(models, api_key):
@@ -70,6 +75,7 @@ async def test_bad_estimate_requests_name_the_field(models, api_key):
         r = await client.post("/api/training/estimate", headers=auth(api_key),
                               json={**body(folder, ds["id"]), "gpu_type": "NVIDIA Imaginary 1TB"})
         assert r.status_code == 422 and r.json()["detail"]["field"] == "gpu_type" and A100 in r.text
+        assert "GET /api/gpus" in r.text
         r = await client.post("/api/training/estimate", headers=auth(api_key),
                               json=body(folder.parent / "empty", ds["id"]))
         assert r.status_code == 422 and "holds no config.json" in r.text

@@ -14,12 +14,12 @@ import pytest
 from shared.config import TrainingConfig
 from shared.estimate import (
     GIB,
-    GPU_SPECS,
     DataShape,
     ModelConfigError,
     ModelShape,
     batch_tokens,
     fits,
+    gpu_spec,
     hours,
     memory,
     step_flops,
@@ -131,8 +131,22 @@ def test_time_follows_the_flops_over_the_gpus_sustained_peak():
     shape = ModelShape.from_config(raw("Meta-Llama-3-8B"))
     lora = memory(shape, config(), batch_tokens=1, row_tokens=1)
     flops = step_flops(shape, config(), 10_000_000, lora.trainable_params)  # ten million tokens
-    h100, a4000 = GPU_SPECS["NVIDIA H100 80GB HBM3"], GPU_SPECS["NVIDIA RTX A4000"]
+    h100, a4000 = gpu_spec("NVIDIA H100 80GB HBM3", 80), gpu_spec("NVIDIA RTX A4000", 16)
     assert hours(flops, h100) == pytest.approx(flops / (989e12 * 0.35) / 3600)
     assert hours(flops, a4000) > 10 * hours(flops, h100)
     assert hours(flops, h100, gpus=2) == pytest.approx(hours(flops, h100) / 2)
     assert 0.2 < hours(flops, h100) < 0.3  # 4 x 8B x 1e7 = 3.2e17 FLOPs at ~350 TFLOPS: a quarter of an hour
+
+
+@pytest.mark.parametrize(("text", "tflops"), [
+    ("NVIDIA H100 PCIe", 756), ("gpu_8x_h100_sxm5 8x H100 (80 GB SXM5)", 989), ("NVIDIA A100 80GB PCIe", 312),
+    ("gpu_1x_a10 1x A10 (24 GB PCIe)", 125), ("a10g-small Nvidia A10G - small", 70), ("NVIDIA L4", 121),
+    ("NVIDIA L40S", 362), ("NVIDIA RTX 6000 Ada Generation", 364), ("NVIDIA RTX A6000", 155),
+    ("NvidiaTeslaT4 2x Nvidia Tesla T4", 65), ("t4-small Nvidia T4 - small", 65)])
+def test_offers_are_matched_to_their_gpus_datasheet(text, tflops):
+    assert gpu_spec(text, 24).tflops_16bit == tflops
+    assert gpu_spec(text, None) is None
+
+
+def test_an_unknown_gpu_has_no_spec():
+    assert gpu_spec("AMD Instinct MI300X", 192) is None

@@ -2,8 +2,10 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
+from .. import repository
+from ..catalogue import catalogues
 from ..deploying import configuration_for, resolve_data
-from ..deps import CurrentUser, PoolDep, SettingsDep
+from ..deps import BrokerDep, CurrentUser, PoolDep, SettingsDep
 from ..estimating import estimate_for, model_config
 from ..schemas import EstimateRequest, EstimateResponse
 
@@ -11,11 +13,16 @@ router = APIRouter(prefix="/api/training", tags=["estimate"])
 
 
 @router.post("/estimate", response_model=EstimateResponse)
-async def estimate(body: EstimateRequest, user: CurrentUser, pool: PoolDep, settings: SettingsDep) -> EstimateResponse:
+async def estimate(body: EstimateRequest, user: CurrentUser, pool: PoolDep, settings: SettingsDep,
+                   broker: BrokerDep) -> EstimateResponse:
     """What the job needs before it runs: peak GPU memory (weights, LoRA or full-model training state, activations,
-    logits), tokens and FLOPs, and per GPU whether it fits (and if not, what to change) and how many hours it
-    takes. Computed from the base model's config.json, the configuration and the data set's statistics; nothing
-    is loaded or run."""
+    logits), tokens and FLOPs, and per offer of GET /api/gpus whether it fits (and if not, what to change), how many
+    hours it takes and what it costs. Computed from the base model's config.json, the configuration and the data
+    set's statistics; nothing is loaded or run."""
     config = await configuration_for(pool, user, body)
     data = await resolve_data(settings, pool, user, config)
-    return estimate_for(config, await model_config(config), data, body.gpu_type, body.gpu_count)
+    raw_model = await model_config(config)
+    stored = {s["provider"] for s in await repository.list_secrets(pool, user)}
+    offers = [o for c in await catalogues(broker, user, stored) for o in c.offers
+              if body.provider in (None, o.provider)]
+    return estimate_for(config, raw_model, data, offers, body.gpu_type)
