@@ -144,7 +144,9 @@ class InProgress(BaseMiddleware):
 
     async def consume_scope(self, call_next, msg):
         raw = getattr(msg, "raw_message", None)
-        if not getattr(raw, "reply", None):
+        # JetStream's ack subject only: a core request's reply inbox is the requester's, and a "+WPI" sent there
+        # would be taken for the answer
+        if not str(getattr(raw, "reply", None) or "").startswith("$JS.ACK."):
             return await call_next(msg)
 
         async def beat() -> None:

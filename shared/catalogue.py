@@ -17,7 +17,9 @@ class Offer(BaseModel):
     description: str
     gpu_count: int = 1
     vram_gb: float | None = Field(default=None, description="Per GPU, as the provider states it (GB).")
-    usd_per_hour: float | None = Field(description="For the whole offer (every GPU of it); 0 when free.")
+    usd_per_hour: float | None = Field(description="For the whole offer (every GPU of it), or per GPU where "
+                                                   "per_gpu; 0 when free.")
+    per_gpu: bool = Field(default=False, description="Priced per GPU, as many as a deploy asks for (RunPod).")
     capacity: bool | None = Field(default=None, description="Available now; None where the provider does not say.")
     regions: list[str] | None = Field(default=None, description="Regions with capacity, where the provider says.")
     source: str = Field(description="Where the figures come from: the provider's API, or a documented page.")

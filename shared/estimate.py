@@ -3,24 +3,26 @@ from the base model's ``config.json``, the configuration and the data set's stat
 loaded or run.
 
 Memory (bytes, one GPU, the trainer's settings):
-- weights: every parameter at the compute dtype (2 bytes at 16 bits, 4 at 32), or, under QLoRA, the linear layers
-  of the decoder at ``bits`` (plus bitsandbytes' block constants: one fp32 absmax per 64 weights, or per 256 with
-  double quantization) while embeddings, norms and ``lm_head`` stay at 16 bits;
-- LoRA: r x (in + out) parameters per targeted linear layer, in fp32, with their gradients and Adam's two moments
-  (16 bytes a parameter; SGD keeps none); a full fine-tune keeps fp32 master weights, gradients and Adam (16 bytes
-  a parameter, mixed precision);
+- weights: every parameter at the dtype the trainer loads it in (``weight_bytes``: fp32 unless ``torch_dtype`` or
+  bf16/fp16 say otherwise), or, under QLoRA, the decoder's linear layers at ``bits`` (plus bitsandbytes' block
+  constants: one fp32 absmax per 64 weights, about 0.127 bits a weight with double quantization) while
+  embeddings, norms and ``lm_head`` are cast to fp32 by peft's ``prepare_model_for_kbit_training``;
+- LoRA: r x (in + out) parameters per targeted linear layer (q and v by default, as the trainer picks), in fp32,
+  with their gradients and Adam's two moments (16 bytes a parameter; SGD keeps none); a full fine-tune keeps
+  gradients and AdamW's moments at the weights' dtype (fp32 moments with ``paged_adamw_32bit``);
 - activations per batch: the trainer packs each batch padding-free (SFT), so a batch holds its rows' real tokens;
   other methods pad to the longest row. Per token and layer a Llama-style decoder keeps its layer inputs, q/k/v,
-  the attention output and the MLP's gate, up and activation (``(8h + 2kv + 4i)`` values) with SDPA/flash
-  attention (no seq² term); with gradient checkpointing only each layer's input is kept, plus one layer recomputed;
+  the attention output and the MLP's gate, up and activation (``(8h + 2kv + 4i)`` values, plus LoRA dropout's copy
+  of each targeted layer's input) with SDPA/flash attention (no seq² term), at 16 bits under autocast; with
+  gradient checkpointing only each layer's input is kept, plus one layer recomputed. Memory is sized for the largest
+  batch: one longest row with average ones when packed;
 - logits: tokens x vocabulary at 16 bits, their fp32 copy for the loss and its gradient (10 bytes a value);
 - the CUDA context and allocator reserve are not in ``torch.cuda.max_memory_allocated``; ``fits`` adds them.
 
-Time: 6 x parameters x tokens FLOPs (forward 2, backward 4; with LoRA the frozen weights still run forward and
-backward through their inputs, which is why it is 6 x all parameters, less 2 x frozen for the weight gradients
-LoRA does not compute: 4 x frozen + 6 x trainable), over the GPU's dense 16-bit peak at ``EFFICIENCY`` of it
-(model FLOPs utilisation of a single-GPU LoRA run; stated, not measured here), plus a third more with gradient
-checkpointing (one forward again).
+Time: FLOPs per token of 4 x frozen + 6 x trainable parameters (forward 2, backward 2 through the inputs, 2 more
+for weight gradients; under LoRA the model is frozen and its adapters are the trainable ones), plus 2 x all with
+gradient checkpointing (the forward again), over the GPU's dense 16-bit peak at ``EFFICIENCY`` of it (model FLOPs
+utilisation of a single-GPU LoRA run; stated, not measured here).
 """
 
 from __future__ import annotations
@@ -40,7 +42,9 @@ CUDA_CONTEXT_BYTES = 0.6 * GIB
 ALLOCATOR_SLACK = 0.10
 #: Characters per token when only a data set's character counts are known (English-like text and BPE tokenizers).
 CHARS_PER_TOKEN = 4.0
-#: The attention projections LoRA targets when the configuration names none (the trainer's default).
+#: What LoRA targets when the configuration names none: the trainer's default for Llama/Qwen-style models
+#: (``trainer.modeling.ATTENTION_PROJECTIONS``).
+DEFAULT_TARGETS = ("q_proj", "v_proj")
 ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
 MLP = ("gate_proj", "up_proj", "down_proj")
 
@@ -69,11 +73,13 @@ class ModelShape:
             hidden, layers = int(config["hidden_size"]), int(config["num_hidden_layers"])
             heads = int(config["num_attention_heads"])
             intermediate, vocab = int(config["intermediate_size"]), int(config["vocab_size"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ModelConfigError(f"config.json lacks {exc} (hidden_size, num_hidden_layers, num_attention_heads, "
-                                   "intermediate_size, vocab_size)") from exc
-        kv = int(config.get("num_key_value_heads") or heads)
-        head_dim = int(config.get("head_dim") or hidden // heads)
+            kv = int(config.get("num_key_value_heads") or heads)
+            head_dim = int(config.get("head_dim") or hidden // heads)
+        except (KeyError, TypeError, ValueError, ZeroDivisionError) as exc:
+            raise ModelConfigError(f"config.json lacks or garbles {exc} (hidden_size, num_hidden_layers, "
+                                   "num_attention_heads, intermediate_size, vocab_size)") from exc
+        if min(hidden, layers, heads, intermediate, vocab, kv, head_dim) <= 0:
+            raise ModelConfigError("config.json gives a size of zero or less")
         # Qwen2 puts biases on q/k/v without saying so in config.json; others say attention_bias.
         bias = bool(config.get("attention_bias", config.get("model_type") == "qwen2"))
         return cls(hidden=hidden, intermediate=intermediate, layers=layers, heads=heads, kv_heads=kv, vocab=vocab,
@@ -135,32 +141,45 @@ class MemoryEstimate:
 def _targets(config: TrainingConfig) -> tuple[str, ...]:
     names = config.training.lora.target_modules
     if names is None:
-        return ATTENTION
+        return DEFAULT_TARGETS
     if names == "all-linear":
         return ATTENTION + MLP
     return tuple(n for n in names if n in ATTENTION + MLP)
 
 
-def _compute_bytes(config: TrainingConfig) -> int:
+_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
+
+
+def weight_bytes(config: TrainingConfig) -> int:
+    """Bytes of a weight as the trainer loads it (``trainer.modeling.model_dtype``): ``model.torch_dtype`` when set,
+    else the quantization's compute dtype, else 16 bits with bf16/fp16, else fp32."""
     t = config.training
-    if t.bf16 or t.fp16 or config.model.torch_dtype in ("float16", "bfloat16") or t.quantization.bits:
-        return 2
-    if config.model.torch_dtype == "float32":
-        return 4
-    return 2  # "auto" loads checkpoints at their stored 16 bits, which is every model this estimates
+    if config.model.torch_dtype != "auto":
+        return _BYTES[config.model.torch_dtype]
+    if t.quantization.bits:
+        return _BYTES[t.quantization.compute_dtype]
+    return 2 if t.bf16 or t.fp16 else 4
+
+
+def activation_bytes(config: TrainingConfig) -> int:
+    """Bytes of an activation: 16 bits under bf16/fp16 autocast, else the weights' dtype."""
+    t = config.training
+    return 2 if t.bf16 or t.fp16 else weight_bytes(config)
 
 
 def memory(shape: ModelShape, config: TrainingConfig, *, batch_tokens: int, row_tokens: int) -> MemoryEstimate:
     """Peak memory of a step over ``batch_tokens`` tokens in rows of at most ``row_tokens``."""
     t, notes = config.training, []
-    word = _compute_bytes(config)
+    word, act = weight_bytes(config), activation_bytes(config)
     bits = t.quantization.bits
     decoder_linear = shape.layers * shape.linear_params_per_layer
     rest = shape.params - decoder_linear
     if bits:
         block = 256 if t.quantization.double_quant else 64
-        weights = decoder_linear * (bits / 8 + (4 / block if bits == 4 else 4 / 4096)) + rest * 2
-        notes.append(f"decoder linear layers at {bits} bits, embeddings, norms and lm_head at 16 bits")
+        # peft's prepare_model_for_kbit_training (the trainer calls it) casts what is not quantized to fp32
+        weights = decoder_linear * (bits / 8 + (4 / block if bits == 4 else 4 / 4096)) + rest * 4
+        notes.append(f"decoder linear layers at {bits} bits; embeddings, norms and lm_head at fp32 (peft's "
+                     "prepare_model_for_kbit_training)")
     else:
         weights = shape.params * word
     if t.lora.enabled:
@@ -170,16 +189,19 @@ def memory(shape: ModelShape, config: TrainingConfig, *, batch_tokens: int, row_
         trainable = trainable_params * (4 + 4 + state)  # fp32 weights and gradients
     else:
         trainable_params = shape.params
-        state = 8 if t.optimizer != "sgd" else 0
-        # gradients at the weights' dtype, and at 16 bits an fp32 master copy besides the optimizer's moments
-        trainable = shape.params * ((4 + state) if word == 4 else (2 + 4 + state))
+        # gradients at the weights' dtype; torch's AdamW keeps its two moments at it too, paged_adamw_32bit at fp32
+        moments = 0 if t.optimizer == "sgd" else 8 if t.optimizer == "paged_adamw_32bit" else 2 * word
+        trainable = shape.params * (word + moments)
         notes.append("full fine-tune: gradients and optimizer states for every parameter")
     per_token_layer = 8 * shape.hidden + 2 * shape.kv_heads * shape.head_dim + 4 * shape.intermediate
+    if t.lora.enabled and t.lora.dropout > 0:  # peft keeps the dropped-out input of each targeted layer
+        shapes = shape.linear_shapes()
+        per_token_layer += sum(shapes[n][0] for n in _targets(config))
     if t.gradient_checkpointing:
-        acts = batch_tokens * (shape.layers * shape.hidden + per_token_layer) * word
+        acts = batch_tokens * (shape.layers * shape.hidden + per_token_layer) * act
         notes.append("gradient checkpointing: one layer's activations at a time")
     else:
-        acts = batch_tokens * shape.layers * per_token_layer * word
+        acts = batch_tokens * shape.layers * per_token_layer * act
     logits = batch_tokens * shape.vocab * 10
     del row_tokens  # attention runs through SDPA / flash kernels: no seq² buffer kept
     return MemoryEstimate(weights=float(weights), trainable=float(trainable), activations=float(acts),
@@ -204,11 +226,11 @@ def data_shape(config: TrainingConfig, rows: int, stats: dict[str, Any]) -> Data
 
 
 def batch_tokens(config: TrainingConfig, data: DataShape) -> int:
-    """Tokens in one micro-batch as the trainer builds it: packed without padding for SFT, padded to the longest
-    row otherwise (and twice the rows for preference pairs)."""
+    """Tokens in the largest micro-batch the trainer builds: packed without padding for SFT (one longest row with
+    average ones), padded to the longest row otherwise (and twice the rows for preference pairs)."""
     t = config.training
     if t.method is Method.SFT and t.padding_free:
-        return math.ceil(t.batch_size * data.tokens_per_row)
+        return math.ceil(data.longest_row + (t.batch_size - 1) * data.tokens_per_row)
     pairs = 2 if t.method in (Method.DPO, Method.ORPO) else 1
     return t.batch_size * pairs * data.longest_row
 
@@ -224,11 +246,13 @@ def training_tokens(config: TrainingConfig, data: DataShape) -> int:
 
 
 def step_flops(shape: ModelShape, config: TrainingConfig, tokens: int, trainable_params: int) -> float:
-    frozen = shape.params - trainable_params if config.training.lora.enabled else 0
-    trainable = shape.params - frozen
+    """FLOPs over ``tokens``: 2 a parameter forward, 2 backward through the inputs, 2 more for the weight gradients
+    of trainable parameters (LoRA's are extra to the model's); the input embedding is a lookup, not a product."""
+    matmul = shape.params - (0 if shape.tied_embeddings else shape.vocab * shape.hidden)
+    frozen, trainable = (matmul, trainable_params) if config.training.lora.enabled else (0, matmul)
     flops = tokens * (4 * frozen + 6 * trainable)
     if config.training.gradient_checkpointing:
-        flops += tokens * 2 * shape.params  # the forward again
+        flops += tokens * 2 * (frozen + trainable)  # the forward again
     return float(flops)
 
 
@@ -259,7 +283,8 @@ class GpuSpec:
 #: Dense 16-bit tensor TFLOPS by GPU, from NVIDIA's datasheets (no sparsity; the P100 has no tensor cores), matched
 #: against an offer's name and description in this order (the first pattern that matches wins).
 TFLOPS_16BIT: list[tuple[re.Pattern[str], float]] = [(re.compile(p, re.IGNORECASE), t) for p, t in [
-    (r"H200", 989), (r"H100.*(PCIe|pcie)", 756), (r"H100", 989), (r"A100", 312), (r"L40S", 362),
+    (r"H200", 989), (r"H100.*(PCIe|pcie)", 756), (r"H100 NVL", 835), (r"H100", 989), (r"\bA100\b", 312),
+    (r"L40S", 362), (r"\bL40\b", 181),
     (r"6000 Ada", 364), (r"A6000", 155), (r"\bA40\b", 150), (r"4090", 165), (r"A10G", 70), (r"\bA10\b", 125),
     (r"A5000", 111), (r"A4000", 77), (r"\bL4\b", 121), (r"\bT4\b", 65), (r"P100", 19),
 ]]

@@ -36,8 +36,13 @@ class CatalogueCache:
             try:
                 credentials = await self.runner.credentials(user_id)
                 offers = await asyncio.wait_for(self.runner.compute.catalogue(credentials), self.deadline_s)
-            except (TuneFleetError, TimeoutError, OSError) as exc:
-                why = exc.message if isinstance(exc, TuneFleetError) else f"no answer in {self.deadline_s:.0f} s"
+            except Exception as exc:  # whatever failed, the last answer (if any) is better than none
+                if isinstance(exc, TuneFleetError):
+                    why = exc.message
+                elif isinstance(exc, TimeoutError):
+                    why = f"no answer in {self.deadline_s:.0f} s"
+                else:
+                    why = f"{type(exc).__name__}: {exc}"[:300]
                 log.warning("%s catalogue for %s: %s", provider, user_id, why)
                 if seen is not None:
                     return seen[1].model_copy(update={"stale": True, "error": why})

@@ -42,7 +42,7 @@ def wire_provider(make_compute: Callable[[ServiceContext], Compute],
 
         catalogue = CatalogueCache(runner)
 
-        @broker.subscriber(subjects.catalogue(name), queue=f"provider-{name}-catalogue")
+        @broker.subscriber(subjects.catalogue(name), queue=f"provider-{name}-catalogue", max_workers=WORKERS)
         async def on_catalogue(request: CatalogueRequest) -> dict:
             return (await catalogue.for_user(request.user_id)).model_dump(mode="json")
 

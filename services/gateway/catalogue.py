@@ -25,11 +25,15 @@ async def ask(broker: NatsBroker, provider: str, user_id: str) -> Catalogue:
         return Catalogue(provider=provider, error=f"the {provider} service did not answer ({type(exc).__name__})")
 
 
-async def catalogues(broker: NatsBroker, user_id: str, with_credentials: set[str]) -> list[Catalogue]:
+async def catalogues(broker: NatsBroker, user_id: str, with_credentials: set[str],
+                     only: str | None = None) -> list[Catalogue]:
+    """Every provider's catalogue for the user (``only``'s alone when given: the others are not asked)."""
+
     async def one(provider: str) -> Catalogue:
         if provider not in with_credentials:
             return Catalogue(provider=provider, error=f"no {provider} credentials stored; its offers and prices "
                                                       f"are read with them: PUT /api/secrets/{provider}")
         return await ask(broker, provider, user_id)
 
-    return [*await asyncio.gather(*(one(p) for p in CLOUDS)), *documented()]
+    clouds = [p for p in CLOUDS if only in (None, p)]
+    return [*await asyncio.gather(*(one(p) for p in clouds)), *(c for c in documented() if only in (None, c.provider))]

@@ -20,13 +20,24 @@ from .schemas import EstimateCandidate, EstimateResponse
 HUB_TIMEOUT_S = 20.0
 
 
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        found = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise ValidationFailed(f"model.base_model: {path} cannot be read as JSON ({type(exc).__name__})",
+                               field="model.base_model") from exc
+    if not isinstance(found, dict):
+        raise ValidationFailed(f"model.base_model: {path} is not a JSON object", field="model.base_model")
+    return found
+
+
 def _local_config(path: Path, depth: int = 0) -> dict[str, Any]:
     """The config.json of a model folder, or of the base model an adapter folder names."""
     if (path / "config.json").is_file():
-        return json.loads((path / "config.json").read_text())
+        return _read_json(path / "config.json")
     adapter = path / "adapter_config.json"
     if adapter.is_file() and depth < 2:
-        base = json.loads(adapter.read_text()).get("base_model_name_or_path")
+        base = _read_json(adapter).get("base_model_name_or_path")
         if isinstance(base, str) and base.startswith("/"):
             return _local_config(Path(base), depth + 1)
         if isinstance(base, str):
@@ -64,7 +75,7 @@ async def model_config(config: TrainingConfig) -> dict[str, Any]:
 
 
 def estimate_for(config: TrainingConfig, raw_model: dict[str, Any], data: ResolvedData, offers: list[Offer],
-                 gpu_type: str | None) -> EstimateResponse:
+                 gpu_type: str | None, unanswered: list[str] | None = None) -> EstimateResponse:
     """The estimate, and per offer of the catalogue (or the one ``gpu_type`` names) whether the job fits on one of
     its GPUs, the hours on all of them (data-parallel) and the cost at its price."""
     try:
@@ -75,8 +86,9 @@ def estimate_for(config: TrainingConfig, raw_model: dict[str, Any], data: Resolv
         named = [o for o in offers if o.gpu_type == gpu_type]
         if not named:
             known = sorted({o.gpu_type for o in offers})
-            raise ValidationFailed(f"gpu_type {gpu_type!r} is not offered to you: use one of {', '.join(known)} "
-                                   "(GET /api/gpus), or leave it out for all", field="gpu_type")
+            missing = f" (no offers from {'; '.join(unanswered)})" if unanswered else ""
+            raise ValidationFailed(f"gpu_type {gpu_type!r} is not offered to you{missing}: use one of "
+                                   f"{', '.join(known)} (GET /api/gpus), or leave it out for all", field="gpu_type")
         offers = named
     shape_of_data = estimate.data_shape(config, data.rows, data.stats)
     per_batch = estimate.batch_tokens(config, shape_of_data)
@@ -84,26 +96,31 @@ def estimate_for(config: TrainingConfig, raw_model: dict[str, Any], data: Resolv
     tokens = estimate.training_tokens(config, shape_of_data)
     flops = estimate.step_flops(shape, config, tokens, mem.trainable_params)
     candidates, unknown = [], []
+    gpus = config.training.gpu_count  # the trainer runs this many processes, whatever the machine has
     for offer in offers:
         spec = estimate.gpu_spec(f"{offer.gpu_type} {offer.description}", offer.vram_gb)
         if spec is None:
             unknown.append(f"{offer.provider} {offer.gpu_type}")
             continue
-        ok, why = estimate.fits(mem, spec.vram_gib, offer.gpu_count)
-        took = estimate.hours(flops, spec, offer.gpu_count)
+        ok, why = estimate.fits(mem, spec.vram_gib, gpus)
+        if offer.gpu_count < gpus:
+            ok, why = False, (f"offers {offer.gpu_count} GPU(s); the configuration trains on {gpus} "
+                              "(training.gpu_count)")
+        took = estimate.hours(flops, spec, gpus)
+        price = None if offer.usd_per_hour is None else offer.usd_per_hour * (gpus if offer.per_gpu else 1)
         candidates.append(EstimateCandidate(
-            provider=offer.provider, gpu_type=offer.gpu_type, description=offer.description,
-            gpu_count=offer.gpu_count, vram_gib=round(spec.vram_gib, 1), tflops_16bit=spec.tflops_16bit, fits=ok,
-            reason=why, hours=took, usd_per_hour=offer.usd_per_hour, capacity=offer.capacity,
-            cost_usd=None if offer.usd_per_hour is None else round(took * offer.usd_per_hour, 4)))
+            provider=offer.provider, gpu_type=offer.gpu_type, description=offer.description, gpu_count=gpus,
+            vram_gib=round(spec.vram_gib, 1), tflops_16bit=spec.tflops_16bit, fits=ok, reason=why, hours=took,
+            usd_per_hour=price, capacity=offer.capacity, cost_usd=None if price is None else round(took * price, 4)))
     candidates.sort(key=lambda c: (not c.fits, c.cost_usd is None, c.cost_usd or 0.0, c.hours))
     notes = [f"tokens = characters / {estimate.CHARS_PER_TOKEN:g}, cut at model.max_seq_length",
              f"time at {estimate.EFFICIENCY:.0%} of each GPU's dense 16-bit peak (NVIDIA datasheets), data-parallel "
-             "over an offer's GPUs",
+             "over training.gpu_count GPUs; a machine's other GPUs idle but are paid for",
              f"needed = peak allocations + {estimate.ALLOCATOR_SLACK:.0%} allocator slack + "
              f"{estimate.CUDA_CONTEXT_BYTES / estimate.GIB:.1f} GiB CUDA context", *mem.notes]
     if unknown:
         notes.append(f"not estimated (GPU or memory unknown): {', '.join(unknown)}")
+    notes.extend(f"no offers from {why}" for why in unanswered or [])
     return EstimateResponse(
         model={"params": shape.params, "trainable_params": mem.trainable_params, "layers": shape.layers,
                "hidden_size": shape.hidden, "vocab_size": shape.vocab},

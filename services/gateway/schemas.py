@@ -153,7 +153,8 @@ class EstimateCandidate(BaseModel):
     provider: str
     gpu_type: str
     description: str
-    gpu_count: int = Field(description="The offer's GPUs: data-parallel, each holds a whole copy of the job.")
+    gpu_count: int = Field(description="GPUs the job trains on (training.gpu_count): data-parallel, each holds a "
+                                       "whole copy of the job.")
     vram_gib: float = Field(description="Per GPU.")
     tflops_16bit: float = Field(description="Dense 16-bit tensor TFLOPS per GPU (vendor datasheet).")
     fits: bool

@@ -116,8 +116,9 @@ class LambdaClient:
             _cache[key] = (time.monotonic(), value)
             return value
 
-    async def instance_types(self) -> dict:
-        return await self._cached("instance-types", INSTANCE_TYPES_TTL_S,
+    async def instance_types(self, *, fresh: bool = False) -> dict:
+        """The instance types with their prices and regions with capacity; reused for a minute unless ``fresh``."""
+        return await self._cached("instance-types", 0.0 if fresh else INSTANCE_TYPES_TTL_S,
                                   lambda: self._call("GET", "/instance-types"))
 
     async def instances(self, *, max_age_s: float = 0.0) -> list[dict]:

@@ -101,7 +101,9 @@ class LambdaCompute(Compute[LambdaCredentials]):
         return region or regions[0]
 
     async def catalogue(self, credentials: LambdaCredentials) -> list[Offer]:
-        return [lambda_offer(name, offer) for name, offer in (await self.client(credentials).instance_types()).items()]
+        # fresh: the catalogue keeps its own answers; capacity changes by the minute
+        types = await self.client(credentials).instance_types(fresh=True)
+        return [lambda_offer(name, offer) for name, offer in types.items()]
 
     async def validate(self, request: WorkloadRequest, credentials: LambdaCredentials) -> None:
         await self._region(request, credentials)

@@ -34,8 +34,9 @@ POD_FIELDS = ("id", "name", "desiredStatus", "costPerHr", "imageName", "gpuCount
 
 
 #: The price fields of ``gpuTypes`` (as the SDK's ``get_gpu`` asks for one type), the lowest on-demand price of one GPU.
-GPU_OFFERS = ("query GpuOffers { gpuTypes { id displayName memoryInGb secureCloud communityCloud securePrice "
-              "communityPrice lowestPrice(input: {gpuCount: 1}) { minimumBidPrice uninterruptablePrice } } }")
+GPU_OFFERS = ("query GpuOffers { gpuTypes { id displayName memoryInGb maxGpuCount secureCloud communityCloud "
+              "securePrice communityPrice lowestPrice(input: {gpuCount: 1}) { minimumBidPrice uninterruptablePrice } "
+              "} }")
 
 
 class RunPodClient:

@@ -74,7 +74,8 @@ def runpod_offer(gpu: dict) -> Offer | None:
     if price is None:
         return None
     return Offer(provider="runpod", gpu_type=gpu["id"], description=gpu.get("displayName") or gpu["id"],
-                 vram_gb=gpu.get("memoryInGb"), usd_per_hour=float(price), capacity=bool(lowest),
+                 vram_gb=gpu.get("memoryInGb"), usd_per_hour=float(price), per_gpu=True,
+                 gpu_count=int(gpu.get("maxGpuCount") or 8), capacity=bool(lowest),
                  source="RunPod API: gpuTypes lowestPrice(gpuCount: 1)")
 
 

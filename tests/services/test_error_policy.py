@@ -168,3 +168,25 @@ async def test_consumers_made_by_an_older_version_get_todays_limits(nats_url):
     config = (await js.consumer_info(subjects.COMMANDS_STREAM, "made-long-ago")).config
     await nc.close()
     assert (config.ack_wait, config.max_deliver) == (ACK_WAIT_S, MAX_DELIVER)
+
+
+async def test_a_slow_core_request_gets_its_handlers_answer_not_a_heartbeat(migrated, nats_url, monkeypatch):
+    """The in-progress heartbeat is for JetStream's ack subject only: sent to a core request's reply inbox, it
+    would reach the requester as its answer (the catalogue's slow provider APIs did)."""
+    from shared import bus
+
+    monkeypatch.setattr(bus, "ACK_WAIT_S", 0.3)  # a beat every 0.1 s
+
+    async def wire(ctx):
+        @ctx.broker.subscriber("tunefleet.test.slow")
+        async def slow(body: dict) -> dict:
+            await asyncio.sleep(0.5)
+            return {"answer": body["question"] * 2}
+
+    async with running_service("slow", wire, migrated):
+        nc = await nats.connect(nats_url)
+        try:
+            reply = await nc.request("tunefleet.test.slow", orjson.dumps({"question": 21}), timeout=5)
+        finally:
+            await nc.close()
+    assert orjson.loads(reply.data) == {"answer": 42}

@@ -65,7 +65,12 @@ async def test_a_gpu_too_small_is_flagged_and_the_fix_fits(models, api_key):
         costs = [c["cost_usd"] for c in candidates if c["fits"]]
         assert costs == sorted(costs)
         kaggle = next(c for c in candidates if c["gpu_type"] == "NvidiaTeslaT4")
-        assert kaggle["cost_usd"] == 0 and kaggle["gpu_count"] == 2 and not kaggle["fits"]  # 16 GB cards
+        assert kaggle["cost_usd"] == 0 and kaggle["gpu_count"] == 1 and not kaggle["fits"]  # 16 GB cards
+        r = await client.post("/api/training/estimate", headers=auth(api_key),
+                              json={**body(folder, ds["id"], quantization={"bits": 4}, gpu_count=4),
+                                    "gpu_type": "l40sx1"})
+        [one] = r.json()["candidates"]
+        assert not one["fits"] and "offers 1 GPU(s); the configuration trains on 4" in one["reason"]
 
 
 async def test_bad_estimate_requests_name_the_field(models, api_key):

@@ -23,6 +23,7 @@ async def estimate(body: EstimateRequest, user: CurrentUser, pool: PoolDep, sett
     data = await resolve_data(settings, pool, user, config)
     raw_model = await model_config(config)
     stored = {s["provider"] for s in await repository.list_secrets(pool, user)}
-    offers = [o for c in await catalogues(broker, user, stored) for o in c.offers
-              if body.provider in (None, o.provider)]
-    return estimate_for(config, raw_model, data, offers, body.gpu_type)
+    found = await catalogues(broker, user, stored, only=body.provider)
+    offers = [o for c in found for o in c.offers]
+    return estimate_for(config, raw_model, data, offers, body.gpu_type,
+                        unanswered=[f"{c.provider}: {c.error}" for c in found if c.error and not c.offers])

@@ -20,9 +20,7 @@ async def list_gpus(user: CurrentUser, pool: PoolDep, broker: BrokerDep,
     for two minutes; when an API does not answer, its last answer, marked stale); Hugging Face Spaces and Kaggle
     come from their documented tables, with the source named."""
     stored = {s["provider"] for s in await repository.list_secrets(pool, user)}
-    found = await catalogues(broker, user, stored)
-    if provider is not None:
-        found = [c for c in found if c.provider == provider]
+    found = await catalogues(broker, user, stored, only=provider)
     offers = [o for c in found for o in c.offers if not available or o.capacity is not False]
     offers.sort(key=lambda o: (o.usd_per_hour is None, o.usd_per_hour or 0.0, o.provider, o.gpu_type))
     return GpuCatalogue(offers=offers, providers=[c.model_copy(update={"offers": []}) for c in found])
