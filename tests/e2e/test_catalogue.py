@@ -43,6 +43,11 @@ def test_the_catalogue_lists_every_providers_offers_with_prices(stack, alice, la
     assert {o["provider"] for o in only["offers"]} == {"lambda"}
 
 
+#: Carol's own Lambda account: what she reads (capacity while there is none) is kept for her account alone, not
+#: for the account the other tests deploy with.
+CAROL_LAMBDA_KEY = "lambda-e2e-key-carol-0123456789"
+
+
 def test_lambda_without_capacity_is_left_out_of_the_available_offers(stack, lambda_cloud):
     key = stack.cli("keys", "create", "--user", "carol").strip()
     with httpx.Client(base_url=stack.url, headers={"Authorization": f"Bearer {key}"}, timeout=60) as carol:
@@ -50,7 +55,8 @@ def test_lambda_without_capacity_is_left_out_of_the_available_offers(stack, lamb
         providers = {p["provider"]: p for p in r["providers"]}
         assert "PUT /api/secrets/runpod" in providers["runpod"]["error"]
         assert {o["provider"] for o in r["offers"]} == {"hfspaces", "kaggle"}
-        assert carol.put("/api/secrets/lambda", json={"api_key": LAMBDA_KEY}).status_code == 204
+        assert carol.put("/api/secrets/lambda", json={"api_key": CAROL_LAMBDA_KEY}).status_code == 204
+        lambda_cloud.api_keys.add(CAROL_LAMBDA_KEY)
         lambda_cloud.faults.no_capacity = True
         try:
             r = carol.get("/api/gpus", params={"provider": "lambda"}).json()
@@ -58,3 +64,4 @@ def test_lambda_without_capacity_is_left_out_of_the_available_offers(stack, lamb
             assert carol.get("/api/gpus", params={"provider": "lambda", "available": True}).json()["offers"] == []
         finally:
             lambda_cloud.faults.no_capacity = False
+            lambda_cloud.api_keys.discard(CAROL_LAMBDA_KEY)
