@@ -127,6 +127,10 @@ class Bus:
     async def publish(self, message: Message) -> None:
         await publish(self.broker, message)
 
+    async def announce(self, message: Message) -> None:
+        """Plain NATS, not stored: live figures that the next message supersedes (a job's cost)."""
+        await self.broker.publish(message.model_dump(mode="json"), subject=message.subject)
+
 
 #: Seconds JetStream waits for an ack before it delivers a message again (to another copy of the service, or to
 #: this one after a restart). Short, so a killed service's messages move on quickly; a handler that takes longer

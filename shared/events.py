@@ -39,6 +39,35 @@ class Message(BaseModel):
 
 # Commands ---------------------------------------------------------------------------------------
 
+class PlacementOffer(BaseModel):
+    """One offer automatic placement may use: a provider and the options its deploy takes."""
+
+    model_config = ConfigDict(frozen=True)
+    provider: str
+    gpu: str = Field(description="The offer's GPU or instance type, as its provider names it.")
+    provider_options: dict[str, Any] = Field(default_factory=dict)
+    cost_per_hour: float | None = None
+    estimated_cost: float | None = None
+
+
+class PlacementRejection(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    provider: str
+    gpu: str
+    reason: str
+
+
+class Placement(BaseModel):
+    """Where automatic placement put a job: ``offers`` in the order tried (cheapest first), ``chosen`` the index in
+    use, ``rejected`` every offer passed over and why (at deploy: too small, no capacity, no credentials; later: no
+    capacity when its machine was asked for)."""
+
+    model_config = ConfigDict(frozen=True)
+    offers: list[PlacementOffer]
+    chosen: int = 0
+    rejected: list[PlacementRejection] = Field(default_factory=list)
+
+
 class DeployRequested(Message):
     user_id: str
     provider: str
@@ -49,6 +78,11 @@ class DeployRequested(Message):
     dataset_rows: int
     provider_options: dict[str, Any] = Field(default_factory=dict)
     budget_limit_usd: float | None = None
+    alert_threshold_pct: float | None = None
+    auto_stop_on_budget: bool = True
+    max_duration_hours: float | None = None
+    notify_email: str | None = None
+    placement: Placement | None = Field(default=None, description="Automatic placement: the offers to try.")
 
     @property
     def subject(self) -> str:
@@ -115,10 +149,29 @@ class WorkloadReported(Message):
     cost_usd: float | None = None
     cost_per_hour: float | None = Field(default=None, description="The resource's price, in USD per hour.")
     resource_id: str | None = None
+    progress: float | None = Field(default=None, description="0..1: the trainer's steps done over steps planned.")
+    no_capacity: bool = Field(default=False, description="A failure because the provider had no machine of the "
+                                                         "kind asked for (another offer may have one).")
 
     @property
     def subject(self) -> str:
         return subjects.workload_reported(self.provider)
+
+
+class JobCost(BaseModel):
+    """What a job has cost and will cost: on the job's status and its cost and budget events."""
+
+    model_config = ConfigDict(frozen=True)
+    cost_per_hour: float | None = Field(default=None, description="USD per hour of its resource, as the provider "
+                                                                  "bills it now.")
+    cost_so_far: float = Field(default=0.0, description="USD billed so far.")
+    projected_total: float | None = Field(
+        default=None, description="USD: so far plus the hourly price over the time left at the current progress "
+                                  "rate; null before there is progress to project from.")
+    budget_limit: float | None = Field(default=None, description="USD, the job's budget_limit.")
+    budget_remaining: float | None = Field(default=None, description="USD: budget_limit less cost_so_far, not "
+                                                                     "below 0; null without a budget.")
+    progress: float | None = Field(default=None, description="0..1: steps done over steps planned.")
 
 
 class JobStatusChanged(Message):
@@ -131,10 +184,48 @@ class JobStatusChanged(Message):
     dataset_rows: int | None = None
     result: TrainerResult | None = None
     cost_usd: float | None = None
+    cost: JobCost | None = Field(default=None, description="The job's cost when its status changed.")
+    notify_email: str | None = Field(default=None, description="The job's notify_email, on terminal statuses.")
 
     @property
     def subject(self) -> str:
         return subjects.job_status(self.job_id)
+
+
+class JobCostUpdated(Message):
+    """A running job's cost, published by the scheduler on each provider report that changes it."""
+
+    user_id: str
+    provider: str
+    cost: JobCost
+
+    @property
+    def subject(self) -> str:
+        return subjects.job_cost(self.job_id)
+
+
+class BudgetAlertKind(StrEnum):
+    THRESHOLD = "threshold"
+    """The cost crossed ``alert_threshold`` percent of the budget (once per job)."""
+    LIMIT_REACHED = "limit_reached"
+    """The cost reached the budget and ``auto_stop_on_budget`` is false: the job goes on (once per job)."""
+
+
+class BudgetAlert(Message):
+    """``tunefleet.job.<id>.budget_alert``: published once per kind and job."""
+
+    user_id: str
+    provider: str
+    kind: BudgetAlertKind
+    threshold_pct: float | None = Field(default=None, description="The job's alert_threshold, percent of budget.")
+    auto_stop_on_budget: bool = True
+    notify_email: str | None = Field(default=None, description="Where the job's notifications go, if it names one.")
+    job_name: str | None = None
+    cost: JobCost
+
+    @property
+    def subject(self) -> str:
+        return subjects.job_budget_alert(self.job_id)
 
 
 class MetricPoint(BaseModel):

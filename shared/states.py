@@ -39,7 +39,8 @@ DOCUMENTED_STATUS: dict[JobStatus, str] = {
 _S = JobStatus
 ALLOWED: dict[JobStatus, frozenset[JobStatus]] = {
     _S.QUEUED: frozenset({_S.PROVISIONING, _S.RUNNING, _S.FAILED, _S.STOPPED}),
-    _S.PROVISIONING: frozenset({_S.RUNNING, _S.COMPLETED, _S.FAILED, _S.STOPPED, _S.PREEMPTED,
+    # → queued: its provider had no machine, and automatic placement moves it to the next offer
+    _S.PROVISIONING: frozenset({_S.QUEUED, _S.RUNNING, _S.COMPLETED, _S.FAILED, _S.STOPPED, _S.PREEMPTED,
                                 _S.BUDGET_EXCEEDED}),
     _S.RUNNING: frozenset({_S.COMPLETED, _S.FAILED, _S.STOPPED, _S.PREEMPTED, _S.BUDGET_EXCEEDED}),
     _S.PREEMPTED: frozenset({_S.QUEUED, _S.FAILED, _S.STOPPED}),

@@ -40,6 +40,19 @@ def job_predictions(job_id: str) -> str:
     return f"{PREFIX}.job.{job_id}.predictions"
 
 
+def job_budget_alert(job_id: str) -> str:
+    """A job's cost crossed its ``alert_threshold`` (once), or reached its budget without stopping."""
+    return f"{PREFIX}.job.{job_id}.budget_alert"
+
+
+JOB_BUDGET_ALERT_ANY = f"{PREFIX}.job.*.budget_alert"
+
+
+def job_cost(job_id: str) -> str:
+    """A running job's cost: per hour, so far, projected, budget remaining (plain NATS, like metrics)."""
+    return f"{PREFIX}.job.{job_id}.cost"
+
+
 def job_all(job_id: str) -> str:
     return f"{PREFIX}.job.{job_id}.>"
 
@@ -64,7 +77,8 @@ EVENTS_STREAM = "TUNEFLEET_EVENTS"
 #: Job status changes are stored; live metrics and predictions are not (PostgreSQL holds them durably, and
 #: a stream would write every point to disk a second time): they are plain NATS messages on
 #: ``tunefleet.job.<id>.metrics`` / ``.predictions`` for whoever listens.
-EVENTS_SUBJECTS = [f"{PREFIX}.job.*.status", f"{PREFIX}.workload.>", f"{PREFIX}.model.>"]
+EVENTS_SUBJECTS = [f"{PREFIX}.job.*.status", f"{PREFIX}.job.*.budget_alert", f"{PREFIX}.workload.>",
+                   f"{PREFIX}.model.>"]
 
 #: Messages no subscriber could handle (``shared.dead_letters``), on ``tunefleet.dead.<consumer>``.
 DEAD_LETTERS_STREAM = "TUNEFLEET_DEAD_LETTERS"

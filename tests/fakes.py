@@ -5,7 +5,7 @@ source event as ``services.scheduler.repository.JobRepository``; ``RecordingBus`
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 
 from services.scheduler.repository import Transition
 from shared.events import DeployRequested, Message, WorkloadReported
@@ -29,8 +29,13 @@ class FakeJobs:
                 "config": cmd.config.model_dump(mode="json"), "dataset_path": cmd.dataset_path,
                 "dataset_format": cmd.dataset_format.value, "dataset_rows": cmd.dataset_rows,
                 "provider_options": cmd.provider_options, "budget_limit_usd": cmd.budget_limit_usd,
+                "alert_threshold_pct": cmd.alert_threshold_pct, "auto_stop_on_budget": cmd.auto_stop_on_budget,
+                "max_duration_hours": cmd.max_duration_hours, "notify_email": cmd.notify_email,
+                "placement": cmd.placement.model_dump(mode="json") if cmd.placement else None,
+                "threshold_alerted_at": None, "limit_alerted_at": None, "clock_started_at": None,
                 "status": "queued", "status_reason": None, "attempt": 1, "result": None,
-                "cost_usd": 0.0, "log_tail": None, "resource_id": None,
+                "cost_usd": 0.0, "cost_per_hour": None, "progress": None, "started_at": None,
+                "log_tail": None, "resource_id": None,
                 "stop_requested": (cmd.job_id, cmd.user_id) in self.early_stops}
             self.histories[cmd.job_id] = [Transition(cmd.job_id, None, JobStatus.QUEUED, "deploy requested",
                                                      status_event_id)]
@@ -38,11 +43,15 @@ class FakeJobs:
 
     async def get(self, job_id: str) -> dict | None:
         row = self.rows.get(job_id)
-        return dict(row) if row is not None else None
+        if row is None:
+            return None
+        clock = row["clock_started_at"]
+        return dict(row) | {"clock_age_s": (datetime.now(UTC) - clock).total_seconds() if clock else None}
 
     async def transition(self, job_id: str, new: JobStatus, *, source_event_id: str, occurred_at: datetime,
                          reason: str | None = None, result: dict | None = None,
-                         bump_attempt: bool = False) -> Transition | None:
+                         bump_attempt: bool = False,
+                         placed: tuple[str, dict, dict] | None = None) -> Transition | None:
         if source_event_id in self._by_source:
             return self._by_source[source_event_id]
         row = self.rows.get(job_id)
@@ -51,6 +60,11 @@ class FakeJobs:
         current = JobStatus(row["status"])
         row["attempt"] += int(bump_attempt)
         row.update(status=new.value, status_reason=reason, result=result if result is not None else row["result"])
+        if new is JobStatus.RUNNING and row["started_at"] is None:
+            row["started_at"] = occurred_at
+        if placed is not None:
+            row.update(provider=placed[0], provider_options=placed[1], placement=placed[2], cost_per_hour=None,
+                       resource_id=None)
         t = Transition(job_id, current, new, reason, derived_id(job_id, "status", new, row["attempt"],
                                                                 source_event_id))
         self._by_source[source_event_id] = t
@@ -62,12 +76,22 @@ class FakeJobs:
         return [(source, t) for source, t in self._by_source.items() if source in wanted]
 
     async def observe(self, job_id: str, *, log_tail: str | None, cost_usd: float | None,
-                      resource_id: str | None = None, cost_per_hour: float | None = None) -> None:
+                      resource_id: str | None = None, cost_per_hour: float | None = None,
+                      progress: float | None = None, live: bool = False) -> None:
         row = self.rows[job_id]
         for key, value in (("log_tail", log_tail), ("cost_usd", cost_usd), ("resource_id", resource_id),
-                           ("cost_per_hour", cost_per_hour)):
+                           ("cost_per_hour", cost_per_hour), ("progress", progress)):
             if value is not None:
                 row[key] = value
+        if live and row["clock_started_at"] is None:
+            row["clock_started_at"] = datetime.now(UTC)
+
+    async def mark_alerted(self, job_id: str, kind: str) -> bool:
+        column = {"threshold": "threshold_alerted_at", "limit_reached": "limit_alerted_at"}[kind]
+        if self.rows[job_id][column] is not None:
+            return False
+        self.rows[job_id][column] = datetime.now(UTC)
+        return True
 
     async def record_error(self, evt: WorkloadReported) -> None:
         if all(e.event_id != evt.event_id for e in self.errors):
@@ -86,9 +110,13 @@ class FakeJobs:
 class RecordingBus:
     def __init__(self) -> None:
         self.published: list[Message] = []
+        self.announced: list[Message] = []
 
     async def publish(self, message: Message) -> None:
         self.published.append(message)
+
+    async def announce(self, message: Message) -> None:
+        self.announced.append(message)
 
     def types(self) -> list[str]:
         return [type(m).__name__ for m in self.published]

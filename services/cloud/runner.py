@@ -20,7 +20,7 @@ import asyncpg
 
 from shared.config import JUDGE_KEY_ENV, Method
 from shared.credential_store import MissingCredentials, load_credentials
-from shared.errors import ProviderError, ProviderTransient
+from shared.errors import NoCapacity, ProviderError, ProviderTransient
 from shared.events import ProvisionJob, WorkloadPhase, WorkloadReported
 from shared.jobspec import TrainerResult
 from shared.outbox import Outbox
@@ -128,7 +128,8 @@ class CloudRunner:
             else:
                 log.exception("job %s: provisioning failed unexpectedly", cmd.job_id)
                 message = f"provisioning failed unexpectedly ({message}); see the {self.provider} provider's log"
-            await self._end(cmd.job_id, cmd.attempt, WorkloadPhase.FAILED, message=message)
+            await self._end(cmd.job_id, cmd.attempt, WorkloadPhase.FAILED, message=message,
+                            no_capacity=isinstance(exc, NoCapacity))
             return
         await self.workloads.provisioned(cmd.job_id, cmd.attempt, provisioned.resource_id, provisioned.cost_per_hour)
         log.info("job %s attempt %s: %s %s created", cmd.job_id, cmd.attempt, self.provider, provisioned.resource_id)
@@ -199,6 +200,9 @@ class CloudRunner:
         job_id, attempt = str(row["job_id"]), row["attempt"]
         credentials = await self.credentials(row["user_id"])
         status = await self.compute.status(row["resource_id"], credentials)
+        if status.cost_per_hour is not None and status.cost_per_hour != row["cost_per_hour"]:
+            await self.workloads.reprice(job_id, attempt, status.cost_per_hour)
+            row = await self.workloads.get(job_id, attempt) or row
         starting = status.phase is WorkloadPhase.RUNNING and not row["workload_started"]
         command = ProvisionJob.model_validate(row["command"]) if starting else None
         request = await self._request(job_id, attempt, command.provider_options if command else None, command,
@@ -275,7 +279,7 @@ class CloudRunner:
                                  f"stalled: no training progress for over {self.settings.stall_timeout_s:.0f}s "
                                  f"(at step {progress.get('step')}); terminated", tail)
                 return
-        await self._report_now(row, WorkloadPhase.RUNNING, log_tail=tail)
+        await self._report_now(row, WorkloadPhase.RUNNING, log_tail=tail, progress=_fraction(progress))
 
     async def _report_now(self, row: asyncpg.Record, phase: WorkloadPhase, **kw) -> None:
         """Report on a change of state, else every ``report_every_s``: cost and log tail stay fresh."""
@@ -374,9 +378,17 @@ def _localised(result: TrainerResult, folder: Path) -> TrainerResult:
                                      "merged_path": here(result.merged_path)})
 
 
+def _fraction(progress: dict | None) -> float | None:
+    """Steps done over steps planned, from the trainer's progress file."""
+    step, planned = (progress or {}).get("step"), (progress or {}).get("max_steps")
+    if not isinstance(step, int) or not isinstance(planned, int) or planned <= 0:
+        return None
+    return min(max(step / planned, 0.0), 1.0)
+
+
 def _cost(row: asyncpg.Record) -> float:
-    """Billing runs from creation at the resource's hourly price."""
-    return round(row["cost_per_hour"] * float(row["age_s"]) / 3600.0, 6)
+    """Billing runs from creation, at each hourly price the provider reported for as long as it held."""
+    return round(row["cost_accrued_usd"] + row["cost_per_hour"] * float(row["price_age_s"]) / 3600.0, 6)
 
 
 def _costs(row: asyncpg.Record) -> dict[str, float]:

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import asyncpg
 
-_AGE = "extract(epoch FROM now() - created_at) AS age_s, extract(epoch FROM now() - state_since) AS state_age_s"
+_AGE = ("extract(epoch FROM now() - created_at) AS age_s, extract(epoch FROM now() - state_since) AS state_age_s, "
+        "extract(epoch FROM now() - COALESCE(cost_since, created_at)) AS price_age_s")
 
 
 class CloudWorkloads:
@@ -43,6 +44,16 @@ class CloudWorkloads:
             f"""UPDATE {self.table} SET state = 'provisioning', state_since = now(), resource_id = $3,
                     cost_per_hour = $4 WHERE job_id = $1 AND attempt = $2 AND state <> 'ended'""",
             job_id, attempt, resource_id, cost_per_hour)
+
+    async def reprice(self, job_id: str, attempt: int, cost_per_hour: float) -> None:
+        """The provider bills another hourly price from now: what accrued at the old one is kept."""
+        await self.pool.execute(
+            f"""UPDATE {self.table}
+                SET cost_accrued_usd = cost_accrued_usd
+                        + cost_per_hour * extract(epoch FROM now() - COALESCE(cost_since, created_at)) / 3600.0,
+                    cost_since = now(), cost_per_hour = $3
+                WHERE job_id = $1 AND attempt = $2 AND state <> 'ended' AND cost_per_hour <> $3""",
+            job_id, attempt, cost_per_hour)
 
     async def enter(self, job_id: str, attempt: int, state: str) -> None:
         """Move to ``state`` (provisioning or running); ``state_since`` restarts only when the state changes."""

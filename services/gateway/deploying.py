@@ -13,11 +13,12 @@ from urllib.parse import urlsplit
 import asyncpg
 from pydantic import ValidationError
 
+from shared.budget import BudgetControls
 from shared.bus import Bus
 from shared.config import DataFormat, TrainingConfig, method_format_problem
 from shared.dataformats import DatasetError, validate_file
 from shared.errors import ConfigIncompatible, Conflict, NotFound, ValidationFailed
-from shared.events import DeployRequested
+from shared.events import DeployRequested, Placement
 from shared.outbox import Outbox
 from shared.settings import Settings
 
@@ -165,15 +166,20 @@ def require_reachable_urls(settings: Settings, provider: str) -> None:
 
 
 async def request_deploy(settings: Settings, pool: asyncpg.Pool, bus: Bus, *, user_id: str, provider: str,
-                         config: TrainingConfig, saved: Saved | None, budget_limit: float | None,
-                         provider_options: dict) -> Accepted:
+                         config: TrainingConfig, saved: Saved | None, provider_options: dict,
+                         budget: BudgetControls | None = None, placement: Placement | None = None) -> Accepted:
+    """Store the deploy and publish it. ``placement``: the offers automatic placement chose, ``provider`` and
+    ``provider_options`` being the first."""
     data = await resolve_data(settings, pool, user_id, config)
     if provider == "local":
         await check_local_job(settings, config)
+    budget = budget or BudgetControls()
     cmd = DeployRequested(
         job_id=str(uuid.uuid4()), user_id=user_id, provider=provider, config_id=saved and saved.id,
         config=config, dataset_path=data.path, dataset_format=data.format, dataset_rows=data.rows,
-        provider_options=provider_options, budget_limit_usd=budget_limit)
+        provider_options=provider_options, budget_limit_usd=budget.budget_limit,
+        alert_threshold_pct=budget.alert_threshold, auto_stop_on_budget=budget.auto_stop_on_budget,
+        max_duration_hours=budget.max_duration_hours, notify_email=budget.notify_email, placement=placement)
     async with pool.acquire() as conn, conn.transaction():
         if provider == "local":
             await check_local_jobs(conn, user_id, settings.max_local_jobs_per_user)

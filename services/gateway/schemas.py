@@ -8,8 +8,10 @@ from typing import Any
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, computed_field, field_validator, model_validator
 
+from shared.budget import BudgetControls
 from shared.catalogue import Catalogue, Offer
 from shared.config import TrainingConfig
+from shared.events import JobCost, Placement
 
 
 class ConfigurationPublic(BaseModel):
@@ -42,8 +44,10 @@ class DatasetsPage(BaseModel):
     datasets: list[DatasetPublic]
 
 
-class DeploymentRequest(BaseModel):
-    """What every deploy body shares. ``configuration_id`` names a saved configuration; ``config`` inlines one."""
+class DeploymentRequest(BudgetControls):
+    """What every deploy body shares. ``configuration_id`` names a saved configuration; ``config`` inlines one.
+    The budget controls (``budget_limit``, ``alert_threshold``, ``auto_stop_on_budget``, ``max_duration_hours``,
+    ``notify_email``) apply to every provider."""
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
@@ -55,7 +59,6 @@ class DeploymentRequest(BaseModel):
     dataset_id: str | None = Field(
         default=None, description="The data set to train on, for a configuration that names none (as the "
                                   "specification's configurations do): an id from POST /api/training/datasets.")
-    budget_limit: float | None = Field(default=None, gt=0, description="Stop the job at this cost in USD.")
 
 
 class LocalDeploymentRequest(DeploymentRequest):
@@ -242,6 +245,12 @@ class JobPublic(DeploymentFields):
     logs: str | None = Field(default=None, description="The newest lines of the workload's log (as logs_tail).")
     cost_usd: float = 0.0
     budget_limit_usd: float | None = None
+    live_cost: JobCost = Field(default_factory=JobCost, description="Cost per hour as the provider bills it now, "
+                                                                    "so far, projected, and the budget remaining.")
+    budget: BudgetControls = Field(default_factory=BudgetControls, description="The job's budget controls.")
+    placement: Placement | None = Field(default=None, description="Automatic placement: the offers in the order "
+                                                                  "tried, the one in use, and every offer passed "
+                                                                  "over with why.")
     result: dict[str, Any] | None = None
     model_id: str | None = Field(default=None, description="The registered model, once there is one.")
     resource_id: str | None = Field(default=None, description="The provider's id of the workload (a pod id …).")

@@ -4,12 +4,14 @@ scheduler's row (or the gateway's record of a deploy not yet scheduled) and the 
 from __future__ import annotations
 
 import re
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
 
+from shared.budget import BudgetControls, job_cost
 from shared.config import TrainingConfig
+from shared.events import JobCost, Placement
 from shared.settings import Settings
 from shared.states import DOCUMENTED_STATUS, JobStatus
 
@@ -53,16 +55,18 @@ def progress(status: str | None, config: TrainingConfig | None, latest: dict | N
     return None
 
 
-def cost(status: str | None, cost_usd: float, cost_per_hour: float | None, done: float | None) -> DeploymentCost:
+def cost(status: str | None, live: JobCost) -> DeploymentCost:
     ended = status is not None and JobStatus(status).is_terminal
-    if ended:
-        estimated = cost_usd
-    elif done:
-        estimated = round(cost_usd / done, 6)
-    else:
-        estimated = None
-    return DeploymentCost(estimated_cost=estimated, cost_per_hour=cost_per_hour,
-                          actual_cost=cost_usd if ended else None)
+    return DeploymentCost(estimated_cost=live.cost_so_far if ended else live.projected_total,
+                          cost_per_hour=live.cost_per_hour, actual_cost=live.cost_so_far if ended else None)
+
+
+def budget_controls(row: dict[str, Any], message: dict[str, Any]) -> BudgetControls:
+    """The job's budget controls, from the scheduler's row, or the deploy as the gateway stored it."""
+    source = row if "status" in row else message
+    return BudgetControls(budget_limit=source.get("budget_limit_usd"), alert_threshold=source.get(
+        "alert_threshold_pct"), auto_stop_on_budget=source.get("auto_stop_on_budget", True),
+        max_duration_hours=source.get("max_duration_hours"), notify_email=source.get("notify_email"))
 
 
 def _metrics(latest: dict | None, done: float | None) -> DeploymentMetrics:
@@ -88,6 +92,11 @@ async def job_public(pool: asyncpg.Pool, settings: Settings, user: str, job_id: 
     per_hour = row.get("cost_per_hour")
     if per_hour is None and row["provider"] == "local":
         per_hour = 0.0  # this machine costs nothing by the hour (before the provider's first report says so)
+    budget = budget_controls(row, message)
+    live = job_cost(cost_per_hour=per_hour, cost_so_far=cost_usd, budget_limit=budget.budget_limit,
+                    progress=row.get("progress") if row.get("progress") is not None else done,
+                    running_since=row.get("started_at"), now=datetime.now(UTC))
+    placement = row.get("placement") or message.get("placement")
     return JobPublic(
         job_id=str(row["id"]), deployment_id=str(row["id"]), pod_id=resource_id or str(row["id"]),
         pod_url=pod_url(settings, row["provider"], str(row["id"]), resource_id), gpu_type=gpu_type,
@@ -97,9 +106,8 @@ async def job_public(pool: asyncpg.Pool, settings: Settings, user: str, job_id: 
         attempt=row.get("attempt", 1), created_at=row["created_at"], started_at=row.get("started_at"),
         finished_at=row.get("finished_at"), progress=done, latest_metrics=latest, metrics=_metrics(latest, done),
         logs_tail=row.get("log_tail"), logs=row.get("log_tail"), cost_usd=cost_usd,
-        cost=cost(status, cost_usd, per_hour, done),
-        budget_limit_usd=row["budget_limit_usd"] if scheduled else message.get("budget_limit_usd"),
-        result=row.get("result"),
+        cost=cost(status, live), budget_limit_usd=budget.budget_limit, live_cost=live, budget=budget,
+        placement=Placement.model_validate(placement) if placement else None, result=row.get("result"),
         model_id=await views.model_id_for_job(pool, job_id) if status == JobStatus.COMPLETED else None,
         resource_id=resource_id,
         history=await views.history(pool, job_id) if scheduled else [],

@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import logging
+from datetime import UTC, datetime
 from typing import Protocol
 
+from shared.budget import job_cost
 from shared.events import (
+    BudgetAlert,
+    BudgetAlertKind,
     DeployRequested,
+    JobCost,
+    JobCostUpdated,
     JobStatusChanged,
     Message,
+    Placement,
+    PlacementRejection,
     ProvisionJob,
     StopRequested,
     TerminateJob,
@@ -24,6 +32,8 @@ from .repository import JobRepository, Transition
 log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 3
+#: How the reason of a job ended at its max_duration_hours begins.
+DURATION_REASON = "max_duration_hours reached"
 
 PHASE_STATUS: dict[WorkloadPhase, JobStatus] = {
     WorkloadPhase.PROVISIONING: JobStatus.PROVISIONING,
@@ -38,6 +48,14 @@ PHASE_STATUS: dict[WorkloadPhase, JobStatus] = {
 class Publisher(Protocol):
     async def publish(self, message: Message) -> None: ...
 
+    async def announce(self, message: Message) -> None: ...
+
+
+def _cost(job) -> JobCost:
+    return job_cost(cost_per_hour=job["cost_per_hour"], cost_so_far=job["cost_usd"] or 0.0,
+                    budget_limit=job["budget_limit_usd"], progress=job["progress"], running_since=job["started_at"],
+                    now=datetime.now(UTC))
+
 
 async def _announce(t: Transition, *, jobs: JobRepository, bus: Publisher) -> None:
     job = await jobs.get(t.job_id)
@@ -48,7 +66,7 @@ async def _announce(t: Transition, *, jobs: JobRepository, bus: Publisher) -> No
         config=job["config"] if terminal else None,
         dataset_rows=job["dataset_rows"] if terminal else None,
         result=TrainerResult.model_validate(job["result"]) if terminal and job["result"] else None,
-        cost_usd=job["cost_usd"],
+        cost_usd=job["cost_usd"], cost=_cost(job), notify_email=job["notify_email"] if terminal else None,
     ))
 
 
@@ -132,8 +150,9 @@ async def handle_workload_reported(evt: WorkloadReported, *, jobs: JobRepository
         if not await _redo(evt, job, jobs=jobs, bus=bus):
             log.info("ignoring report of attempt %s for job %s (now at %s)", evt.attempt, evt.job_id, job["attempt"])
         return
+    live = evt.phase in (WorkloadPhase.PROVISIONING, WorkloadPhase.RUNNING)
     await jobs.observe(evt.job_id, log_tail=evt.log_tail, cost_usd=evt.cost_usd, resource_id=evt.resource_id,
-                       cost_per_hour=evt.cost_per_hour)
+                       cost_per_hour=evt.cost_per_hour, progress=evt.progress, live=live)
     current = JobStatus(job["status"])
     if current.is_terminal:
         if await _redo(evt, job, jobs=jobs, bus=bus):
@@ -145,7 +164,12 @@ async def handle_workload_reported(evt: WorkloadReported, *, jobs: JobRepository
         return
     if evt.phase in (WorkloadPhase.PREEMPTED, WorkloadPhase.FAILED) and not job["stop_requested"]:
         await jobs.record_error(evt)  # kept whatever follows (a retry, or the end)
-    if await _enforce_budget(evt, job, jobs=jobs, bus=bus):
+    if evt.no_capacity and not job["stop_requested"] and await _place_elsewhere(evt, job, jobs=jobs, bus=bus):
+        return
+    if live:
+        await _tell_cost(evt, job, jobs=jobs, bus=bus)
+    if await _enforce_budget(evt, job, jobs=jobs, bus=bus) or (live and await _enforce_duration(evt, job, jobs=jobs,
+                                                                                                 bus=bus)):
         return
     new = PHASE_STATUS[evt.phase]
     if new is JobStatus.FAILED and job["stop_requested"]:
@@ -185,17 +209,100 @@ async def _redo(evt: WorkloadReported, job, *, jobs: JobRepository, bus: Publish
 
 
 async def _follow_up(evt: WorkloadReported, t: Transition, job, *, jobs: JobRepository, bus: Publisher) -> None:
-    """What a recorded transition sets going: a budget stop ends the resource; a preemption retries."""
+    """What a recorded transition sets going: a budget or duration stop ends the resource; a preemption retries;
+    a move to another offer provisions there."""
     if t.status is JobStatus.BUDGET_EXCEEDED:
         await _terminate_over_budget(evt, job, t.reason or "budget reached", bus=bus)
+    elif t.status is JobStatus.STOPPED and (t.reason or "").startswith(DURATION_REASON):
+        await _terminate(evt, job, t.reason, "terminate-duration", bus=bus)
+    elif t.status is JobStatus.QUEUED:  # moved to another offer of its placement
+        await _provision(evt.job_id, jobs=jobs, bus=bus)
     elif t.status is JobStatus.PREEMPTED:
         await _requeue(evt, job_attempt=evt.attempt, stop_requested=job["stop_requested"], jobs=jobs, bus=bus)
 
 
+async def _tell_cost(evt: WorkloadReported, job, *, jobs: JobRepository, bus: Publisher) -> None:
+    """Publish the job's cost as this report has it, and each budget alert it crossed (once per kind): at
+    ``alert_threshold`` percent of the budget, and at the budget itself when the job is not stopped there."""
+    fresh = dict(job) | {"cost_usd": evt.cost_usd if evt.cost_usd is not None else job["cost_usd"],
+                         "cost_per_hour": evt.cost_per_hour if evt.cost_per_hour is not None else job["cost_per_hour"],
+                         "progress": evt.progress if evt.progress is not None else job["progress"]}
+    cost = _cost(fresh)
+    try:  # live figures for whoever listens; the next report sends them again
+        await bus.announce(JobCostUpdated(job_id=evt.job_id, user_id=job["user_id"], provider=job["provider"],
+                                          cost=cost))
+    except Exception as exc:
+        log.info("job %s: publishing its cost failed (%s)", evt.job_id, exc)
+    budget, threshold = job["budget_limit_usd"], job["alert_threshold_pct"]
+    if budget is None or evt.cost_usd is None:
+        return
+    crossed = []
+    if threshold is not None and evt.cost_usd >= budget * threshold / 100.0 and job["threshold_alerted_at"] is None:
+        crossed.append(BudgetAlertKind.THRESHOLD)
+    if not job["auto_stop_on_budget"] and evt.cost_usd >= budget and job["limit_alerted_at"] is None:
+        crossed.append(BudgetAlertKind.LIMIT_REACHED)
+    for kind in crossed:
+        # published before it is marked, under an id of its own: a crash in between publishes the same message
+        # again, which JetStream (and every subscriber that keys on event_id) drops
+        await bus.publish(BudgetAlert(
+            event_id=derived_id(evt.job_id, "budget-alert", kind), job_id=evt.job_id, user_id=job["user_id"],
+            provider=job["provider"], kind=kind, threshold_pct=threshold, cost=cost,
+            auto_stop_on_budget=job["auto_stop_on_budget"], notify_email=job["notify_email"], job_name=job["name"]))
+        await jobs.mark_alerted(evt.job_id, kind.value)
+
+
+async def _enforce_duration(evt: WorkloadReported, job, *, jobs: JobRepository, bus: Publisher) -> bool:
+    """End a job that has run for its ``max_duration_hours`` (from when its machine was first asked for)."""
+    limit, age = job["max_duration_hours"], job["clock_age_s"]
+    if limit is None or age is None or age < limit * 3600.0:
+        return False
+    reason = f"{DURATION_REASON}: it ran {age / 3600.0:.3g} h of the {limit:g} h allowed"
+    t = await jobs.transition(evt.job_id, JobStatus.STOPPED, source_event_id=evt.event_id,
+                              occurred_at=evt.occurred_at, reason=reason)
+    if t is None:
+        return False
+    await _announce(t, jobs=jobs, bus=bus)
+    await _terminate(evt, job, reason, "terminate-duration", bus=bus)
+    return True
+
+
+async def _place_elsewhere(evt: WorkloadReported, job, *, jobs: JobRepository, bus: Publisher) -> bool:
+    """A job placed automatically whose provider had no machine for it moves to the next offer of its placement
+    (a new attempt there). False when it was not placed automatically, or no offer is left."""
+    if job["placement"] is None:
+        return False
+    placement = Placement.model_validate(job["placement"])
+    if placement.chosen + 1 >= len(placement.offers):
+        return False
+    tried, following = placement.offers[placement.chosen], placement.offers[placement.chosen + 1]
+    reason = (f"{tried.provider} had no capacity for {tried.gpu} ({evt.message or 'no capacity'}); placed on "
+              f"{following.provider} {following.gpu} instead")
+    moved = placement.model_copy(update={"chosen": placement.chosen + 1, "rejected": [
+        *placement.rejected, PlacementRejection(provider=tried.provider, gpu=tried.gpu,
+                                                reason=f"no capacity when asked: {evt.message or 'no capacity'}")]})
+    if await _redo(evt, job, jobs=jobs, bus=bus):  # moved before a crash: provision there
+        return True
+    current = JobStatus(job["status"])
+    if current is JobStatus.QUEUED:  # its provisioning report was lost: it did ask for a machine
+        t = await jobs.transition(evt.job_id, JobStatus.PROVISIONING, occurred_at=evt.occurred_at,
+                                  source_event_id=_implied_id(evt.event_id, JobStatus.PROVISIONING),
+                                  reason=f"implied by a later {evt.phase.value} report")
+        if t is not None:
+            await _announce(t, jobs=jobs, bus=bus)
+    t = await jobs.transition(evt.job_id, JobStatus.QUEUED, source_event_id=evt.event_id,
+                              occurred_at=evt.occurred_at, reason=reason, bump_attempt=True,
+                              placed=(following.provider, following.provider_options, moved.model_dump(mode="json")))
+    if t is None:
+        return False
+    await _announce(t, jobs=jobs, bus=bus)
+    await _provision(evt.job_id, jobs=jobs, bus=bus)
+    return True
+
+
 async def _enforce_budget(evt: WorkloadReported, job, *, jobs: JobRepository, bus: Publisher) -> bool:
-    """Stop a job whose reported cost reached its budget. True when it did."""
+    """Stop a job whose reported cost reached its budget, unless it only alerts there. True when it stopped it."""
     budget = job["budget_limit_usd"]
-    if budget is None or evt.cost_usd is None or evt.cost_usd < budget:
+    if budget is None or evt.cost_usd is None or evt.cost_usd < budget or not job["auto_stop_on_budget"]:
         return False
     if evt.phase not in (WorkloadPhase.PROVISIONING, WorkloadPhase.RUNNING):
         return False  # the workload already ended on its own; record how it ended instead
@@ -210,7 +317,11 @@ async def _enforce_budget(evt: WorkloadReported, job, *, jobs: JobRepository, bu
 
 
 async def _terminate_over_budget(evt: WorkloadReported, job, reason: str, *, bus: Publisher) -> None:
-    await bus.publish(TerminateJob(event_id=derived_id(evt.job_id, "terminate-budget"), job_id=evt.job_id,
+    await _terminate(evt, job, reason, "terminate-budget", bus=bus)
+
+
+async def _terminate(evt: WorkloadReported, job, reason: str, why: str, *, bus: Publisher) -> None:
+    await bus.publish(TerminateJob(event_id=derived_id(evt.job_id, why), job_id=evt.job_id,
                                    provider=evt.provider, user_id=job["user_id"], reason=reason))
 
 

@@ -33,12 +33,16 @@ class JobRepository:
         async with self.pool.acquire() as conn, conn.transaction():
             inserted = await conn.fetchval(
                 """INSERT INTO jobs (id, user_id, provider, name, config_id, config, dataset_path,
-                                     dataset_format, dataset_rows, provider_options, budget_limit_usd, status)
-                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 'queued')
+                                     dataset_format, dataset_rows, provider_options, budget_limit_usd, status,
+                                     alert_threshold_pct, auto_stop_on_budget, max_duration_hours, notify_email,
+                                     placement)
+                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 'queued', $12, $13, $14, $15, $16)
                    ON CONFLICT (id) DO NOTHING RETURNING id""",
                 cmd.job_id, cmd.user_id, cmd.provider, cmd.config.name, cmd.config_id,
                 cmd.config.model_dump(mode="json"), cmd.dataset_path, cmd.dataset_format.value,
-                cmd.dataset_rows, cmd.provider_options, cmd.budget_limit_usd)
+                cmd.dataset_rows, cmd.provider_options, cmd.budget_limit_usd, cmd.alert_threshold_pct,
+                cmd.auto_stop_on_budget, cmd.max_duration_hours, cmd.notify_email,
+                cmd.placement.model_dump(mode="json") if cmd.placement else None)
             if inserted is not None:
                 await conn.execute(
                     """UPDATE jobs SET stop_requested = true WHERE id = $1 AND EXISTS (
@@ -51,13 +55,18 @@ class JobRepository:
         return Transition(cmd.job_id, None, JobStatus.QUEUED, "deploy requested", status_event_id)
 
     async def get(self, job_id: str) -> asyncpg.Record | None:
-        return await self.pool.fetchrow("SELECT * FROM jobs WHERE id = $1", job_id)
+        """The job, with ``clock_age_s``: seconds since it first asked for a machine."""
+        return await self.pool.fetchrow(
+            "SELECT *, extract(epoch FROM now() - clock_started_at)::float8 AS clock_age_s FROM jobs WHERE id = $1",
+            job_id)
 
     async def transition(self, job_id: str, new: JobStatus, *, source_event_id: str, occurred_at: datetime,
                          reason: str | None = None, result: dict | None = None,
-                         bump_attempt: bool = False) -> Transition | None:
+                         bump_attempt: bool = False,
+                         placed: tuple[str, dict, dict] | None = None) -> Transition | None:
         """Apply ``new`` if the state machine allows it. Returns the transition, also when this source
-        event was applied before (so its status event can be published again), or None when refused."""
+        event was applied before (so its status event can be published again), or None when refused.
+        ``placed``: (provider, provider_options, placement) the job moves to, with the transition."""
         async with self.pool.acquire() as conn, conn.transaction():
             seen = await conn.fetchrow(
                 "SELECT previous, status, reason, status_event_id FROM job_history WHERE source_event_id = $1",
@@ -81,6 +90,10 @@ class JobRepository:
                                           THEN now() ELSE finished_at END
                    WHERE id = $1""",
                 job_id, new.value, reason, attempt, result)
+            if placed is not None:
+                await conn.execute(
+                    """UPDATE jobs SET provider = $2, provider_options = $3, placement = $4, cost_per_hour = NULL,
+                           resource_id = NULL WHERE id = $1""", job_id, *placed)
             await conn.execute(
                 """INSERT INTO job_history (job_id, previous, status, reason, source_event_id,
                                             status_event_id, occurred_at)
@@ -98,14 +111,25 @@ class JobRepository:
                 for r in rows]
 
     async def observe(self, job_id: str, *, log_tail: str | None, cost_usd: float | None,
-                      resource_id: str | None = None, cost_per_hour: float | None = None) -> None:
+                      resource_id: str | None = None, cost_per_hour: float | None = None,
+                      progress: float | None = None, live: bool = False) -> None:
         """Record what a provider saw, whatever the state: the log tail, the cost so far and its hourly rate, its
-        resource id."""
+        resource id, the progress. ``live``: the report is of a machine asked for or running, which starts the
+        job's clock (``max_duration_hours``) if it has not started."""
         await self.pool.execute(
             """UPDATE jobs SET log_tail = COALESCE($2, log_tail), cost_usd = COALESCE($3, cost_usd),
                    resource_id = COALESCE($4, resource_id), cost_per_hour = COALESCE($5, cost_per_hour),
+                   progress = COALESCE($6, progress),
+                   clock_started_at = CASE WHEN $7 THEN COALESCE(clock_started_at, now()) ELSE clock_started_at END,
                    updated_at = now() WHERE id = $1""",
-            job_id, log_tail, cost_usd, resource_id, cost_per_hour)
+            job_id, log_tail, cost_usd, resource_id, cost_per_hour, progress, live)
+
+    async def mark_alerted(self, job_id: str, kind: str) -> bool:
+        """Note that the budget alert of ``kind`` (threshold, limit_reached) went out; False when it had before."""
+        column = {"threshold": "threshold_alerted_at", "limit_reached": "limit_alerted_at"}[kind]
+        return await self.pool.fetchval(
+            f"UPDATE jobs SET {column} = now() WHERE id = $1 AND {column} IS NULL RETURNING true",
+            job_id) is not None
 
     async def record_error(self, evt: WorkloadReported) -> None:
         """Keep why an attempt failed or was preempted (once per report, however often it is delivered)."""

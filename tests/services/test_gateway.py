@@ -168,7 +168,7 @@ async def test_accepted_deploy_survives_a_bus_outage(migrated, api_key, pool, re
 
         cmd = await deploying.request_deploy(migrated, pool, Down(), user_id="alice", provider="local",
                                              config=deploying.TrainingConfig.model_validate(config_for(ds["id"])),
-                                             saved=None, budget_limit=None, provider_options={})
+                                             saved=None, provider_options={})
         cmd = cmd.command
         assert await pool.fetchval("SELECT published_at FROM deploy_requests WHERE job_id = $1", cmd.job_id) is None
         job = await client.get(f"/api/training/jobs/{cmd.job_id}", headers=auth(api_key))

@@ -4,6 +4,7 @@ the deployment cost fields, and data sets and configurations listed, changed and
 from __future__ import annotations
 
 import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from services.gateway.routes.metrics import _spec_prediction, _spec_row
 from services.gateway.status import cost
 from services.scheduler.repository import JobRepository
 from services.scheduler.subscribers import wire as wire_scheduler
+from shared.budget import job_cost
 from shared.bus import publish
 from shared.errors import Conflict
 from shared.events import WorkloadPhase
@@ -70,12 +72,19 @@ async def test_each_failed_or_preempted_attempt_is_kept_with_its_error(migrated,
 
 
 def test_the_cost_is_projected_from_progress_until_the_job_ends():
-    assert cost("running", 3.0, 2.0, 0.25).model_dump() == {"estimated_cost": 12.0, "cost_per_hour": 2.0,
-                                                            "actual_cost": None}
-    assert cost("running", 3.0, 2.0, None).estimated_cost is None  # nothing to project from yet
-    assert cost("queued", 0.0, None, 0.0).estimated_cost is None
-    assert cost("stopped", 1.25, 2.0, 0.5).model_dump() == {"estimated_cost": 1.25, "cost_per_hour": 2.0,
-                                                            "actual_cost": 1.25}
+    now = datetime.now(UTC)
+
+    def live(so_far: float, progress: float | None, per_hour: float | None = 2.0):
+        return job_cost(cost_per_hour=per_hour, cost_so_far=so_far, budget_limit=None, progress=progress,
+                        running_since=now - timedelta(hours=1), now=now)
+
+    # a quarter done after an hour: three more hours at $2/h on top of the $3 so far
+    assert cost("running", live(3.0, 0.25)).model_dump() == {"estimated_cost": 9.0, "cost_per_hour": 2.0,
+                                                             "actual_cost": None}
+    assert cost("running", live(3.0, None)).estimated_cost is None  # nothing to project from yet
+    assert cost("queued", live(0.0, 0.0, None)).estimated_cost is None
+    assert cost("stopped", live(1.25, 0.5)).model_dump() == {"estimated_cost": 1.25, "cost_per_hour": 2.0,
+                                                             "actual_cost": 1.25}
 
 
 def test_rows_carry_the_documents_names_beside_tuneFleets():
@@ -171,7 +180,7 @@ async def test_a_configuration_changed_while_its_deploy_was_checked_is_not_deplo
         assert r.status_code == 200
         with pytest.raises(Conflict, match="changed while this deploy was checked") as refused:
             await deploying.request_deploy(migrated, pool, NoBus(), user_id="alice", provider="local",
-                                           config=read.config, saved=read.saved, budget_limit=None,
+                                           config=read.config, saved=read.saved,
                                            provider_options={})
         assert refused.value.field == "configuration_id"
         assert await pool.fetchval("SELECT count(*) FROM deploy_requests") == 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -13,7 +14,14 @@ from services.scheduler.handlers import (
     handle_workload_reported,
 )
 from shared.config import DataFormat, TrainingConfig
-from shared.events import DeployRequested, StopRequested, WorkloadPhase, WorkloadReported
+from shared.events import (
+    DeployRequested,
+    Placement,
+    PlacementOffer,
+    StopRequested,
+    WorkloadPhase,
+    WorkloadReported,
+)
 from shared.jobspec import TrainerResult
 from tests.fakes import FakeJobs, RecordingBus
 
@@ -30,11 +38,12 @@ def bus() -> RecordingBus:
     return RecordingBus()
 
 
-async def deployed(jobs, bus, budget: float | None = None) -> str:
+async def deployed(jobs, bus, budget: float | None = None, **controls) -> str:
     job_id = str(uuid.uuid4())
     await handle_deploy_requested(DeployRequested(
         job_id=job_id, user_id="alice", provider="local", config=CONFIG, dataset_path="/d.jsonl",
-        dataset_format=DataFormat.INSTRUCTION, dataset_rows=8, budget_limit_usd=budget), jobs=jobs, bus=bus)
+        dataset_format=DataFormat.INSTRUCTION, dataset_rows=8, budget_limit_usd=budget, **controls),
+        jobs=jobs, bus=bus)
     return job_id
 
 
@@ -194,3 +203,96 @@ async def test_a_state_implied_before_a_crash_is_announced_on_redelivery(jobs):
     await handle_workload_reported(done, jobs=jobs, bus=bus)
     announced = [m.status for m in bus.published if type(m).__name__ == "JobStatusChanged"]
     assert announced == ["queued", "running", "completed"]
+
+
+def of_type(bus: RecordingBus, name: str) -> list:
+    return [m for m in bus.published if type(m).__name__ == name]
+
+
+async def test_crossing_the_alert_threshold_alerts_once_then_the_budget_stops(jobs, bus):
+    job_id = await deployed(jobs, bus, budget=2.0, alert_threshold_pct=50, notify_email="a@example.com")
+    for cost in (0.5, 1.0, 1.5, 2.0):
+        await handle_workload_reported(report(job_id, WorkloadPhase.RUNNING, cost_usd=cost, cost_per_hour=3.0),
+                                       jobs=jobs, bus=bus)
+    alerts = of_type(bus, "BudgetAlert")
+    assert [(a.kind, a.cost.cost_so_far, a.cost.budget_remaining) for a in alerts] == [("threshold", 1.0, 1.0)]
+    assert alerts[0].notify_email == "a@example.com" and alerts[0].subject == f"tunefleet.job.{job_id}.budget_alert"
+    assert (await jobs.get(job_id))["status"] == "budget_exceeded"
+    # every live report's cost went out as plain NATS, with the budget remaining
+    assert [m.cost.budget_remaining for m in bus.announced] == [1.5, 1.0, 0.5, 0.0]
+
+
+async def test_without_auto_stop_the_budget_only_alerts(jobs, bus):
+    job_id = await deployed(jobs, bus, budget=1.0, alert_threshold_pct=80, auto_stop_on_budget=False)
+    for cost in (0.9, 1.2, 1.5):
+        await handle_workload_reported(report(job_id, WorkloadPhase.RUNNING, cost_usd=cost), jobs=jobs, bus=bus)
+    assert [a.kind for a in of_type(bus, "BudgetAlert")] == ["threshold", "limit_reached"]
+    assert (await jobs.get(job_id))["status"] == "running" and "TerminateJob" not in bus.types()
+    # a redelivered report sends no alert again
+    await handle_workload_reported(report(job_id, WorkloadPhase.RUNNING, cost_usd=1.5), jobs=jobs, bus=bus)
+    assert len(of_type(bus, "BudgetAlert")) == 2
+
+
+async def test_max_duration_stops_the_job_with_its_own_reason(jobs, bus):
+    job_id = await deployed(jobs, bus, max_duration_hours=1.0)
+    await handle_workload_reported(report(job_id, WorkloadPhase.RUNNING), jobs=jobs, bus=bus)
+    assert (await jobs.get(job_id))["status"] == "running"
+    jobs.rows[job_id]["clock_started_at"] = datetime.now(UTC) - timedelta(hours=1, minutes=1)
+    late = report(job_id, WorkloadPhase.RUNNING)
+    await handle_workload_reported(late, jobs=jobs, bus=bus)
+    job = await jobs.get(job_id)
+    assert job["status"] == "stopped" and job["status_reason"].startswith("max_duration_hours reached: it ran 1.02 h")
+    terminates = of_type(bus, "TerminateJob")
+    assert len(terminates) == 1 and terminates[0].reason == job["status_reason"]
+    # redelivered after a crash: the resource is ended again (the same command id), the job stays stopped
+    await handle_workload_reported(late, jobs=jobs, bus=bus)
+    assert [t.event_id for t in of_type(bus, "TerminateJob")][-1] == terminates[0].event_id
+
+
+async def test_the_cost_projects_from_the_progress_rate(jobs, bus):
+    job_id = await deployed(jobs, bus, budget=10.0)
+    await handle_workload_reported(report(job_id, WorkloadPhase.RUNNING), jobs=jobs, bus=bus)
+    jobs.rows[job_id]["started_at"] = datetime.now(UTC) - timedelta(hours=1)
+    await handle_workload_reported(report(job_id, WorkloadPhase.RUNNING, cost_usd=2.0, cost_per_hour=2.0,
+                                          progress=0.25), jobs=jobs, bus=bus)
+    cost = bus.announced[-1].cost
+    # a quarter done in an hour: three hours more at $2/h
+    assert cost.projected_total == pytest.approx(8.0, abs=0.01) and cost.budget_remaining == 8.0
+
+
+def placement() -> Placement:
+    return Placement(offers=[
+        PlacementOffer(provider="lambda", gpu="gpu_1x_a10", provider_options={"instance_type": "gpu_1x_a10"},
+                       cost_per_hour=0.75),
+        PlacementOffer(provider="runpod", gpu="NVIDIA A40", provider_options={"gpu_type": "NVIDIA A40"},
+                       cost_per_hour=0.4 * 2)])
+
+
+async def test_no_capacity_moves_an_automatically_placed_job_to_the_next_offer(jobs, bus):
+    job_id = await deployed(jobs, bus, placement=placement())
+    jobs.rows[job_id]["provider"] = "lambda"
+    full = report(job_id, WorkloadPhase.FAILED, message="Lambda has no gpu_1x_a10 capacity", no_capacity=True)
+    await handle_workload_reported(full, jobs=jobs, bus=bus)
+    job = await jobs.get(job_id)
+    assert jobs.statuses(job_id) == ["queued", "provisioning", "queued"]
+    assert job["provider"] == "runpod" and job["attempt"] == 2 and "placed on runpod NVIDIA A40" in job["status_reason"]
+    moved = Placement.model_validate(job["placement"])
+    assert moved.chosen == 1 and moved.rejected[0].provider == "lambda" and "no capacity" in moved.rejected[0].reason
+    provision = of_type(bus, "ProvisionJob")[-1]
+    assert (provision.provider, provision.attempt, provision.provider_options) == ("runpod", 2,
+                                                                                   {"gpu_type": "NVIDIA A40"})
+    # redelivered: provisioned again with the same command id, not moved again
+    await handle_workload_reported(full, jobs=jobs, bus=bus)
+    assert of_type(bus, "ProvisionJob")[-1].event_id == provision.event_id
+    assert Placement.model_validate((await jobs.get(job_id))["placement"]).chosen == 1
+    # the last offer full too: the job fails
+    await handle_workload_reported(report(job_id, WorkloadPhase.FAILED, attempt=2, message="none", no_capacity=True),
+                                   jobs=jobs, bus=bus)
+    assert (await jobs.get(job_id))["status"] == "failed"
+
+
+async def test_no_capacity_fails_a_job_placed_by_hand(jobs, bus):
+    job_id = await deployed(jobs, bus)
+    await handle_workload_reported(report(job_id, WorkloadPhase.FAILED, message="full", no_capacity=True),
+                                   jobs=jobs, bus=bus)
+    assert (await jobs.get(job_id))["status"] == "failed"

@@ -32,7 +32,7 @@ async def _deploy(provider: str, body: DeploymentRequest, chosen: Chosen, user: 
                   options: dict) -> DeploymentResponse:
     config = chosen.config
     accepted = await request_deploy(settings, pool, bus, user_id=user, provider=provider, config=config,
-                                    saved=chosen.saved, budget_limit=body.budget_limit, provider_options=options)
+                                    saved=chosen.saved, provider_options=options, budget=body.budget_controls())
     return deployment_response(settings, accepted.command.job_id, provider, options, config, accepted.created_at)
 
 
