@@ -13,6 +13,8 @@ from shared.catalogue import Offer
 from shared.config import TrainingConfig
 from shared.errors import ServiceUnavailable, ValidationFailed
 
+from . import repository
+from .catalogue import catalogues
 from .deploying import ResolvedData
 from .schemas import EstimateCandidate, EstimateResponse
 
@@ -128,3 +130,17 @@ def estimate_for(config: TrainingConfig, raw_model: dict[str, Any], data: Resolv
               "longest_row_tokens": shape_of_data.longest_row, "batch_tokens": per_batch,
               "training_tokens": tokens},
         memory=mem.as_dict(), flops=flops, candidates=candidates, assumptions=notes)
+
+
+async def estimate_with_offers(broker, pool, user: str, config: TrainingConfig, data: ResolvedData, *,
+                               only: str | None = None, gpu_type: str | None = None) -> tuple[EstimateResponse,
+                                                                                                dict[str, str]]:
+    """The estimate over the user's catalogues (``only`` one provider's), and per provider with no offers, why."""
+    raw_model = await model_config(config)
+    stored = {s["provider"] for s in await repository.list_secrets(pool, user)}
+    found = await catalogues(broker, user, stored, only=only)
+    offers = [o for c in found for o in c.offers]
+    unanswered = {c.provider: c.error for c in found if c.error and not c.offers}
+    answer = estimate_for(config, raw_model, data, offers, gpu_type,
+                          unanswered=[f"{provider}: {why}" for provider, why in unanswered.items()])
+    return answer, unanswered

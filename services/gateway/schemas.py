@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, computed_field, field_validator, model_validator
 
@@ -76,7 +76,8 @@ class RunPodDeploymentRequest(DeploymentRequest):
     model_config = ConfigDict(json_schema_extra={"examples": [
         {"training_config_id": "cfg_abc123", "gpu_type": "NVIDIA A100 80GB PCIe", "gpu_count": 1,
          "volume_size_gb": 50, "budget_limit": 100}]})
-    gpu_type: str = Field(description="A RunPod GPU type id, e.g. 'NVIDIA A100 80GB PCIe'.")
+    gpu_type: str = Field(description="A RunPod GPU type id, e.g. 'NVIDIA A100 80GB PCIe', or 'auto': the one where "
+                                      "the whole run costs least.")
     gpu_count: int = Field(default=1, ge=1, le=8)
     docker_image: str | None = Field(
         default=None, max_length=255,
@@ -130,12 +131,27 @@ class RunPodDeploymentRequest(DeploymentRequest):
 
 
 class LambdaDeploymentRequest(DeploymentRequest):
-    instance_type: str = Field(description="A Lambda instance type, e.g. 'gpu_1x_a100_sxm4'.")
+    instance_type: str = Field(description="A Lambda instance type, e.g. 'gpu_1x_a100_sxm4', or 'auto': the one "
+                                           "where the whole run costs least.")
     region: str | None = Field(default=None, description="A region; the first with capacity when unset.")
     preflight: bool = Field(default=True, description="Dry-run the config on this machine's CPU first.")
 
     def provider_options(self) -> dict:
         return self.model_dump(include={"instance_type", "region"})
+
+
+class AutoDeploymentRequest(DeploymentRequest):
+    """Automatic placement: the cheapest offer that fits, among the providers whose credentials are stored."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"training_config_id": "cfg_abc123", "provider": "auto", "gpu_type": "auto", "budget_limit": 20,
+         "alert_threshold": 80, "max_duration_hours": 6}]})
+    provider: Literal["auto", "runpod", "lambda"] = Field(default="auto", description="auto: every provider with "
+                                                                                      "stored credentials.")
+    gpu_type: Literal["auto"] = Field(default="auto", description="Always auto here; deploy to a provider's route to "
+                                                                  "name a GPU.")
+    max_usd_per_hour: float | None = Field(default=None, gt=0, description="Pass over offers dearer than this.")
+    preflight: bool = Field(default=True, description="Dry-run the config on this machine's CPU first.")
 
 
 class GpuCatalogue(BaseModel):
@@ -225,6 +241,8 @@ class DeploymentResponse(DeploymentFields):
     job_id: str
     provider: str
     message: str
+    placement: Placement | None = Field(default=None, description="Automatic placement: where the job was put, the "
+                                                                  "offers to fall back on and those passed over.")
 
 
 class JobPublic(DeploymentFields):

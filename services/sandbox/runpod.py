@@ -90,6 +90,7 @@ class Faults:
     rate_limited: int = 0         # answer the next N requests with 429 and Retry-After
     retry_after_s: float = 1.0
     no_capacity: bool = False
+    sold_out: set[str] = field(default_factory=set)  # GPU type ids with none free: no on-demand price, no create
     lost_create_answers: int = 0  # create the pod, then answer the next N creates with a 504 page
     slow_pull_s: float = 0.0      # added to the pull of pods created from now on
     crash_after_s: float | None = None  # kill each container this long after it starts
@@ -302,7 +303,8 @@ class RunPodEmulator:
             return [{"id": gid, "displayName": display, "memoryInGb": memory, "maxGpuCount": 8,
                      "manufacturer": "Nvidia", "secureCloud": True, "communityCloud": True, "securePrice": price,
                      "communityPrice": round(price * 0.8, 2),
-                     "lowestPrice": {"minimumBidPrice": round(price * 0.5, 2), "uninterruptablePrice": price}}
+                     "lowestPrice": {"minimumBidPrice": round(price * 0.5, 2), "uninterruptablePrice":
+                                     None if gid in self.faults.sold_out else price}}
                     for gid, (display, memory, price) in GPU_TYPES.items() if wanted in (None, gid)]
         if name == "myself":
             return {"id": f"user-{account}", "pubKey": "", "networkVolumes": [],
@@ -340,7 +342,7 @@ class RunPodEmulator:
         gpu = given.get("gpuTypeId")
         if gpu not in GPU_TYPES:
             raise ValueError("Something went wrong. Please try again later or contact support.")
-        if self.faults.no_capacity:
+        if self.faults.no_capacity or gpu in self.faults.sold_out:
             raise ValueError("There are no longer any instances available with the requested specifications. "
                              "Please refresh and try again.")
         pod_id = f"{secrets.token_hex(6)}{next(self._ids)}"

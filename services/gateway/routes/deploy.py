@@ -11,9 +11,12 @@ from shared.providers import SEALED_ENVIRONMENT, seal_environment
 
 from .. import repository, views
 from ..deploying import Chosen, chosen_configuration, request_deploy, require_reachable_urls, resolve_data
-from ..deps import BusDep, CurrentUser, PoolDep, SettingsDep
+from ..deps import BrokerDep, BusDep, CurrentUser, PoolDep, SettingsDep
+from ..estimating import estimate_with_offers
+from ..placing import AUTO, default_options, place
 from ..preflighting import run_user_preflight
 from ..schemas import (
+    AutoDeploymentRequest,
     DeploymentRequest,
     DeploymentResponse,
     JobPublic,
@@ -44,7 +47,7 @@ async def deploy_local(body: LocalDeploymentRequest, user: CurrentUser, pool: Po
 
 
 async def _deploy_to_cloud(provider: str, body: RunPodDeploymentRequest | LambdaDeploymentRequest, request: Request,
-                           user: str, pool, bus, settings, gpu_count: int | None = None) -> DeploymentResponse:
+                           user: str, pool, bus, settings, broker, gpu_count: int | None = None) -> DeploymentResponse:
     require_reachable_urls(settings, provider)
     chosen = await chosen_configuration(pool, user, body)
     config = chosen.config
@@ -54,19 +57,63 @@ async def _deploy_to_cloud(provider: str, body: RunPodDeploymentRequest | Lambda
     if not await repository.has_secret(pool, user, provider):
         raise ValidationFailed(f"no {provider} credentials stored; add them with PUT /api/secrets/{provider}",
                                field="provider")
-    if body.preflight:
-        data = await resolve_data(settings, pool, user, config)
-        report = await run_user_preflight(request, settings, user, config.model_dump_json(), data.path,
-                                          data.format.value)
-        if not report.get("ok"):
-            raise ValidationFailed(f"preflight failed: {report.get('error_message') or report}",
-                                   field=report.get("error_field") or "config", details={"preflight": report})
     options = body.provider_options()
     if provider == "runpod":
         options["volume_size_gb"] = _volume_for(config, body.volume_size_gb)
         if body.secret_environment_variables:
             options[SEALED_ENVIRONMENT] = seal_environment(settings, body.secret_environment_variables)
-    return await _deploy(provider, body, Chosen(config, chosen.saved), user, pool, bus, settings, options)
+    chosen = Chosen(config, chosen.saved)
+    if options.get("gpu_type") == AUTO or options.get("instance_type") == AUTO:
+        return await _deploy_placed(body, chosen, request, user, pool, bus, settings, broker, {provider: options})
+    if body.preflight:
+        await _preflight(request, settings, pool, user, config)
+    return await _deploy(provider, body, chosen, user, pool, bus, settings, options)
+
+
+async def _preflight(request: Request, settings, pool, user: str, config: TrainingConfig) -> None:
+    data = await resolve_data(settings, pool, user, config)
+    report = await run_user_preflight(request, settings, user, config.model_dump_json(), data.path, data.format.value)
+    if not report.get("ok"):
+        raise ValidationFailed(f"preflight failed: {report.get('error_message') or report}",
+                               field=report.get("error_field") or "config", details={"preflight": report})
+
+
+async def _deploy_placed(body: DeploymentRequest, chosen: Chosen, request: Request, user: str, pool, bus, settings,
+                         broker, options: dict[str, dict],
+                         max_usd_per_hour: float | None = None) -> DeploymentResponse:
+    """Deploy on the cheapest offer that fits among ``options``' providers; the others are kept to fall back on."""
+    config = chosen.config
+    data = await resolve_data(settings, pool, user, config)
+    only = next(iter(options)) if len(options) == 1 else None
+    answer, unanswered = await estimate_with_offers(broker, pool, user, config, data, only=only)
+    placement = place(answer.candidates, options, unanswered=unanswered, max_usd_per_hour=max_usd_per_hour)
+    first = placement.offers[0]
+    require_reachable_urls(settings, first.provider)
+    if getattr(body, "preflight", True):
+        await _preflight(request, settings, pool, user, config)
+    accepted = await request_deploy(settings, pool, bus, user_id=user, provider=first.provider, config=config,
+                                    saved=chosen.saved, provider_options=first.provider_options,
+                                    budget=body.budget_controls(), placement=placement)
+    answer = deployment_response(settings, accepted.command.job_id, first.provider, first.provider_options, config,
+                                 accepted.created_at)
+    price = f"${first.cost_per_hour:.2f}/h" if first.cost_per_hour is not None else "no price"
+    return answer.model_copy(update={"placement": placement, "message": (
+        f"placed on {first.provider} {first.gpu} ({price}, about ${first.estimated_cost or 0:.2f} in all), the "
+        f"cheapest of {len(placement.offers) + len(placement.rejected)} offers; {answer.message}")})
+
+
+@router.post("/auto", status_code=202, response_model=DeploymentResponse)
+async def deploy_auto(body: AutoDeploymentRequest, request: Request, user: CurrentUser, pool: PoolDep, bus: BusDep,
+                      settings: SettingsDep, broker: BrokerDep) -> DeploymentResponse:
+    """Train wherever it costs least: the estimate (POST /api/training/estimate) over every offer of the providers
+    whose credentials you stored (GET /api/gpus), the cheapest whole run first among those it fits on and that have
+    capacity. When that provider has no machine after all, the job moves to the next offer. The job's ``placement``
+    records the offers, the one in use and why each other was passed over."""
+    chosen = await chosen_configuration(pool, user, body)
+    defaults = default_options(chosen.config)
+    options = defaults if body.provider == AUTO else {body.provider: defaults[body.provider]}
+    return await _deploy_placed(body, chosen, request, user, pool, bus, settings, broker, options,
+                                max_usd_per_hour=body.max_usd_per_hour)
 
 
 def _volume_for(config: TrainingConfig, asked: int | None) -> int:
@@ -81,19 +128,21 @@ def _volume_for(config: TrainingConfig, asked: int | None) -> int:
 
 @router.post("/runpod", status_code=202, response_model=DeploymentResponse)
 async def deploy_runpod(body: RunPodDeploymentRequest, request: Request, user: CurrentUser, pool: PoolDep,
-                        bus: BusDep, settings: SettingsDep) -> DeploymentResponse:
+                        bus: BusDep, settings: SettingsDep, broker: BrokerDep) -> DeploymentResponse:
     """Train on a RunPod pod. Your RunPod key must be stored first (PUT /api/secrets/runpod). Unless
     ``preflight`` is false, the configuration is first dry-run on this machine's CPU and refused with 422
-    when it fails, before any GPU time is paid for."""
-    return await _deploy_to_cloud("runpod", body, request, user, pool, bus, settings, gpu_count=body.gpu_count)
+    when it fails, before any GPU time is paid for. ``gpu_type: "auto"`` places the job on the RunPod GPU where the
+    whole run costs least (as POST /api/training/deploy/auto does over every provider)."""
+    return await _deploy_to_cloud("runpod", body, request, user, pool, bus, settings, broker,
+                                  gpu_count=body.gpu_count)
 
 
 @router.post("/lambda", status_code=202, response_model=DeploymentResponse)
 async def deploy_lambda(body: LambdaDeploymentRequest, request: Request, user: CurrentUser, pool: PoolDep,
-                        bus: BusDep, settings: SettingsDep) -> DeploymentResponse:
+                        bus: BusDep, settings: SettingsDep, broker: BrokerDep) -> DeploymentResponse:
     """Train on a Lambda Cloud instance, reached over SSH. Store your key first (PUT /api/secrets/lambda);
-    preflight as for RunPod."""
-    return await _deploy_to_cloud("lambda", body, request, user, pool, bus, settings)
+    preflight as for RunPod. ``instance_type: "auto"`` places it on the cheapest instance type that fits."""
+    return await _deploy_to_cloud("lambda", body, request, user, pool, bus, settings, broker)
 
 
 @router.get("/{provider}", response_model=JobPublic)

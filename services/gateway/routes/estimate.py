@@ -2,11 +2,9 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from .. import repository
-from ..catalogue import catalogues
 from ..deploying import configuration_for, resolve_data
 from ..deps import BrokerDep, CurrentUser, PoolDep, SettingsDep
-from ..estimating import estimate_for, model_config
+from ..estimating import estimate_with_offers
 from ..schemas import EstimateRequest, EstimateResponse
 
 router = APIRouter(prefix="/api/training", tags=["estimate"])
@@ -21,9 +19,5 @@ async def estimate(body: EstimateRequest, user: CurrentUser, pool: PoolDep, sett
     set's statistics; nothing is loaded or run."""
     config = await configuration_for(pool, user, body)
     data = await resolve_data(settings, pool, user, config)
-    raw_model = await model_config(config)
-    stored = {s["provider"] for s in await repository.list_secrets(pool, user)}
-    found = await catalogues(broker, user, stored, only=body.provider)
-    offers = [o for c in found for o in c.offers]
-    return estimate_for(config, raw_model, data, offers, body.gpu_type,
-                        unanswered=[f"{c.provider}: {c.error}" for c in found if c.error and not c.offers])
+    answer, _ = await estimate_with_offers(broker, pool, user, config, data, only=body.provider, gpu_type=body.gpu_type)
+    return answer
