@@ -34,7 +34,7 @@ class FakeJobs:
                 "placement": cmd.placement.model_dump(mode="json") if cmd.placement else None,
                 "threshold_alerted_at": None, "limit_alerted_at": None, "clock_started_at": None,
                 "status": "queued", "status_reason": None, "attempt": 1, "result": None,
-                "cost_usd": 0.0, "cost_per_hour": None, "progress": None, "started_at": None,
+                "cost_usd": 0.0, "attempts_cost_usd": 0.0, "cost_per_hour": None, "progress": None, "started_at": None,
                 "log_tail": None, "resource_id": None,
                 "stop_requested": (cmd.job_id, cmd.user_id) in self.early_stops}
             self.histories[cmd.job_id] = [Transition(cmd.job_id, None, JobStatus.QUEUED, "deploy requested",
@@ -58,7 +58,9 @@ class FakeJobs:
         if row is None or not can_transition(JobStatus(row["status"]), new):
             return None
         current = JobStatus(row["status"])
-        row["attempt"] += int(bump_attempt)
+        if bump_attempt:
+            row["attempt"] += 1
+            row["attempts_cost_usd"] = row["cost_usd"]
         row.update(status=new.value, status_reason=reason, result=result if result is not None else row["result"])
         if new is JobStatus.RUNNING and row["started_at"] is None:
             row["started_at"] = occurred_at
@@ -79,7 +81,9 @@ class FakeJobs:
                       resource_id: str | None = None, cost_per_hour: float | None = None,
                       progress: float | None = None, live: bool = False) -> None:
         row = self.rows[job_id]
-        for key, value in (("log_tail", log_tail), ("cost_usd", cost_usd), ("resource_id", resource_id),
+        if cost_usd is not None:
+            row["cost_usd"] = row["attempts_cost_usd"] + cost_usd
+        for key, value in (("log_tail", log_tail), ("resource_id", resource_id),
                            ("cost_per_hour", cost_per_hour), ("progress", progress)):
             if value is not None:
                 row[key] = value

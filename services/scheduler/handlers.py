@@ -221,10 +221,16 @@ async def _follow_up(evt: WorkloadReported, t: Transition, job, *, jobs: JobRepo
         await _requeue(evt, job_attempt=evt.attempt, stop_requested=job["stop_requested"], jobs=jobs, bus=bus)
 
 
+def _spent(evt: WorkloadReported, job) -> float | None:
+    """The job's cost as of this report: its attempt's, and what the attempts before it cost."""
+    return None if evt.cost_usd is None else job["attempts_cost_usd"] + evt.cost_usd
+
+
 async def _tell_cost(evt: WorkloadReported, job, *, jobs: JobRepository, bus: Publisher) -> None:
     """Publish the job's cost as this report has it, and each budget alert it crossed (once per kind): at
     ``alert_threshold`` percent of the budget, and at the budget itself when the job is not stopped there."""
-    fresh = dict(job) | {"cost_usd": evt.cost_usd if evt.cost_usd is not None else job["cost_usd"],
+    spent = _spent(evt, job)
+    fresh = dict(job) | {"cost_usd": spent if spent is not None else job["cost_usd"],
                          "cost_per_hour": evt.cost_per_hour if evt.cost_per_hour is not None else job["cost_per_hour"],
                          "progress": evt.progress if evt.progress is not None else job["progress"]}
     cost = _cost(fresh)
@@ -234,12 +240,12 @@ async def _tell_cost(evt: WorkloadReported, job, *, jobs: JobRepository, bus: Pu
     except Exception as exc:
         log.info("job %s: publishing its cost failed (%s)", evt.job_id, exc)
     budget, threshold = job["budget_limit_usd"], job["alert_threshold_pct"]
-    if budget is None or evt.cost_usd is None:
+    if budget is None or spent is None:
         return
     crossed = []
-    if threshold is not None and evt.cost_usd >= budget * threshold / 100.0 and job["threshold_alerted_at"] is None:
+    if threshold is not None and spent >= budget * threshold / 100.0 and job["threshold_alerted_at"] is None:
         crossed.append(BudgetAlertKind.THRESHOLD)
-    if not job["auto_stop_on_budget"] and evt.cost_usd >= budget and job["limit_alerted_at"] is None:
+    if not job["auto_stop_on_budget"] and spent >= budget and job["limit_alerted_at"] is None:
         crossed.append(BudgetAlertKind.LIMIT_REACHED)
     for kind in crossed:
         # published before it is marked, under an id of its own: a crash in between publishes the same message
@@ -301,12 +307,12 @@ async def _place_elsewhere(evt: WorkloadReported, job, *, jobs: JobRepository, b
 
 async def _enforce_budget(evt: WorkloadReported, job, *, jobs: JobRepository, bus: Publisher) -> bool:
     """Stop a job whose reported cost reached its budget, unless it only alerts there. True when it stopped it."""
-    budget = job["budget_limit_usd"]
-    if budget is None or evt.cost_usd is None or evt.cost_usd < budget or not job["auto_stop_on_budget"]:
+    budget, spent = job["budget_limit_usd"], _spent(evt, job)
+    if budget is None or spent is None or spent < budget or not job["auto_stop_on_budget"]:
         return False
     if evt.phase not in (WorkloadPhase.PROVISIONING, WorkloadPhase.RUNNING):
         return False  # the workload already ended on its own; record how it ended instead
-    reason = f"cost ${evt.cost_usd:.2f} reached the budget of ${budget:.2f}"
+    reason = f"cost ${spent:.2f} reached the budget of ${budget:.2f}"
     t = await jobs.transition(evt.job_id, JobStatus.BUDGET_EXCEEDED, source_event_id=evt.event_id,
                               occurred_at=evt.occurred_at, reason=reason)
     if t is None:

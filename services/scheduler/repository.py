@@ -84,6 +84,7 @@ class JobRepository:
             status_event_id = derived_id(job_id, "status", new, attempt, source_event_id)
             await conn.execute(
                 """UPDATE jobs SET status = $2, status_reason = $3, attempt = $4, updated_at = now(),
+                       attempts_cost_usd = CASE WHEN $4 > attempt THEN cost_usd ELSE attempts_cost_usd END,
                        result = COALESCE($5, result),
                        started_at = CASE WHEN $2 = 'running' AND started_at IS NULL THEN now() ELSE started_at END,
                        finished_at = CASE WHEN $2 IN ('completed', 'failed', 'stopped', 'budget_exceeded')
@@ -113,11 +114,13 @@ class JobRepository:
     async def observe(self, job_id: str, *, log_tail: str | None, cost_usd: float | None,
                       resource_id: str | None = None, cost_per_hour: float | None = None,
                       progress: float | None = None, live: bool = False) -> None:
-        """Record what a provider saw, whatever the state: the log tail, the cost so far and its hourly rate, its
-        resource id, the progress. ``live``: the report is of a machine asked for or running, which starts the
-        job's clock (``max_duration_hours``) if it has not started."""
+        """Record what a provider saw, whatever the state: the log tail, the cost so far (the attempt's: the job's
+        adds what the attempts before it cost) and its hourly rate, its resource id, the progress. ``live``: the
+        report is of a machine asked for or running, which starts the job's clock (``max_duration_hours``) if it
+        has not started."""
         await self.pool.execute(
-            """UPDATE jobs SET log_tail = COALESCE($2, log_tail), cost_usd = COALESCE($3, cost_usd),
+            """UPDATE jobs SET log_tail = COALESCE($2, log_tail),
+                   cost_usd = CASE WHEN $3::float8 IS NULL THEN cost_usd ELSE attempts_cost_usd + $3::float8 END,
                    resource_id = COALESCE($4, resource_id), cost_per_hour = COALESCE($5, cost_per_hour),
                    progress = COALESCE($6, progress),
                    clock_started_at = CASE WHEN $7 THEN COALESCE(clock_started_at, now()) ELSE clock_started_at END,

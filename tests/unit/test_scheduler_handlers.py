@@ -296,3 +296,16 @@ async def test_no_capacity_fails_a_job_placed_by_hand(jobs, bus):
     await handle_workload_reported(report(job_id, WorkloadPhase.FAILED, message="full", no_capacity=True),
                                    jobs=jobs, bus=bus)
     assert (await jobs.get(job_id))["status"] == "failed"
+
+
+async def test_the_budget_counts_every_attempt(jobs, bus):
+    job_id = await deployed(jobs, bus, budget=2.0)
+    await handle_workload_reported(report(job_id, WorkloadPhase.RUNNING, cost_usd=1.2), jobs=jobs, bus=bus)
+    await handle_workload_reported(report(job_id, WorkloadPhase.PREEMPTED, cost_usd=1.5), jobs=jobs, bus=bus)
+    assert (await jobs.get(job_id))["attempt"] == 2
+    await handle_workload_reported(report(job_id, WorkloadPhase.RUNNING, attempt=2, cost_usd=0.4), jobs=jobs, bus=bus)
+    job = await jobs.get(job_id)
+    assert job["status"] == "running" and job["cost_usd"] == pytest.approx(1.9)
+    await handle_workload_reported(report(job_id, WorkloadPhase.RUNNING, attempt=2, cost_usd=0.6), jobs=jobs, bus=bus)
+    job = await jobs.get(job_id)
+    assert job["status"] == "budget_exceeded" and job["status_reason"] == "cost $2.10 reached the budget of $2.00"

@@ -12,3 +12,6 @@ ALTER TABLE jobs ADD COLUMN clock_started_at timestamptz;
 ALTER TABLE jobs ADD COLUMN progress double precision;
 -- Automatic placement: the offers tried in order, the one in use, and why each other was passed over.
 ALTER TABLE jobs ADD COLUMN placement jsonb;
+-- What the job's ended attempts cost: cost_usd is this plus the current attempt's cost (a provider reports the
+-- cost of the attempt it runs), so that a budget counts every attempt.
+ALTER TABLE jobs ADD COLUMN attempts_cost_usd double precision NOT NULL DEFAULT 0;
