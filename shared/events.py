@@ -69,6 +69,8 @@ class Placement(BaseModel):
 
 
 class DeployRequested(Message):
+    """A user asked for a training job (the gateway, once the request is stored); the scheduler makes it a job."""
+
     user_id: str
     provider: str
     config_id: str | None = None
@@ -90,6 +92,8 @@ class DeployRequested(Message):
 
 
 class StopRequested(Message):
+    """A user asked to stop a job; the scheduler stops it, and tells its provider to end what it started."""
+
     user_id: str
     reason: str = "stopped by user"
 
@@ -116,6 +120,8 @@ class ProvisionJob(Message):
 
 
 class TerminateJob(Message):
+    """End the workload of a job and its resource (the scheduler, to the job's provider)."""
+
     provider: str
     user_id: str
     reason: str
@@ -175,6 +181,8 @@ class JobCost(BaseModel):
 
 
 class JobStatusChanged(Message):
+    """A job moved from one status to another (the scheduler); terminal ones carry its configuration and result."""
+
     user_id: str
     provider: str
     previous: JobStatus | None
@@ -212,7 +220,8 @@ class BudgetAlertKind(StrEnum):
 
 
 class BudgetAlert(Message):
-    """``tunefleet.job.<id>.budget_alert``: published once per kind and job."""
+    """A job's cost crossed its alert threshold, or reached its budget where auto_stop_on_budget is false: published
+    by the scheduler on tunefleet.job.<id>.budget_alert, once per kind and job."""
 
     user_id: str
     provider: str
@@ -254,6 +263,8 @@ class PredictionRecord(BaseModel):
 
 
 class MetricsAppended(Message):
+    """Training metrics of a job as ingest stored them (plain NATS, for live viewers)."""
+
     attempt: int = 1
     metrics: list[MetricPoint]
 
@@ -263,6 +274,8 @@ class MetricsAppended(Message):
 
 
 class PredictionsAppended(Message):
+    """Sample predictions of a job, scored against the expected text, as ingest stored them (plain NATS)."""
+
     attempt: int = 1
     predictions: list[PredictionRecord]
 
@@ -272,6 +285,8 @@ class PredictionsAppended(Message):
 
 
 class ModelRegistered(Message):
+    """A completed job's model is in the registry (the model registry)."""
+
     model_id: str
     user_id: str
     name: str

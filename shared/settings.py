@@ -72,8 +72,8 @@ class Settings(BaseSettings):
         default=False, description="Let configurations set model.trust_remote_code: a model's own Python code then "
                                    "runs in preflight on this server and in local jobs. Off: refused with 422.")
     allow_private_urls: bool = Field(
-        default=False, description="Let a local job's RLHF judge (training.rlhf.judge_url) be at a private, loopback "
-                                   "or link-local address: one on the operator's own network.")
+        default=False, description="Let a local job's RLHF judge (training.rlhf.judge_url) and users' webhooks be at "
+                                   "a private, loopback or link-local address: one on the operator's own network.")
     model_dirs: Annotated[list[Path], NoDecode] = Field(
         default_factory=list, description="Folders (separated by ':') whose models users may name by local path, "
                                           "besides the data folder's models/ and their own registered models.")
@@ -86,6 +86,21 @@ class Settings(BaseSettings):
                                                                       "per gateway process.")
     max_streams_per_user: int = Field(default=8, ge=0, description="Live event streams (SSE) one user may hold "
                                                                    "open, per gateway process.")
+
+    webhook_retry_base_s: float = Field(
+        default=5.0, gt=0, description="First wait before a failed webhook or email is tried again; each later wait "
+                                       "doubles (with jitter), up to an hour.")
+    webhook_give_up_s: float = Field(
+        default=86400.0, gt=0, description="A webhook or email still failing this long after its first try is "
+                                           "given up.")
+    webhook_timeout_s: float = Field(default=10.0, gt=0, description="Longest wait for a webhook's answer.")
+    smtp_host: str | None = Field(default=None, description="SMTP server for job emails; none are sent when unset.")
+    smtp_port: int = Field(default=587, ge=1, le=65535)
+    smtp_tls: Literal["none", "starttls", "tls"] = Field(
+        default="starttls", description="none (plain), starttls (upgrade, port 587) or tls (implicit, port 465).")
+    smtp_user: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_from: str = Field(default="TuneFleet <tunefleet@localhost>", description="The From of job emails.")
 
     trainer_python: str | None = Field(default=None, description="Python that runs local trainers and preflights.")
     trainer_isolation: Literal["auto", "on", "off"] = Field(

@@ -85,4 +85,4 @@ DEAD_LETTERS_STREAM = "TUNEFLEET_DEAD_LETTERS"
 DEAD_LETTERS_PREFIX = f"{PREFIX}.dead"
 
 SERVICES = ("gateway", "scheduler", "provider_local", "provider_runpod", "provider_lambda", "metrics_ingest",
-            "model_registry")
+            "model_registry", "notifier")

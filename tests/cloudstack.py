@@ -4,9 +4,12 @@ their tests the helpers)."""
 
 from __future__ import annotations
 
+import email
+import email.policy
 import os
 import threading
 import time
+from email.message import EmailMessage
 from pathlib import Path
 
 import httpx
@@ -21,8 +24,8 @@ from services.sandbox.mirror import mirror_app, python_url
 from services.sandbox.runpod import RunPodEmulator
 from tests.stack import TERMINAL, RunningStack, collect_events, wait_for_status
 
-__all__ = ["LAMBDA_KEY", "PROVISIONING_TIMEOUT_S", "RUNPOD_KEY", "TERMINAL", "EmulatorServer", "RunningStack",
-           "collect_events", "wait_for_status"]
+__all__ = ["LAMBDA_KEY", "PROVISIONING_TIMEOUT_S", "RUNPOD_KEY", "TERMINAL", "EmulatorServer", "Mailbox",
+           "RunningStack", "collect_events", "wait_for_status"]
 
 
 class EmulatorServer:
@@ -46,6 +49,26 @@ class EmulatorServer:
     def __exit__(self, *exc) -> None:
         self.server.should_exit = True
         self.thread.join(15)
+
+
+class Mailbox:
+    """A real SMTP server (aiosmtpd) on loopback that keeps every message it is sent."""
+
+    def __init__(self) -> None:
+        from aiosmtpd.controller import Controller
+
+        self.messages: list[EmailMessage] = []
+        self.port = free_port()
+        self.controller = Controller(self, hostname="127.0.0.1", port=self.port)
+
+    async def handle_DATA(self, server, session, envelope) -> str:  # aiosmtpd calls its handler hook so
+        message = email.message_from_bytes(envelope.content, policy=email.policy.default)
+        message["X-Envelope-To"] = ", ".join(envelope.rcpt_tos)
+        self.messages.append(message)
+        return "250 OK"
+
+    def to(self, address: str) -> list[EmailMessage]:
+        return [m for m in list(self.messages) if address in m["X-Envelope-To"]]
 
 
 RUNPOD_KEY = "rp-e2e-key-0123456789"
@@ -87,8 +110,19 @@ def lambda_cloud(tmp_path_factory, stock_images) -> LambdaEmulator:
 
 
 @pytest.fixture(scope="session")
-def stack(tmp_path_factory, tiny_model_dir, runpod, lambda_cloud, mirror, stock_images):
+def mailbox() -> Mailbox:
+    box = Mailbox()
+    box.controller.start()
+    yield box
+    box.controller.stop()
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory, tiny_model_dir, runpod, lambda_cloud, mirror, stock_images, mailbox):
     s = RunningStack(tmp_path_factory.mktemp("e2e") / "home", {
+        # Job emails go to the test's SMTP server; webhooks to receivers on loopback, which the operator allows.
+        "TUNEFLEET_SMTP_HOST": "127.0.0.1", "TUNEFLEET_SMTP_PORT": str(mailbox.port), "TUNEFLEET_SMTP_TLS": "none",
+        "TUNEFLEET_ALLOW_PRIVATE_URLS": "true", "TUNEFLEET_WEBHOOK_RETRY_BASE_S": "0.5",
         "RUNPOD_API_BASE_URL": runpod.url, "LAMBDA_API_BASE_URL": lambda_cloud.url,
         "TUNEFLEET_LAMBDA_SSH_PORT": str(lambda_cloud.ssh_port), "TUNEFLEET_CLOUD_POLL_INTERVAL_S": "0.5",
         "TUNEFLEET_PROVISIONING_TIMEOUT_S": str(PROVISIONING_TIMEOUT_S), "TUNEFLEET_SANDBOX": "true",

@@ -28,11 +28,12 @@ from .supervisor import Supervisor
 log = logging.getLogger(__name__)
 
 OWNERS = ("gateway", "scheduler", "provider_local", "provider_runpod", "provider_lambda", "metrics_ingest",
-          "model_registry")
+          "model_registry", "notifier")
 #: The gateway stops taking work first; the provider stops its trainers while ingest still takes their
-#: last metrics and the scheduler can still read its reports later from the stream.
+#: last metrics and the scheduler can still read its reports later from the stream; the notifier after the
+#: scheduler, so that it has queued the last status changes (what it has queued it sends after a restart).
 STOP_ORDER = ("gateway", "provider_local", "provider_runpod", "provider_lambda", "scheduler", "model_registry",
-              "metrics_ingest")
+              "notifier", "metrics_ingest")
 
 
 def secret_key(home: Path) -> str:

@@ -18,8 +18,10 @@ from .deploying import run_relay
 from .errors import install_error_handlers
 from .quotas import ProcessQuotas
 from .routes import (
+    asyncapi,
     bundles,
     configurations,
+    costs,
     datasets,
     deploy,
     estimate,
@@ -30,8 +32,10 @@ from .routes import (
     keys,
     metrics,
     models,
+    notifications,
     preflight,
     secrets,
+    webhooks,
 )
 from .tracing import install_tracing
 
@@ -39,7 +43,8 @@ from .tracing import install_tracing
 def create_app(settings: Settings, tracer_provider: TracerProvider | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        async with service_resources("gateway", settings, owns=("gateway",),
+        # the notifier's tables too: its webhooks and notification addresses are made through these routes
+        async with service_resources("gateway", settings, owns=("gateway", "notifier"),
                                      tracer_provider=tracer_provider) as ctx:
             await ctx.broker.start()
             nc = await connect(settings.require_nats_url(), "tunefleet-gateway-live")
@@ -54,13 +59,14 @@ def create_app(settings: Settings, tracer_provider: TracerProvider | None = None
 
     app = FastAPI(title="TuneFleet", version="0.1.0", lifespan=lifespan,
                   description="Fine-tune open LLMs on rented GPUs. Every route but /healthz needs "
-                              "'Authorization: Bearer <api key>'.")
+                              "'Authorization: Bearer <api key>'. What other systems can subscribe to on NATS: "
+                              "/asyncapi (the AsyncAPI document: /asyncapi.json).")
     app.state.quotas = ProcessQuotas.from_settings(settings)
     app.state.trainer_users = TrainerUsers(settings)
     install_error_handlers(app)
     app.add_middleware(KeyFirst)
     install_tracing(app, tracer_provider)
     for module in (health, configurations, datasets, preflight, estimate, gpus, deploy, jobs, events, metrics,
-                   models, secrets, keys, bundles):
+                   models, secrets, keys, bundles, costs, asyncapi, webhooks, notifications):
         app.include_router(module.router)
     return app

@@ -414,3 +414,24 @@ class ModelPublic(BaseModel):
                    metadata=ModelMetadata(training_method=r["method"], final_loss=r["final_loss"],
                                           training_time_hours=hours, dataset_size=r["dataset_rows"],
                                           total_cost_usd=r["cost_usd"]))
+
+
+class CostGroup(BaseModel):
+    key: str = Field(description="The provider, the day (YYYY-MM-DD, UTC) or the job id.")
+    name: str | None = Field(default=None, description="The job's name (group_by=job).")
+    status: str | None = Field(default=None, description="The job's status (group_by=job).")
+    jobs: int
+    running: int = Field(description="Jobs not ended yet: their cost so far is counted.")
+    cost_usd: float
+
+
+class CostReport(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+
+    start: datetime = Field(alias="from", serialization_alias="from")
+    end: datetime = Field(alias="to", serialization_alias="to")
+    group_by: str
+    currency: str
+    total_usd: float
+    jobs: int
+    groups: list[CostGroup]

@@ -4,6 +4,7 @@ models): the gateway reads them and never writes them. Its own tables are in ``r
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -295,3 +296,24 @@ async def adapter_paths(pool: asyncpg.Pool, user_id: str) -> list[str]:
 async def model_id_for_job(pool: asyncpg.Pool, job_id: str) -> str | None:
     found = await pool.fetchval("SELECT id FROM models WHERE job_id = $1", job_id)
     return str(found) if found else None
+
+
+#: Per grouping of ``costs``: the key and, for jobs, what names them.
+_COST_KEYS = {
+    "provider": ("provider", "NULL::text", "NULL::text"),
+    "day": ("to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD')", "NULL::text", "NULL::text"),
+    "job": ("id::text", "min(name)", "min(status)"),
+}
+
+
+async def costs(pool: asyncpg.Pool, user_id: str, start: datetime, end: datetime, group_by: str) -> list[dict]:
+    """The user's jobs created in [start, end), their cost summed by ``group_by`` (provider, day or job)."""
+    key, name, status = _COST_KEYS[group_by]
+    rows = await pool.fetch(
+        f"""SELECT {key} AS key, {name} AS name, {status} AS status, count(*)::int AS jobs,
+                   coalesce(sum(cost_usd), 0)::float8 AS cost_usd,
+                   count(*) FILTER (WHERE status NOT IN ('completed', 'failed', 'stopped', 'budget_exceeded'))::int
+                       AS running
+            FROM jobs WHERE user_id = $1 AND created_at >= $2 AND created_at < $3
+            GROUP BY 1 ORDER BY {"1" if group_by == "day" else "5 DESC, 1"}""", user_id, start, end)
+    return [dict(r) for r in rows]

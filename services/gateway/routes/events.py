@@ -22,7 +22,8 @@ router = APIRouter(prefix="/api/training/jobs", tags=["events"])
 async def job_events(job_id: uuid.UUID, request: Request, user: CurrentUser, pool: PoolDep,
                      settings: SettingsDep) -> EventSourceResponse:
     """Server-sent events: first ``snapshot`` (the job as GET returns it), then ``status``, ``metrics`` and
-    ``predictions`` as they happen. The stream ends after the job's final status."""
+    ``predictions`` as they happen, ``cost`` on each provider report (per hour, so far, projected, budget
+    remaining) and ``budget_alert``. The stream ends after the job's final status."""
     snapshot = await job_public(pool, settings, user, str(job_id))
     quota = request.app.state.quotas.streams
     quota.take(user)

@@ -1,0 +1,1 @@
+"""The notifier: tells users what happens to their jobs, by signed webhooks and by email."""
