@@ -3,9 +3,13 @@ fall-back when a provider has no machine after all; budgets that alert and stop;
 
 from __future__ import annotations
 
+import re
+import time
 from pathlib import Path
 
 import pytest
+
+from tests.webhooks import Receiver
 
 from .conftest import LAMBDA_KEY, RUNPOD_KEY, wait_for_status
 
@@ -62,3 +66,86 @@ def test_auto_placement_takes_the_cheapest_run_that_fits_says_why_and_falls_back
     moved = next(h for h in job["history"] if h["status"] == "queued" and h["previous"] == "provisioning")
     assert f"placed on {used['provider']} {used['gpu']} instead" in moved["reason"]
     assert job["cost"]["cost_per_hour"] == pytest.approx(used["cost_per_hour"])
+
+
+#: The dearest GPU of the emulated RunPod ($2.99/h): a budget of cents is spent within seconds.
+DEAR_GPU = "NVIDIA H100 80GB HBM3"
+
+
+def long_run(config: dict) -> dict:
+    """A run that would last minutes: only a budget or the duration cap ends it early."""
+    return {**config, "training": {**config["training"], "max_steps": 20_000, "logging_steps": 50}}
+
+
+def eventually(check, what: str, timeout: float = 60.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        found = check()
+        if found:
+            return found
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.25)
+
+
+@pytest.fixture
+def receiver(alice):
+    with Receiver() as hook:
+        made = alice.post("/api/webhooks", json={"url": hook.url, "events": ["job.budget_alert"]})
+        assert made.status_code == 201, made.text
+        hook.secret, hook.id = made.json()["secret"], made.json()["id"]
+        yield hook
+        alice.delete(f"/api/webhooks/{hook.id}")
+
+
+def alerts_of(hook: Receiver, job_id: str) -> list[dict]:
+    return [r.payload for r in hook.accepted() if r.payload and r.payload["data"]["job_id"] == job_id]
+
+
+def test_a_budget_alerts_once_at_its_threshold_then_stops_the_run(stack, alice, mailbox, receiver, config):
+    address = "budget-stop@example.com"
+    r = alice.post("/api/training/deploy/runpod", json={
+        "config": long_run(config), "gpu_type": DEAR_GPU, "preflight": False, "budget_limit": 0.02,
+        "alert_threshold": 50, "notify_email": address})
+    assert r.status_code == 202, r.text
+    job_id = r.json()["job_id"]
+    job = wait_for_status(alice, job_id, {"budget_exceeded"}, timeout=240)
+    # reports come every few seconds: the stop is at the first one at or past the budget
+    assert re.fullmatch(r"cost \$0\.0[2-4] reached the budget of \$0\.02", job["status_reason"]), job["status_reason"]
+    assert job["budget"] == {"budget_limit": 0.02, "alert_threshold": 50.0, "auto_stop_on_budget": True,
+                             "max_duration_hours": None, "notify_email": address}
+    assert job["live_cost"]["cost_so_far"] >= 0.02 and job["live_cost"]["budget_remaining"] == 0
+    mails = eventually(lambda: len(mailbox.to(address)) >= 2 and mailbox.to(address), "the two emails")
+    # the signed webhook: verified by the receiver, once, at half the budget
+    [alert] = eventually(lambda: alerts_of(receiver, job_id), "the budget alert webhook")
+    assert alert["type"] == "job.budget_alert" and alert["data"]["kind"] == "threshold"
+    assert 0.01 <= alert["data"]["cost"]["cost_so_far"] < 0.02 and alert["data"]["cost"]["budget_limit"] == 0.02
+    assert all(r.error is None for r in receiver.requests)
+    subjects = sorted(m["Subject"] for m in mails)
+    assert len(mails) == 2 and any("has used 50% of its budget" in x for x in subjects), subjects
+    assert any("was stopped: it reached its budget" in x for x in subjects), subjects
+    log = alice.get(f"/api/webhooks/{receiver.id}/deliveries").json()
+    assert [d["status"] for d in log if d["type"] == "job.budget_alert"] == ["delivered"]
+
+
+def test_without_auto_stop_a_budget_alerts_and_the_run_completes(stack, alice, mailbox, receiver, config):
+    address = "alert-only@example.com"
+    r = alice.post("/api/training/deploy/runpod", json={
+        "config": config, "gpu_type": DEAR_GPU, "preflight": False, "budget_limit": 0.004, "alert_threshold": 50,
+        "auto_stop_on_budget": False, "notify_email": address})
+    assert r.status_code == 202, r.text
+    job = wait_for_status(alice, r.json()["job_id"], {"completed"}, timeout=240)
+    assert job["cost_usd"] > 0.004
+    kinds = eventually(lambda: len(alerts_of(receiver, job["job_id"])) >= 2 and alerts_of(receiver, job["job_id"]),
+                       "both budget alerts")
+    assert sorted(a["data"]["kind"] for a in kinds) == ["limit_reached", "threshold"]
+    mails = eventually(lambda: len(mailbox.to(address)) >= 3 and mailbox.to(address), "three emails")
+    assert any("completed" in m["Subject"] for m in mails)
+
+
+def test_max_duration_ends_a_local_run_with_its_own_reason(stack, alice, config):
+    r = alice.post("/api/training/deploy/local", json={"config": long_run(config), "max_duration_hours": 0.004})
+    assert r.status_code == 202, r.text
+    job = wait_for_status(alice, r.json()["job_id"], {"stopped"}, timeout=180)
+    assert re.fullmatch(r"max_duration_hours reached: it ran 0\.00\d+ h of the 0\.004 h allowed", job["status_reason"])
+    assert job["progress"] is None or job["progress"] < 1  # ended long before its 20,000 steps
+    assert job["budget"]["max_duration_hours"] == 0.004

@@ -4,20 +4,15 @@ that checks each Standard Webhooks signature, and a real SMTP server (aiosmtpd).
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import nats
 import pytest
 from aiosmtpd.controller import Controller
 from faststream.nats import NatsBroker
-from standardwebhooks import Webhook
-from standardwebhooks.webhooks import WebhookVerificationError
 
 from services.cli.embedded import free_port
 from services.notifier import store
@@ -31,6 +26,7 @@ from shared.config import TrainingConfig
 from shared.events import BudgetAlert, BudgetAlertKind, JobCost, JobStatusChanged, Message
 from shared.netpolicy import BlockedAddress
 from shared.states import JobStatus
+from tests.webhooks import Receiver
 
 from .conftest import gateway_client, running_service
 
@@ -40,69 +36,6 @@ COST = JobCost(cost_per_hour=2.0, cost_so_far=8.0, projected_total=9.5, budget_l
 
 def auth(key: str) -> dict:
     return {"Authorization": f"Bearer {key}"}
-
-
-# A webhook receiver -------------------------------------------------------------------------------------------
-
-@dataclass
-class Received:
-    webhook_id: str
-    host: str
-    payload: dict | None
-    error: str | None
-    answered: int
-
-
-class Receiver:
-    """An HTTP server on loopback: verifies each request with ``standardwebhooks`` and answers ``answers`` in turn,
-    then 204."""
-
-    def __init__(self, answers: tuple[int, ...] = ()):
-        self.answers, self.requests, self.secret = list(answers), [], None
-        self.lock = threading.Lock()
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                body = self.rfile.read(int(self.headers["content-length"]))
-                status = receiver.receive({k.lower(): v for k, v in self.headers.items()}, body)
-                reply = b"" if status == 204 else b"not yet, " + b"x" * 2000
-                self.send_response(status)
-                self.send_header("content-length", str(len(reply)))
-                self.end_headers()
-                self.wfile.write(reply)
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_port}/hook"
-
-    def receive(self, headers: dict, body: bytes) -> int:
-        with self.lock:
-            try:
-                payload, error = Webhook(self.secret).verify(body, headers), None
-            except WebhookVerificationError as exc:
-                payload, error = None, str(exc)
-            status = self.answers.pop(0) if self.answers else 204
-            self.requests.append(Received(headers.get("webhook-id", ""), headers.get("host", ""), payload, error,
-                                          status))
-            return status
-
-    def accepted(self) -> list[Received]:
-        return [r for r in self.requests if 200 <= r.answered < 300]
-
-    async def __aenter__(self) -> Receiver:
-        self.thread.start()
-        return self
-
-    async def __aexit__(self, *exc) -> None:
-        await asyncio.to_thread(self.server.shutdown)
-        self.server.server_close()
 
 
 # Helpers ------------------------------------------------------------------------------------------------------
