@@ -212,7 +212,7 @@ async def _follow_up(evt: WorkloadReported, t: Transition, job, *, jobs: JobRepo
     """What a recorded transition sets going: a budget or duration stop ends the resource; a preemption retries;
     a move to another offer provisions there."""
     if t.status is JobStatus.BUDGET_EXCEEDED:
-        await _terminate_over_budget(evt, job, t.reason or "budget reached", bus=bus)
+        await _terminate(evt, job, t.reason or "budget reached", "terminate-budget", bus=bus)
     elif t.status is JobStatus.STOPPED and (t.reason or "").startswith(DURATION_REASON):
         await _terminate(evt, job, t.reason, "terminate-duration", bus=bus)
     elif t.status is JobStatus.QUEUED:  # moved to another offer of its placement
@@ -263,12 +263,18 @@ async def _enforce_duration(evt: WorkloadReported, job, *, jobs: JobRepository, 
     if limit is None or age is None or age < limit * 3600.0:
         return False
     reason = f"{DURATION_REASON}: it ran {age / 3600.0:.3g} h of the {limit:g} h allowed"
-    t = await jobs.transition(evt.job_id, JobStatus.STOPPED, source_event_id=evt.event_id,
-                              occurred_at=evt.occurred_at, reason=reason)
+    return await _end_run(evt, job, JobStatus.STOPPED, reason, "terminate-duration", jobs=jobs, bus=bus)
+
+
+async def _end_run(evt: WorkloadReported, job, status: JobStatus, reason: str, why: str, *, jobs: JobRepository,
+                   bus: Publisher) -> bool:
+    """Record that the job ended (over budget, past its duration) on this report, and end its resource."""
+    t = await jobs.transition(evt.job_id, status, source_event_id=evt.event_id, occurred_at=evt.occurred_at,
+                              reason=reason)
     if t is None:
         return False
     await _announce(t, jobs=jobs, bus=bus)
-    await _terminate(evt, job, reason, "terminate-duration", bus=bus)
+    await _terminate(evt, job, reason, why, bus=bus)
     return True
 
 
@@ -280,14 +286,15 @@ async def _place_elsewhere(evt: WorkloadReported, job, *, jobs: JobRepository, b
     placement = Placement.model_validate(job["placement"])
     if placement.chosen + 1 >= len(placement.offers):
         return False
-    tried, following = placement.offers[placement.chosen], placement.offers[placement.chosen + 1]
-    reason = (f"{tried.provider} had no capacity for {tried.gpu} ({evt.message or 'no capacity'}); placed on "
-              f"{following.provider} {following.gpu} instead")
-    moved = placement.model_copy(update={"chosen": placement.chosen + 1, "rejected": [
-        *placement.rejected, PlacementRejection(provider=tried.provider, gpu=tried.gpu,
-                                                reason=f"no capacity when asked: {evt.message or 'no capacity'}")]})
     if await _redo(evt, job, jobs=jobs, bus=bus):  # moved before a crash: provision there
         return True
+    tried, following = placement.offers[placement.chosen], placement.offers[placement.chosen + 1]
+    said = evt.message or "no capacity"
+    reason = (f"{tried.provider} had no capacity for {tried.gpu} ({said}); placed on {following.provider} "
+              f"{following.gpu} instead")
+    moved = placement.model_copy(update={"chosen": placement.chosen + 1, "rejected": [
+        *placement.rejected, PlacementRejection(provider=tried.provider, gpu=tried.gpu,
+                                                reason=f"no capacity when asked: {said}")]})
     current = JobStatus(job["status"])
     if current is JobStatus.QUEUED:  # its provisioning report was lost: it did ask for a machine
         t = await jobs.transition(evt.job_id, JobStatus.PROVISIONING, occurred_at=evt.occurred_at,
@@ -313,17 +320,7 @@ async def _enforce_budget(evt: WorkloadReported, job, *, jobs: JobRepository, bu
     if evt.phase not in (WorkloadPhase.PROVISIONING, WorkloadPhase.RUNNING):
         return False  # the workload already ended on its own; record how it ended instead
     reason = f"cost ${spent:.2f} reached the budget of ${budget:.2f}"
-    t = await jobs.transition(evt.job_id, JobStatus.BUDGET_EXCEEDED, source_event_id=evt.event_id,
-                              occurred_at=evt.occurred_at, reason=reason)
-    if t is None:
-        return False
-    await _announce(t, jobs=jobs, bus=bus)
-    await _terminate_over_budget(evt, job, reason, bus=bus)
-    return True
-
-
-async def _terminate_over_budget(evt: WorkloadReported, job, reason: str, *, bus: Publisher) -> None:
-    await _terminate(evt, job, reason, "terminate-budget", bus=bus)
+    return await _end_run(evt, job, JobStatus.BUDGET_EXCEEDED, reason, "terminate-budget", jobs=jobs, bus=bus)
 
 
 async def _terminate(evt: WorkloadReported, job, reason: str, why: str, *, bus: Publisher) -> None:
