@@ -51,6 +51,8 @@ def template(subject: Callable[..., str]) -> str:
 LEFT_OUT = {
     template(subjects.catalogue): "core NATS request/reply, the gateway asking a provider for one user's offers: "
                                   "a subscriber would be asked for offers, not told of them",
+    subjects.HUB_MODEL_CHECK: "core NATS request/reply, the gateway asking the Spaces provider (which can open users' "
+                              "Hugging Face tokens) to check a configuration's base model on the Hub",
     template(subjects.health): "core NATS request/reply that each service answers while it is ready; "
                                "GET /healthz gives the answers",
     template(dead_letters.dead_subject): "the operator's: each is the exact bytes of a message above that no "

@@ -86,6 +86,11 @@ class WorkloadRequest:
     user_id: str = ""
 
     @property
+    def bundle_archive(self) -> Path:
+        """The bundle as the tar.gz a machine fetches, beside ``bundle_dir`` (remote workloads only)."""
+        return self.bundle_dir.with_name(self.bundle_dir.name + ".tar.gz")
+
+    @property
     def name(self) -> str:
         return resource_name(self.installation, self.job_id, self.attempt)
 
@@ -110,6 +115,9 @@ class ResourceStatus:
     detail: str = ""
     cost_per_hour: float | None = None
     uptime_s: float | None = None
+    #: The workload's run is over by itself (a kernel that completed or errored): the runner collects once more
+    #: and finishes from ``result.json``, or fails with ``detail`` when there is none.
+    finished: bool = False
 
 
 @dataclass(frozen=True)
@@ -135,8 +143,21 @@ class Compute(abc.ABC, Generic[Credentials]):
     pushes_reports: bool = True
     #: Resources cost money and may outlive TuneFleet's records, so reconciliation lists and ends orphans.
     reconciles: bool = True
-    #: Acting on the provider needs the user's stored credentials (``PUT /api/secrets/<name>``).
+    #: Acting on the provider needs the user's stored credentials (``PUT /api/secrets/<credentials_name>``).
     needs_credentials: bool = True
+    #: The name the user's credentials are stored under; the provider's name unless set.
+    credentials_name: str | None = None
+
+    def pushes(self, options: dict[str, Any]) -> bool:
+        """Whether the workload of these options sends its reports through signed URLs itself; when not, the
+        runner calls ``collect``."""
+        return self.pushes_reports
+
+    def offline(self, options: dict[str, Any]) -> bool:
+        """Whether the workload of these options cannot reach TuneFleet at all: its spec then has no ingest URL,
+        token or checkpoint upload, the trainer spools every batch into its output, and the runner replays the
+        spool once the output is here."""
+        return False
 
     @property
     def installation(self) -> str:
@@ -187,6 +208,12 @@ class Compute(abc.ABC, Generic[Credentials]):
     @abc.abstractmethod
     async def list_own(self, credentials: Credentials) -> list[OwnResource]:
         """Every live resource of this account named by ``resource_name``, for reconciliation."""
+
+    async def deliver(self, request: WorkloadRequest, credentials: Credentials, result: Any) -> str | None:
+        """The workload succeeded and its output is in ``request.artifacts_dir``: publish it where the options ask
+        (a Hub model repo), before the resource is terminated. Returns a note for the job, or raises ProviderError
+        (the job still completes, and says why the push failed). The default does nothing."""
+        return None
 
     async def tidy(self, credentials: Credentials, live_names: set[str]) -> None:
         """Remove what the account keeps for workloads that are over (Lambda's SSH keys); ``live_names`` are the

@@ -64,6 +64,15 @@ class Settings(BaseSettings):
         description="The image of RunPod pods when a deploy names none: a stock PyTorch image.")
 
     lambda_ssh_port: int = Field(default=22, description="SSH port of Lambda instances (the sandbox's differs).")
+    kaggle_weekly_gpu_hours: float = Field(
+        default=30.0, ge=0, description="Kaggle's weekly GPU quota per account (about 30 h; Kaggle varies it): a "
+                                        "Kaggle GPU deploy whose estimate would pass it, with the user's Kaggle "
+                                        "GPU hours of the last 7 days, is refused.")
+    kaggle_session_hours: float = Field(
+        default=12.0, gt=0, description="Kaggle's session limit for CPU and GPU kernels (TPU kernels: 9 h).")
+    hub_check_timeout_s: float = Field(
+        default=10.0, gt=0, description="How long saving a configuration waits for the Hugging Face Hub to check "
+                                        "its base model before it says the check was skipped.")
     max_artifacts_gb: float = Field(
         default=100.0, gt=0, description="Most output (and largest checkpoint) a workload may send back or have "
                                          "fetched, decompressed.")

@@ -65,6 +65,11 @@ def catalogue(provider: str) -> str:
     return f"{PREFIX}.catalogue.{provider}"
 
 
+#: Core NATS request/reply: ``HubCheckRequest`` → ``HubModelCheck``, answered where users' Hugging Face tokens can be
+#: opened (the Spaces provider service).
+HUB_MODEL_CHECK = f"{PREFIX}.hub.model_check"
+
+
 def health(service: str) -> str:
     """Core NATS request/reply subject each service answers while it is ready."""
     return f"{PREFIX}.health.{service}"
@@ -84,5 +89,5 @@ EVENTS_SUBJECTS = [f"{PREFIX}.job.*.status", f"{PREFIX}.job.*.budget_alert", f"{
 DEAD_LETTERS_STREAM = "TUNEFLEET_DEAD_LETTERS"
 DEAD_LETTERS_PREFIX = f"{PREFIX}.dead"
 
-SERVICES = ("gateway", "scheduler", "provider_local", "provider_runpod", "provider_lambda", "metrics_ingest",
-            "model_registry", "notifier")
+SERVICES = ("gateway", "scheduler", "provider_local", "provider_runpod", "provider_lambda", "provider_kaggle",
+            "provider_hfspaces", "metrics_ingest", "model_registry", "notifier")

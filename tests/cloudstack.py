@@ -24,8 +24,8 @@ from services.sandbox.mirror import mirror_app, python_url
 from services.sandbox.runpod import RunPodEmulator
 from tests.stack import TERMINAL, RunningStack, collect_events, wait_for_status
 
-__all__ = ["LAMBDA_KEY", "PROVISIONING_TIMEOUT_S", "RUNPOD_KEY", "TERMINAL", "EmulatorServer", "Mailbox",
-           "RunningStack", "collect_events", "wait_for_status"]
+__all__ = ["HF_TOKEN", "HF_USER", "KAGGLE_KEY", "KAGGLE_USER", "LAMBDA_KEY", "PROVISIONING_TIMEOUT_S", "RUNPOD_KEY",
+           "TERMINAL", "EmulatorServer", "Mailbox", "RunningStack", "collect_events", "wait_for_status"]
 
 
 class EmulatorServer:
@@ -73,6 +73,9 @@ class Mailbox:
 
 RUNPOD_KEY = "rp-e2e-key-0123456789"
 LAMBDA_KEY = "lambda-e2e-key-0123456789"
+#: alice's accounts on the emulated Kaggle and Hugging Face Hub (a Kaggle key also serves as her API token).
+KAGGLE_USER, KAGGLE_KEY = "alice-kaggle", "kaggle-e2e-key-0123456789"
+HF_USER, HF_TOKEN = "alice-hf", "hf_e2e_token_0123456789"
 #: Stack-wide timers, scaled down: provisioning may last this long before the resource is replaced.
 PROVISIONING_TIMEOUT_S = 15.0
 
@@ -110,6 +113,27 @@ def lambda_cloud(tmp_path_factory, stock_images) -> LambdaEmulator:
 
 
 @pytest.fixture(scope="session")
+def kaggle_cloud(tmp_path_factory, stock_images):
+    from services.sandbox.kaggle import KaggleEmulator
+
+    emulator = KaggleEmulator(tmp_path_factory.mktemp("kaggle"), {KAGGLE_USER: KAGGLE_KEY}, stock=stock_images,
+                              queue_s=1.0)
+    with EmulatorServer(emulator.app) as server:
+        emulator.url = server.url
+        yield emulator
+
+
+@pytest.fixture(scope="session")
+def hf_hub(tmp_path_factory, stock_images):
+    from services.sandbox.hf_hub import HubEmulator
+
+    emulator = HubEmulator(tmp_path_factory.mktemp("hf"), {HF_USER: HF_TOKEN}, stock=stock_images, build_s=1.0)
+    with EmulatorServer(emulator.app) as server:
+        emulator.url = server.url
+        yield emulator
+
+
+@pytest.fixture(scope="session")
 def mailbox() -> Mailbox:
     box = Mailbox()
     box.controller.start()
@@ -118,12 +142,14 @@ def mailbox() -> Mailbox:
 
 
 @pytest.fixture(scope="session")
-def stack(tmp_path_factory, tiny_model_dir, runpod, lambda_cloud, mirror, stock_images, mailbox):
+def stack(tmp_path_factory, tiny_model_dir, runpod, lambda_cloud, kaggle_cloud, hf_hub, mirror, stock_images, mailbox):
     s = RunningStack(tmp_path_factory.mktemp("e2e") / "home", {
         # Job emails go to the test's SMTP server; webhooks to receivers on loopback, which the operator allows.
         "TUNEFLEET_SMTP_HOST": "127.0.0.1", "TUNEFLEET_SMTP_PORT": str(mailbox.port), "TUNEFLEET_SMTP_TLS": "none",
         "TUNEFLEET_ALLOW_PRIVATE_URLS": "true", "TUNEFLEET_WEBHOOK_RETRY_BASE_S": "0.5",
         "RUNPOD_API_BASE_URL": runpod.url, "LAMBDA_API_BASE_URL": lambda_cloud.url,
+        # The Hub emulator serves LFS uploads, not Xet storage (hf_xet is installed, and would be used).
+        "KAGGLE_API_BASE_URL": kaggle_cloud.url, "HF_ENDPOINT": hf_hub.url, "HF_HUB_DISABLE_XET": "1",
         "TUNEFLEET_LAMBDA_SSH_PORT": str(lambda_cloud.ssh_port), "TUNEFLEET_CLOUD_POLL_INTERVAL_S": "0.5",
         "TUNEFLEET_PROVISIONING_TIMEOUT_S": str(PROVISIONING_TIMEOUT_S), "TUNEFLEET_SANDBOX": "true",
         # The operator's model folder: the tests' tiny models are built under pytest's temporary folder.

@@ -14,7 +14,17 @@ from services.cli.embedded import EmbeddedNats, EmbeddedPostgres, free_port
 from shared.settings import Settings
 
 # The stack of processes and the emulated clouds: one per session, for the end-to-end and the contract suites.
-from tests.cloudstack import alice, lambda_cloud, mailbox, mirror, runpod, stack, stock_images  # noqa: F401
+from tests.cloudstack import (  # noqa: F401
+    alice,
+    hf_hub,
+    kaggle_cloud,
+    lambda_cloud,
+    mailbox,
+    mirror,
+    runpod,
+    stack,
+    stock_images,
+)
 
 warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
 logging.getLogger("pgserver").setLevel(logging.WARNING)

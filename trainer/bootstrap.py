@@ -13,6 +13,8 @@ environment and from ``env.json`` beside it, never spliced into shell text:
   is reused, so a restarted container does not install twice.
 * ``TUNEFLEET_PYTHON_URL`` and ``TUNEFLEET_PYTHON_SHA256``: a CPython 3.11+ archive (python-build-standalone
   layout) for images whose Python is older; the default is the pinned build in ``PYTHON_BUILDS``.
+* ``TUNEFLEET_WHEELHOUSE``: a folder of wheels (relative to the job folder, or absolute) holding the trainer's
+  requirements, for a machine without internet (a Kaggle kernel with internet off): pip installs from it alone.
 * ``TUNEFLEET_HOLD_AFTER_EXIT=1``: keep running after the end, for platforms that restart exited containers; the
   provider terminates the machine once it has the end report.
 
@@ -281,8 +283,12 @@ class Bootstrap:
         shutil.rmtree(venv, ignore_errors=True)
         self._run([python, "-m", "venv", "--system-site-packages", venv], "creating the venv")
         wheel = os.path.join(self.workdir, self.manifest["wheel"])
+        offline = []
+        house = self.env.get("TUNEFLEET_WHEELHOUSE")
+        if house and os.path.isdir(os.path.join(self.workdir, house)):  # no index reachable: the bundle's wheels
+            offline = ["--no-index", "--find-links", os.path.join(self.workdir, house)]
         self._run([venv_python, "-m", "pip", "install", "--no-compile", "--disable-pip-version-check", "--no-input",
-                   "--progress-bar", "off", wheel], "installing the trainer")
+                   "--progress-bar", "off", *offline, wheel], "installing the trainer")
         if self._hash_of(venv_python) != wanted:
             raise BootstrapFailed(f"the trainer installed into {venv} is not the build in the bundle")
         return venv_python

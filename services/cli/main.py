@@ -56,8 +56,10 @@ def up(sandbox: bool = typer.Option(False, help="Also start local emulators of t
         if key:
             console.print(f"First API key (user admin), shown once: [bold]{key}[/]", soft_wrap=True)
         if stack.sandbox_key:
-            console.print(f"Sandbox: RunPod's and Lambda's APIs are emulated here, an account per user. Store your "
-                          "account's key with PUT /api/secrets/runpod and /api/secrets/lambda to deploy on them; "
+            console.print(f"Sandbox: RunPod's, Lambda's, Kaggle's and the Hugging Face Hub's APIs are emulated here, "
+                          "an account per user. Store your account's key with PUT /api/secrets/runpod and "
+                          "/api/secrets/lambda ({\"api_key\": KEY}), /api/secrets/kaggle ({\"username\": NAME, "
+                          "\"key\": KEY}) and /api/secrets/huggingface ({\"token\": KEY}) to deploy on them; "
                           "`tunefleet sandbox-key --user NAME` gives each user theirs (admin's is "
                           f"{stack.sandbox_key}).", soft_wrap=True)
         console.print("Press Ctrl-C to stop.", highlight=False)

@@ -27,13 +27,13 @@ from .supervisor import Supervisor
 
 log = logging.getLogger(__name__)
 
-OWNERS = ("gateway", "scheduler", "provider_local", "provider_runpod", "provider_lambda", "metrics_ingest",
-          "model_registry", "notifier")
+OWNERS = ("gateway", "scheduler", "provider_local", "provider_runpod", "provider_lambda", "provider_kaggle",
+          "provider_hfspaces", "metrics_ingest", "model_registry", "notifier")
 #: The gateway stops taking work first; the provider stops its trainers while ingest still takes their
 #: last metrics and the scheduler can still read its reports later from the stream; the notifier after the
 #: scheduler, so that it has queued the last status changes (what it has queued it sends after a restart).
-STOP_ORDER = ("gateway", "provider_local", "provider_runpod", "provider_lambda", "scheduler", "model_registry",
-              "notifier", "metrics_ingest")
+STOP_ORDER = ("gateway", "provider_local", "provider_runpod", "provider_lambda", "provider_kaggle",
+              "provider_hfspaces", "scheduler", "model_registry", "notifier", "metrics_ingest")
 
 
 def secret_key(home: Path) -> str:
@@ -122,18 +122,21 @@ class Stack:
         log.info("preparing the emulated machine images (once per data folder; about a minute)")
         stock = build_stock_images(folder / "images")
         runpod, lambda_api, lambda_ssh, mirror = free_port(), free_port(), free_port(), free_port()
+        kaggle, hub = free_port(), free_port()
         with open(self.settings.home / "logs" / "sandbox.log", "ab") as logfile:
             self.processes["sandbox"] = subprocess.Popen(
                 [sys.executable, "-m", "services.sandbox", "--workdir", str(folder), "--key-file", str(key_file),
                  "--runpod-port", str(runpod), "--lambda-port", str(lambda_api), "--lambda-ssh-port", str(lambda_ssh),
-                 "--mirror-port", str(mirror)],
+                 "--mirror-port", str(mirror), "--kaggle-port", str(kaggle), "--hf-port", str(hub)],
                 env=self.env, stdout=logfile, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 start_new_session=True)
-        for port in (runpod, lambda_api, mirror):
+        for port in (runpod, lambda_api, mirror, kaggle, hub):
             wait_for_port(port, timeout=120)
         self.env.update({"RUNPOD_API_BASE_URL": f"http://127.0.0.1:{runpod}",
                          "LAMBDA_API_BASE_URL": f"http://127.0.0.1:{lambda_api}/api/v1",
                          "TUNEFLEET_LAMBDA_SSH_PORT": str(lambda_ssh), "TUNEFLEET_SANDBOX": "true",
+                         "KAGGLE_API_BASE_URL": f"http://127.0.0.1:{kaggle}", "HF_ENDPOINT": f"http://127.0.0.1:{hub}",
+                         "HF_HUB_DISABLE_XET": "1",  # the Hub emulator serves LFS uploads, not Xet storage
                          "TUNEFLEET_WORKLOAD_PYTHON_URL": f"http://127.0.0.1:{mirror}/files/{stock.python_archive.name}",
                          "TUNEFLEET_WORKLOAD_PYTHON_SHA256": stock.python_sha256})
 

@@ -57,11 +57,13 @@ def _write_private(path: Path, text: str) -> None:
 
 
 def write_bundle(settings: Settings, cmd: ProvisionJob, *, remote: bool, ingest_token: str,
-                 resume_from: str | None = None) -> Path:
+                 resume_from: str | None = None, offline: bool = False) -> Path:
     """Lay out one attempt's bundle. A remote bundle carries the trainer wheel and the bootstrap, uses paths
     relative to itself, resumes from the newest checkpoint it finds in ``output/checkpoints`` (fetched there
     by the bootstrap, or left on a restarted container's volume) and uploads each checkpoint it saves. A local
-    one points at this machine's files and resumes from ``resume_from``."""
+    one points at this machine's files and resumes from ``resume_from``. An ``offline`` one (a machine that cannot
+    reach TuneFleet) has no ingest URL, token or checkpoint upload: its trainer spools every batch into its output,
+    and nothing secret travels in it."""
     folder = bundle_dir(settings, cmd.job_id, cmd.attempt)
     folder.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(cmd.dataset_path, folder / "data.jsonl")
@@ -69,10 +71,11 @@ def write_bundle(settings: Settings, cmd: ProvisionJob, *, remote: bool, ingest_
     if remote:
         key, base = settings.require_secret_key(), settings.public_url
         spec = JobSpec(job_id=cmd.job_id, attempt=cmd.attempt, config=cmd.config, dataset_path="data.jsonl",
-                       dataset_format=cmd.dataset_format, output_dir="output", ingest_url=settings.ingest_url,
-                       ingest_token=ingest_token, resume_from_checkpoint="latest",
-                       checkpoint_upload_url=signed_url(key, base, "PUT", _path(cmd.job_id, cmd.attempt, "checkpoint"),
-                                                        URL_TTL_S))
+                       dataset_format=cmd.dataset_format, output_dir="output",
+                       ingest_url=None if offline else settings.ingest_url,
+                       ingest_token=None if offline else ingest_token, resume_from_checkpoint="latest",
+                       checkpoint_upload_url=None if offline else signed_url(
+                           key, base, "PUT", _path(cmd.job_id, cmd.attempt, "checkpoint"), URL_TTL_S))
         wheel = build_trainer_wheel(settings.home / "cache")
         (folder / "wheels").mkdir(exist_ok=True)
         shutil.copyfile(wheel.path, folder / "wheels" / wheel.path.name)

@@ -71,9 +71,9 @@ class CloudRunner:
     async def credentials(self, user_id: str):
         if not self.compute.needs_credentials:
             return None
-        return await self._stored(user_id, self.provider)
+        return await self.stored(user_id, self.compute.credentials_name or self.provider)
 
-    async def _stored(self, user_id: str, name: str):
+    async def stored(self, user_id: str, name: str):
         private_key = self.settings.secrets_private_key
         if private_key is None:
             raise ProviderError("TUNEFLEET_SECRETS_PRIVATE_KEY is not set for this provider service")
@@ -85,14 +85,14 @@ class CloudRunner:
         rlhf = cmd.config.training.rlhf
         if cmd.config.training.method is not Method.RLHF or not rlhf.judge_url or not rlhf.judge_api_key_secret:
             return {}
-        judge = await self._stored(cmd.user_id, rlhf.judge_api_key_secret)
+        judge = await self.stored(cmd.user_id, rlhf.judge_api_key_secret)
         return {JUDGE_KEY_ENV: judge.api_key.get_secret_value()}
 
     async def _request(self, job_id: str, attempt: int, options: dict | None = None,
                        command: ProvisionJob | None = None, user_id: str = "") -> WorkloadRequest:
         env = await self._secret_env(command) if command is not None else {}
         if self.compute.remote:
-            env.update(workload_env(self.settings, job_id, attempt, push=self.compute.pushes_reports,
+            env.update(workload_env(self.settings, job_id, attempt, push=self.compute.pushes(options or {}),
                                     resume=latest_checkpoint(self.settings, job_id) is not None))
         return WorkloadRequest(job_id=job_id, attempt=attempt, installation=self.compute.installation, env=env,
                                options=options or {}, user_id=command.user_id if command else user_id,
@@ -117,7 +117,8 @@ class CloudRunner:
             await asyncio.to_thread(
                 write_bundle, self.settings, cmd, remote=self.compute.remote,
                 ingest_token=job_token(self.settings.require_secret_key(), cmd.job_id),
-                resume_from=None if self.compute.remote else cmd.resume_from_checkpoint)
+                resume_from=None if self.compute.remote else cmd.resume_from_checkpoint,
+                offline=self.compute.offline(cmd.provider_options))
             request = await self._request(cmd.job_id, cmd.attempt, cmd.provider_options, cmd)
             await self.compute.validate(request, credentials)
             provisioned = await self._create(request, credentials)
@@ -205,12 +206,12 @@ class CloudRunner:
             row = await self.workloads.get(job_id, attempt) or row
         starting = status.phase is WorkloadPhase.RUNNING and not row["workload_started"]
         command = ProvisionJob.model_validate(row["command"]) if starting else None
-        request = await self._request(job_id, attempt, command.provider_options if command else None, command,
-                                      user_id=row["user_id"])
+        options = (row["command"] or {}).get("provider_options") or {}
+        request = await self._request(job_id, attempt, options, command, user_id=row["user_id"])
         if starting:
             status = await self._start(row, request, credentials, status)
         folder = request.artifacts_dir
-        if status.phase is WorkloadPhase.RUNNING:
+        if status.phase is WorkloadPhase.RUNNING or status.finished:
             try:
                 await self.compute.collect(row["resource_id"], request, credentials)
             except ProviderTransient as exc:
@@ -220,10 +221,13 @@ class CloudRunner:
                 return
         result = await asyncio.to_thread(read_result, folder)
         if result is not None:
-            await self._finish(row, result, folder)
+            await self._finish(row, result, request, credentials)
             return
         tail = await asyncio.to_thread(read_log_tail, folder)
-        if status.phase is None:
+        if status.finished:
+            await self._stop(row, WorkloadPhase.FAILED, status.detail or f"the {self.provider} workload ended "
+                                                                          "without a result", tail)
+        elif status.phase is None:
             await self._end(job_id, attempt, WorkloadPhase.PREEMPTED, log_tail=tail, **_costs(row),
                             message=f"the {self.provider} resource went away mid-run ({status.detail})")
         elif status.phase is WorkloadPhase.FAILED:
@@ -290,16 +294,23 @@ class CloudRunner:
                                       **_costs(row), **kw))
         await self.workloads.reported(str(row["job_id"]), row["attempt"])
 
-    async def _finish(self, row: asyncpg.Record, result: TrainerResult, folder: Path) -> None:
-        """The workload reported its end: end the resource, deliver what it could not (later, if ingest is away
-        now), report how it ended."""
-        job_id, attempt = str(row["job_id"]), row["attempt"]
+    async def _finish(self, row: asyncpg.Record, result: TrainerResult, request: WorkloadRequest,
+                      credentials) -> None:
+        """The workload reported its end: publish a success where the options ask, end the resource, deliver
+        what it could not (later, if ingest is away now), report how it ended."""
+        job_id, attempt, folder = str(row["job_id"]), row["attempt"], request.artifacts_dir
+        phase, message = result_phase(result), result.error_message
+        if phase is WorkloadPhase.SUCCEEDED:
+            try:
+                message = await self.compute.deliver(request, credentials, _localised(result, folder)) or message
+            except ProviderError as exc:
+                log.warning("job %s: delivering the result failed: %s", job_id, exc.message)
+                message = f"trained, but publishing the result failed: {exc.message}"
         await self._terminate(row)
         delivered = await asyncio.to_thread(replay_spool, self.settings, job_id, folder)
         tail = await asyncio.to_thread(read_log_tail, folder)
-        await self._end(job_id, attempt, result_phase(result), result=_localised(result, folder),
-                        message=result.error_message, log_tail=tail, **_costs(row),
-                        spool_pending=not delivered)
+        await self._end(job_id, attempt, phase, result=_localised(result, folder), message=message, log_tail=tail,
+                        **_costs(row), spool_pending=not delivered)
 
     async def _deliver_pending_spools(self) -> None:
         for row in await self.workloads.pending_spools():

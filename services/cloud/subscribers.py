@@ -21,11 +21,16 @@ WORKERS = 8
 
 
 def wire_provider(make_compute: Callable[[ServiceContext], Compute],
-                  poll_interval_s: Callable[[Settings], float] = lambda s: s.cloud_poll_interval_s):
+                  poll_interval_s: Callable[[Settings], float] = lambda s: s.cloud_poll_interval_s,
+                  extra: Callable[[ServiceContext, CloudRunner], None] | None = None):
+    """``extra`` subscribes what else the provider answers (the Hub model check), with the runner at hand."""
+
     async def wire(ctx: ServiceContext) -> Hooks:
         compute = make_compute(ctx)
         runner = CloudRunner(compute, ctx.settings, ctx.pool, Bus(ctx.broker).publish,
                              poll_interval_s=poll_interval_s(ctx.settings))
+        if extra is not None:
+            extra(ctx, runner)
         broker, name, per_job = ctx.broker, compute.name, KeyedLocks()
 
         @broker.subscriber(subjects.provision(name), stream=COMMANDS,

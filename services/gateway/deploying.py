@@ -98,10 +98,11 @@ async def chosen_configuration(pool: asyncpg.Pool, user_id: str, body) -> Chosen
     return Chosen(config, chosen.saved)
 
 
-async def resolve_data(settings: Settings, pool: asyncpg.Pool, user_id: str, config: TrainingConfig) -> ResolvedData:
-    """Check the configuration against what this server allows (``policy``), find the data set it names and check
-    that its method can train on it."""
-    await check_configuration_policy(settings, pool, user_id, config)
+async def resolve_data(settings: Settings, pool: asyncpg.Pool, user_id: str, config: TrainingConfig,
+                       attached: tuple[str, ...] = ()) -> ResolvedData:
+    """Check the configuration against what this server allows (``policy``; ``attached``: folders the workload's
+    platform fills), find the data set it names and check that its method can train on it."""
+    await check_configuration_policy(settings, pool, user_id, config, attached)
     if not config.data.has_source:
         raise ValidationFailed("the configuration names no data set: give dataset_id in the request, or set "
                                "data.dataset_id (upload the JSONL with POST /api/training/datasets)",
@@ -167,10 +168,11 @@ def require_reachable_urls(settings: Settings, provider: str) -> None:
 
 async def request_deploy(settings: Settings, pool: asyncpg.Pool, bus: Bus, *, user_id: str, provider: str,
                          config: TrainingConfig, saved: Saved | None, provider_options: dict,
-                         budget: BudgetControls | None = None, placement: Placement | None = None) -> Accepted:
+                         budget: BudgetControls | None = None, placement: Placement | None = None,
+                         attached: tuple[str, ...] = ()) -> Accepted:
     """Store the deploy and publish it. ``placement``: the offers automatic placement chose, ``provider`` and
-    ``provider_options`` being the first."""
-    data = await resolve_data(settings, pool, user_id, config)
+    ``provider_options`` being the first; ``attached``: folders the workload's platform fills."""
+    data = await resolve_data(settings, pool, user_id, config, attached)
     if provider == "local":
         await check_local_job(settings, config)
     budget = budget or BudgetControls()

@@ -21,6 +21,8 @@ from .schemas import EstimateCandidate
 AUTO = "auto"
 #: The providers a job can be placed on, and the deploy route of each.
 PLACEABLE = ("runpod", "lambda")
+#: The deploy routes of the providers placement leaves alone.
+ROUTES = {"kaggle": "kaggle", "hfspaces": "hf-spaces"}
 #: Offers kept to fall back on: each move is an attempt, and a provider out of one GPU is often out of the next.
 MAX_OFFERS = 4
 
@@ -49,7 +51,8 @@ def place(candidates: list[EstimateCandidate], options: dict[str, dict], *, unan
     for c in candidates:
         why = None
         if c.provider not in PLACEABLE:
-            why = f"TuneFleet does not deploy to {c.provider} yet"
+            why = (f"{c.provider} needs what placement cannot choose for you (a notebook title, a Space name): "
+                   f"deploy to POST /api/training/deploy/{ROUTES.get(c.provider, c.provider)}")
         elif c.provider not in options:
             why = f"not asked for (provider: {', '.join(options)})"
         elif not c.fits:

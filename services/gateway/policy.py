@@ -21,7 +21,7 @@ import asyncio
 import json
 import os
 import re
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from urllib.parse import urlsplit
 
 import asyncpg
@@ -63,10 +63,25 @@ def _adapter_base(path: Path) -> str | None:
     return base if isinstance(base, str) and base else None
 
 
+#: Folders only a provider's machine has (a Kaggle kernel's attached sources). A saved configuration may name a
+#: model there; a deploy accepts it only where that provider attaches the source (``kaggle_limits.attached``).
+PLATFORM_FOLDERS = ("/kaggle/input",)
+
+
+def attached_to(reference: str, attached: tuple[str, ...]) -> bool:
+    """Whether ``reference`` lies in a folder the workload's platform attaches (a Kaggle kernel's
+    ``/kaggle/input/<source>``): a path on that machine, which this server never reads."""
+    path = PurePosixPath(reference)
+    return ".." not in path.parts and any(path.is_relative_to(folder) for folder in attached)
+
+
 async def _check_model_reference(settings: Settings, pool: asyncpg.Pool, user_id: str, reference: str,
-                                 field: str, depth: int = 0) -> None:
+                                 field: str, depth: int = 0, attached: tuple[str, ...] = ()) -> None:
     """Also the base model an allowed adapter folder names: a user may have rewritten their own adapter's
-    ``adapter_config.json`` (it came back from their machine) to point at any path."""
+    ``adapter_config.json`` (it came back from their machine) to point at any path. A path in one of the
+    ``attached`` folders is the workload machine's, not this server's."""
+    if attached_to(reference, attached):
+        return
     if depth > 2:
         raise ValidationFailed(f"{field}: adapters name adapters too deep; name the base model itself", field=field)
     if not _is_local_path(reference):
@@ -100,14 +115,16 @@ def check_train_path(settings: Settings, reference: str) -> Path:
 
 
 async def check_configuration_policy(settings: Settings, pool: asyncpg.Pool, user_id: str,
-                                     config: TrainingConfig) -> None:
-    """Refuse (422, naming the field and the fix) what this server does not let a configuration do."""
+                                     config: TrainingConfig, attached: tuple[str, ...] = ()) -> None:
+    """Refuse (422, naming the field and the fix) what this server does not let a configuration do. ``attached``:
+    folders of the workload's machine that its platform fills (see ``attached_to``)."""
     if config.model.trust_remote_code and not settings.allow_remote_code:
         raise ValidationFailed(
             "model.trust_remote_code: this server does not run a model's own code (it would run in preflight on the "
             "server and in local jobs); use a model that transformers supports natively, or ask the operator to set "
             "TUNEFLEET_ALLOW_REMOTE_CODE=true", field="model.trust_remote_code")
-    await _check_model_reference(settings, pool, user_id, config.model.base_model, "model.base_model")
+    await _check_model_reference(settings, pool, user_id, config.model.base_model, "model.base_model",
+                                 attached=attached)
     rlhf = config.training.rlhf
     if config.training.method is Method.RLHF and rlhf.reward_model:
         await _check_model_reference(settings, pool, user_id, rlhf.reward_model, "training.rlhf.reward_model")

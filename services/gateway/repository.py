@@ -111,13 +111,14 @@ async def delete_dataset(conn: asyncpg.Connection, user_id: str, dataset_id: uui
 
 # Configurations -----------------------------------------------------------------------------------------------
 
-_CONFIGURATION = "id, config, created_at, updated_at"
+_CONFIGURATION = "id, config, created_at, updated_at, hub_check"
 
 
-async def insert_configuration(pool: asyncpg.Pool, user_id: str, config: dict) -> asyncpg.Record:
+async def insert_configuration(pool: asyncpg.Pool, user_id: str, config: dict,
+                               hub_check: dict | None = None) -> asyncpg.Record:
     return await pool.fetchrow(
-        f"INSERT INTO configurations (id, user_id, config) VALUES ($1, $2, $3) RETURNING {_CONFIGURATION}",
-        uuid.uuid4(), user_id, config)
+        f"""INSERT INTO configurations (id, user_id, config, hub_check) VALUES ($1, $2, $3, $4)
+            RETURNING {_CONFIGURATION}""", uuid.uuid4(), user_id, config, hub_check)
 
 
 async def configuration(pool: Conn, user_id: str, configuration_id: str) -> asyncpg.Record | None:
@@ -137,10 +138,10 @@ async def configurations(pool: asyncpg.Pool, user_id: str, limit: int,
 
 
 async def update_configuration(conn: asyncpg.Connection, user_id: str, configuration_id: uuid.UUID,
-                               config: dict) -> asyncpg.Record | None:
+                               config: dict, hub_check: dict | None = None) -> asyncpg.Record | None:
     return await conn.fetchrow(
-        f"""UPDATE configurations SET config = $3, updated_at = now() WHERE id = $1 AND user_id = $2
-            RETURNING {_CONFIGURATION}""", configuration_id, user_id, config)
+        f"""UPDATE configurations SET config = $3, hub_check = $4, updated_at = now() WHERE id = $1 AND user_id = $2
+            RETURNING {_CONFIGURATION}""", configuration_id, user_id, config, hub_check)
 
 
 async def delete_configuration(conn: asyncpg.Connection, user_id: str, configuration_id: uuid.UUID) -> bool:

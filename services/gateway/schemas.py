@@ -12,6 +12,7 @@ from shared.budget import BudgetControls
 from shared.catalogue import Catalogue, Offer
 from shared.config import TrainingConfig
 from shared.events import JobCost, Placement
+from shared.hub_models import HubModelCheck
 
 
 class ConfigurationPublic(BaseModel):
@@ -19,6 +20,10 @@ class ConfigurationPublic(BaseModel):
     config: TrainingConfig
     created_at: datetime
     updated_at: datetime
+    hub_check: HubModelCheck | None = Field(default=None, description=(
+        "What the Hugging Face Hub said of a hub base model when this was saved: verified (with the resolved "
+        "revision, architecture, parameter count, gating) or skipped (the Hub could not be reached); null for a "
+        "local model folder."))
 
 
 class ConfigurationsPage(BaseModel):
@@ -138,6 +143,107 @@ class LambdaDeploymentRequest(DeploymentRequest):
 
     def provider_options(self) -> dict:
         return self.model_dump(include={"instance_type", "region"})
+
+
+_KAGGLE_SLUG = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}/[A-Za-z0-9][A-Za-z0-9_.-]{2,99}(/versions/\d+)?")
+#: Kaggle's accelerators as kernel-metadata.json names them (kaggle 2.2's kernels push docs).
+KAGGLE_MACHINE_SHAPES = ("NvidiaTeslaT4", "NvidiaTeslaP100", "NvidiaL4", "NvidiaL4X1", "TpuV38", "TpuV5E8", "None")
+
+
+class KaggleDeploymentRequest(DeploymentRequest):
+    """The specification's ``KaggleDeploymentRequest``, with ``machine_shape`` and ``model_sources``."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"training_config_id": "cfg_abc123", "notebook_title": "Fine-tune TinyLlama", "enable_gpu": True,
+         "enable_internet": True, "machine_shape": "NvidiaTeslaT4"}]})
+    notebook_title: str = Field(min_length=5, max_length=50, description="The kernel's title (5 to 50 characters).")
+    is_private: bool = Field(default=True, description="A private kernel (the default): only you see it.")
+    dataset_sources: list[str] = Field(default_factory=list, max_length=20, description=(
+        "Kaggle datasets to attach, as owner/dataset-slug; they appear under /kaggle/input/<slug>."))
+    model_sources: list[str] = Field(default_factory=list, max_length=10, description=(
+        "Kaggle models to attach (owner/model/framework/variation[/version]): with enable_internet false, the base "
+        "model must come from here or from dataset_sources."))
+    enable_gpu: bool = Field(default=True, description="Run on a GPU (counts against Kaggle's weekly GPU hours).")
+    enable_internet: bool = Field(default=True, description=(
+        "Let the kernel reach the internet: metrics arrive live and the base model can come from the Hub. Without "
+        "it, the job's files travel as a private Kaggle dataset and metrics arrive when the kernel ends."))
+    machine_shape: str | None = Field(default=None, description=(
+        f"Kaggle's accelerator: one of {', '.join(KAGGLE_MACHINE_SHAPES)}; Kaggle's default GPU when unset."))
+    preflight: bool = Field(default=True, description="Dry-run the config on this machine's CPU first.")
+
+    @field_validator("dataset_sources")
+    @classmethod
+    def _dataset_slugs(cls, sources: list[str]) -> list[str]:
+        for source in sources:
+            if not _KAGGLE_SLUG.fullmatch(source):
+                raise ValueError(f"dataset_sources entry {source!r} is not owner/dataset-slug, e.g. "
+                                 "'alice/my-model-weights'")
+        return sources
+
+    @field_validator("model_sources")
+    @classmethod
+    def _model_slugs(cls, sources: list[str]) -> list[str]:
+        for source in sources:
+            parts = source.split("/")
+            if not 4 <= len(parts) <= 5 or not all(parts) or any(c.isspace() for c in source):
+                raise ValueError(f"model_sources entry {source!r} is not owner/model/framework/variation[/version], "
+                                 "e.g. 'google/gemma/transformers/2b'")
+        return sources
+
+    @field_validator("machine_shape")
+    @classmethod
+    def _shape(cls, shape: str | None) -> str | None:
+        if shape is not None and shape not in KAGGLE_MACHINE_SHAPES:
+            raise ValueError(f"machine_shape {shape!r} is not a Kaggle accelerator; use one of "
+                             f"{', '.join(KAGGLE_MACHINE_SHAPES)}")
+        return shape
+
+    def provider_options(self) -> dict:
+        return self.model_dump(include={"notebook_title", "is_private", "dataset_sources", "model_sources",
+                                        "enable_gpu", "enable_internet", "machine_shape"})
+
+
+_REPO_PART = r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?"
+_REPO_ID = re.compile(f"{_REPO_PART}/{_REPO_PART}")
+#: Spaces hardware flavours (huggingface_hub's SpaceHardware), GPUs and the CPU ones.
+HF_SPACE_TIERS = ("cpu-basic", "cpu-upgrade", "t4-small", "t4-medium", "l4x1", "l4x4", "l40sx1", "l40sx4", "l40sx8",
+                  "a10g-small", "a10g-large", "a10g-largex2", "a10g-largex4", "a100-large", "a100x4", "a100x8")
+
+
+class HFSpacesDeploymentRequest(DeploymentRequest):
+    """The specification's ``HFSpacesDeploymentRequest``, with ``delete_on_finish`` and ``push_to_hub``. The budget
+    fields behave as on every provider."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"training_config_id": "cfg_abc123", "space_name": "alice/tunefleet-run", "gpu_tier": "t4-small",
+         "budget_limit": 5, "alert_threshold": 80, "push_to_hub": "alice/my-adapter"}]})
+    space_name: str = Field(description="owner/name of the Space to create: your user name or an organisation you "
+                                        "can write to.")
+    visibility: Literal["private", "public"] = Field(default="private")
+    gpu_tier: str = Field(default="t4-small", description=f"Spaces hardware: one of {', '.join(HF_SPACE_TIERS)}.")
+    delete_on_finish: bool = Field(default=False, description="Delete the Space once the job ends; else it is left "
+                                                              "paused (paused Spaces cost nothing).")
+    push_to_hub: str | None = Field(default=None, description="A model repo (owner/name) to push the adapter to "
+                                                              "as well; created private if missing.")
+    preflight: bool = Field(default=True, description="Dry-run the config on this machine's CPU first.")
+
+    @field_validator("space_name", "push_to_hub")
+    @classmethod
+    def _repo_id(cls, repo: str | None, info) -> str | None:
+        if repo is not None and (not _REPO_ID.fullmatch(repo) or "--" in repo or ".." in repo):
+            raise ValueError(f"{info.field_name} {repo!r} is not owner/name (letters, digits, '-', '_', '.'; at most "
+                             "96 characters each), e.g. 'alice/tunefleet-run'")
+        return repo
+
+    @field_validator("gpu_tier")
+    @classmethod
+    def _tier(cls, tier: str) -> str:
+        if tier not in HF_SPACE_TIERS:
+            raise ValueError(f"gpu_tier {tier!r} is not Spaces hardware; use one of {', '.join(HF_SPACE_TIERS)}")
+        return tier
+
+    def provider_options(self) -> dict:
+        return self.model_dump(include={"space_name", "visibility", "gpu_tier", "delete_on_finish", "push_to_hub"})
 
 
 class AutoDeploymentRequest(DeploymentRequest):

@@ -19,7 +19,8 @@ from . import views
 from .schemas import DeploymentCost, DeploymentMetrics, DeploymentResponse, JobPublic
 
 #: Where a provider's console lists its workloads (neither exposes a page per workload that TuneFleet can link).
-CONSOLE_URLS = {"runpod": "https://console.runpod.io/pods", "lambda": "https://cloud.lambda.ai/instances"}
+CONSOLE_URLS = {"runpod": "https://console.runpod.io/pods", "lambda": "https://cloud.lambda.ai/instances",
+                "kaggle": "https://www.kaggle.com/work/code", "hfspaces": "https://huggingface.co/spaces"}
 
 
 def pod_url(settings: Settings, provider: str, job_id: str, resource_id: str | None) -> str | None:
@@ -39,7 +40,9 @@ def gpu_of(provider: str, options: dict[str, Any], config: TrainingConfig | None
     instance = _LAMBDA_GPUS.match(options.get("instance_type") or "")
     count = options.get("gpu_count") or (int(instance.group(1)) if instance else None) or (
         config.training.gpu_count if config else 1)
-    return options.get("gpu_type") or options.get("instance_type"), int(count)
+    gpu = (options.get("gpu_type") or options.get("instance_type") or options.get("gpu_tier")
+           or options.get("machine_shape"))
+    return gpu, int(count)
 
 
 def progress(status: str | None, config: TrainingConfig | None, latest: dict | None) -> float | None:
@@ -122,5 +125,5 @@ def deployment_response(settings: Settings, job_id: str, provider: str, options:
         job_id=job_id, deployment_id=job_id, pod_id=job_id, pod_url=pod_url(settings, provider, job_id, None),
         provider=provider, status=JobStatus.QUEUED.value, deployment_status=DOCUMENTED_STATUS[JobStatus.QUEUED],
         gpu_type=gpu_type, gpu_count=gpu_count,
-        cost=DeploymentCost(cost_per_hour=0.0 if provider == "local" else None), created_at=created_at,
+        cost=DeploymentCost(cost_per_hour=0.0 if provider in ("local", "kaggle") else None), created_at=created_at,
         message=f"deploy accepted; follow GET /api/training/jobs/{job_id}")

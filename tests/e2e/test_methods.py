@@ -9,8 +9,7 @@ import pytest
 
 from tests.document import LARGE, SMALL
 
-from .conftest import wait_for_status
-from .test_runpod import wait_until
+from .conftest import wait_for_status, wait_until
 
 pytestmark = pytest.mark.e2e
 

@@ -20,7 +20,7 @@ from shared import subjects
 from shared.providers import installation_id, resource_name
 from shared.settings import Settings
 
-from .conftest import PROVISIONING_TIMEOUT_S, RUNPOD_KEY, wait_for_status
+from .conftest import PROVISIONING_TIMEOUT_S, RUNPOD_KEY, cloud_job_config, wait_for_status, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -31,16 +31,8 @@ GPU = "NVIDIA RTX A4000"
 
 @pytest.fixture(scope="module")
 def config(alice, tiny_model_dir, tmp_path_factory) -> dict:
-    from trainer.tiny_model import write_sample_dataset
-
-    data = write_sample_dataset(str(tmp_path_factory.mktemp("rp") / "data.jsonl"), rows=32, fmt="instruction")
-    dataset = alice.post("/api/training/datasets", files={"file": ("d.jsonl", Path(data).read_bytes())}).json()
     assert alice.put("/api/secrets/runpod", json={"api_key": RUNPOD_KEY}).status_code == 204
-    return {"name": "rp", "model": {"base_model": tiny_model_dir, "max_seq_length": 64},
-            "data": {"dataset_id": dataset["id"], "eval_split": 0.2},
-            "training": {"max_steps": 8, "batch_size": 4, "logging_steps": 1, "eval_steps": 8,
-                         "lora": {"target_modules": "all-linear"}},
-            "predictions": {"sample_count": 1, "frequency": "eval", "max_new_tokens": 4, "temperature": 0}}
+    return cloud_job_config(alice, tmp_path_factory.mktemp("rp"), "rp", tiny_model_dir, max_steps=8)
 
 
 def deploy(client, config, **extra) -> str:
@@ -48,13 +40,6 @@ def deploy(client, config, **extra) -> str:
     r = client.post("/api/training/deploy/runpod", json=body)
     assert r.status_code == 202, r.text
     return r.json()["job_id"]
-
-
-def wait_until(predicate, timeout=60.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.25)
 
 
 def pods_of(runpod, job_id):

@@ -10,7 +10,7 @@ import pytest
 
 from shared.supervision import read_status
 
-from .test_runpod import wait_until
+from .conftest import wait_until
 
 pytestmark = pytest.mark.e2e
 

@@ -38,7 +38,8 @@ def test_the_cheapest_run_that_fits_and_can_be_had_comes_first_and_every_other_o
     why = {(r.provider, r.gpu): r.reason for r in placement.rejected}
     assert why == {
         ("hfspaces", "*"): "no hfspaces credentials",
-        ("kaggle", "NvidiaTeslaT4"): "TuneFleet does not deploy to kaggle yet",
+        ("kaggle", "NvidiaTeslaT4"): "kaggle needs what placement cannot choose for you (a notebook title, a Space "
+                                     "name): deploy to POST /api/training/deploy/kaggle",
         ("runpod", "NVIDIA RTX A5000"): "runpod has no capacity for it now",
         ("runpod", "NVIDIA H100 PCIe"): "$2.39/h is over max_usd_per_hour $2.00",
         ("runpod", "NVIDIA RTX A4000"): "needs 30 GiB; the GPU has 24",

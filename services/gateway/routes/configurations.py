@@ -11,24 +11,28 @@ from shared.errors import NotFound
 
 from .. import repository
 from ..deploying import resolve_data
-from ..deps import CurrentUser, PoolDep, SettingsDep
-from ..policy import check_configuration_policy
+from ..deps import BrokerDep, CurrentUser, PoolDep, SettingsDep
+from ..hub_check import check_base_model
+from ..policy import PLATFORM_FOLDERS, check_configuration_policy
 from ..schemas import ConfigurationPublic, ConfigurationsPage
 
 router = APIRouter(prefix="/api/training/configurations", tags=["configurations"])
 
 
-async def _check(settings, pool, user: str, config: TrainingConfig) -> None:
-    """It must keep to what this server allows; the data set it names, if any, must exist and suit its method."""
+async def _check(settings, pool, broker, user: str, config: TrainingConfig) -> dict | None:
+    """It must keep to what this server allows; the data set it names, if any, must exist and suit its method; a
+    hub base model must exist and be readable with the user's token. Returns what the Hub said."""
     if config.data.has_source:
-        await resolve_data(settings, pool, user, config)
+        await resolve_data(settings, pool, user, config, PLATFORM_FOLDERS)
     else:
-        await check_configuration_policy(settings, pool, user, config)
+        await check_configuration_policy(settings, pool, user, config, PLATFORM_FOLDERS)
+    checked = await check_base_model(broker, settings, user, config)
+    return checked.model_dump(mode="json", exclude_none=True) if checked else None
 
 
 def _public(row) -> ConfigurationPublic:
     return ConfigurationPublic(id=str(row["id"]), config=row["config"], created_at=row["created_at"],
-                               updated_at=row["updated_at"])
+                               updated_at=row["updated_at"], hub_check=row["hub_check"])
 
 
 async def _refuse_if_used(conn, user: str, configuration_id: uuid.UUID, doing: str) -> None:
@@ -45,12 +49,15 @@ ConfigurationBody = Annotated[TrainingConfig, Body(openapi_examples=EXAMPLES)]
 
 @router.post("", status_code=201, response_model=ConfigurationPublic)
 async def create_configuration(config: ConfigurationBody, user: CurrentUser, pool: PoolDep,
-                               settings: SettingsDep) -> ConfigurationPublic:
+                               settings: SettingsDep, broker: BrokerDep) -> ConfigurationPublic:
     """Store a TrainingConfig, in TuneFleet's spelling or the specification's (stored in TuneFleet's). It must keep
     to what this server allows; the data set it names, if any, must exist and suit its method (one that names none
-    is given its data set by the deploy: ``dataset_id``)."""
-    await _check(settings, pool, user, config)
-    return _public(await repository.insert_configuration(pool, user, config.model_dump(mode="json")))
+    is given its data set by the deploy: ``dataset_id``). A Hugging Face Hub base model is checked with your stored
+    token (PUT /api/secrets/huggingface): it must exist, be readable (gated and private repos) and have a causal-LM
+    config and a tokenizer; ``hub_check`` records the revision, architecture, parameter count and gating, or that
+    the Hub could not be reached and the check was skipped."""
+    checked = await _check(settings, pool, broker, user, config)
+    return _public(await repository.insert_configuration(pool, user, config.model_dump(mode="json"), checked))
 
 
 @router.get("", response_model=ConfigurationsPage)
@@ -72,13 +79,14 @@ async def get_configuration(configuration_id: uuid.UUID, user: CurrentUser, pool
 
 @router.put("/{configuration_id}", response_model=ConfigurationPublic)
 async def replace_configuration(configuration_id: uuid.UUID, config: ConfigurationBody, user: CurrentUser,
-                                pool: PoolDep, settings: SettingsDep) -> ConfigurationPublic:
+                                pool: PoolDep, settings: SettingsDep, broker: BrokerDep) -> ConfigurationPublic:
     """Replace a configuration, checked as on create. Refused (409) while an unfinished job was made from it: a
     job's configuration is what it was deployed with."""
-    await _check(settings, pool, user, config)
+    checked = await _check(settings, pool, broker, user, config)
     async with pool.acquire() as conn, conn.transaction():
         await _refuse_if_used(conn, user, configuration_id, "changed")
-        row = await repository.update_configuration(conn, user, configuration_id, config.model_dump(mode="json"))
+        row = await repository.update_configuration(conn, user, configuration_id, config.model_dump(mode="json"),
+                                                    checked)
     if row is None:
         raise NotFound(f"configuration {configuration_id} not found")
     return _public(row)

@@ -13,13 +13,16 @@ from .. import repository, views
 from ..deploying import Chosen, chosen_configuration, request_deploy, require_reachable_urls, resolve_data
 from ..deps import BrokerDep, BusDep, CurrentUser, PoolDep, SettingsDep
 from ..estimating import estimate_with_offers
+from ..kaggle_limits import attached, check_kaggle_limits, model_attached
 from ..placing import AUTO, default_options, place
 from ..preflighting import run_user_preflight
 from ..schemas import (
     AutoDeploymentRequest,
     DeploymentRequest,
     DeploymentResponse,
+    HFSpacesDeploymentRequest,
     JobPublic,
+    KaggleDeploymentRequest,
     LambdaDeploymentRequest,
     LocalDeploymentRequest,
     RunPodDeploymentRequest,
@@ -28,14 +31,19 @@ from ..status import deployment_response, job_public
 
 router = APIRouter(prefix="/api/training/deploy", tags=["deploy"])
 
-Provider = Literal["local", "runpod", "lambda"]
+Provider = Literal["local", "runpod", "lambda", "kaggle", "hf-spaces"]
+#: The route's name of a provider → the provider service's.
+SERVICE_NAMES = {"hf-spaces": "hfspaces"}
+#: The name a provider's credentials are stored under, where it is not the provider's.
+CREDENTIALS_NAMES = {"hfspaces": "huggingface"}
 
 
 async def _deploy(provider: str, body: DeploymentRequest, chosen: Chosen, user: str, pool, bus, settings,
-                  options: dict) -> DeploymentResponse:
+                  options: dict, attached_folders: tuple[str, ...] = ()) -> DeploymentResponse:
     config = chosen.config
     accepted = await request_deploy(settings, pool, bus, user_id=user, provider=provider, config=config,
-                                    saved=chosen.saved, provider_options=options, budget=body.budget_controls())
+                                    saved=chosen.saved, provider_options=options, budget=body.budget_controls(),
+                                    attached=attached_folders)
     return deployment_response(settings, accepted.command.job_id, provider, options, config, accepted.created_at)
 
 
@@ -54,9 +62,7 @@ async def _deploy_to_cloud(provider: str, body: RunPodDeploymentRequest | Lambda
     if gpu_count is not None and gpu_count != config.training.gpu_count:
         # The pod's GPUs are what the trainer spreads over (accelerate launch when more than one).
         config = config.model_copy(update={"training": config.training.model_copy(update={"gpu_count": gpu_count})})
-    if not await repository.has_secret(pool, user, provider):
-        raise ValidationFailed(f"no {provider} credentials stored; add them with PUT /api/secrets/{provider}",
-                               field="provider")
+    await _require_credentials(pool, user, provider)
     options = body.provider_options()
     if provider == "runpod":
         options["volume_size_gb"] = _volume_for(config, body.volume_size_gb)
@@ -68,6 +74,13 @@ async def _deploy_to_cloud(provider: str, body: RunPodDeploymentRequest | Lambda
     if body.preflight:
         await _preflight(request, settings, pool, user, config)
     return await _deploy(provider, body, chosen, user, pool, bus, settings, options)
+
+
+async def _require_credentials(pool, user: str, provider: str) -> None:
+    stored = CREDENTIALS_NAMES.get(provider, provider)
+    if not await repository.has_secret(pool, user, stored):
+        raise ValidationFailed(f"no {stored} credentials stored; add them with PUT /api/secrets/{stored}",
+                               field="provider")
 
 
 async def _preflight(request: Request, settings, pool, user: str, config: TrainingConfig) -> None:
@@ -145,12 +158,48 @@ async def deploy_lambda(body: LambdaDeploymentRequest, request: Request, user: C
     return await _deploy_to_cloud("lambda", body, request, user, pool, bus, settings, broker)
 
 
+@router.post("/kaggle", status_code=202, response_model=DeploymentResponse)
+async def deploy_kaggle(body: KaggleDeploymentRequest, request: Request, user: CurrentUser, pool: PoolDep,
+                        bus: BusDep, settings: SettingsDep, broker: BrokerDep) -> DeploymentResponse:
+    """Train in a private Kaggle script kernel (free, within Kaggle's weekly GPU hours). Store your Kaggle username
+    and key, or an API token, first (PUT /api/secrets/kaggle). Kaggle's limits are checked before anything is
+    pushed: the session limit, the weekly GPU hours, and, with ``enable_internet`` false, a base model that must
+    come from ``model_sources`` or ``dataset_sources``. Without internet the job's files travel as a private Kaggle
+    dataset and its metrics arrive from the kernel's output when it ends. A base model in an attached source
+    (``/kaggle/input/<source>/...``) is on Kaggle's machine only: it is neither estimated nor preflighted here."""
+    if body.enable_internet:
+        require_reachable_urls(settings, "kaggle")
+    chosen = await chosen_configuration(pool, user, body)
+    await _require_credentials(pool, user, "kaggle")
+    options = body.provider_options()
+    options["session_timeout_s"] = await check_kaggle_limits(settings, pool, broker, user, body, chosen.config)
+    if body.preflight and not model_attached(body, chosen.config):
+        await _preflight(request, settings, pool, user, chosen.config)
+    return await _deploy("kaggle", body, chosen, user, pool, bus, settings, options, attached(body))
+
+
+@router.post("/hf-spaces", status_code=202, response_model=DeploymentResponse)
+async def deploy_hf_spaces(body: HFSpacesDeploymentRequest, request: Request, user: CurrentUser, pool: PoolDep,
+                           bus: BusDep, settings: SettingsDep, broker: BrokerDep) -> DeploymentResponse:
+    """Train in a private Docker Space on Hugging Face hardware (``gpu_tier``), billed per minute while it runs.
+    Store a write token first (PUT /api/secrets/huggingface): it is checked, and so is your right to write to the
+    Space's owner, before anything is created. The Space is paused at the end (billing stops only then) and
+    deleted with ``delete_on_finish``; ``push_to_hub`` also pushes the adapter to a model repo. Preflight as for
+    RunPod."""
+    require_reachable_urls(settings, "hfspaces")
+    chosen = await chosen_configuration(pool, user, body)
+    await _require_credentials(pool, user, "hfspaces")
+    if body.preflight:
+        await _preflight(request, settings, pool, user, chosen.config)
+    return await _deploy("hfspaces", body, chosen, user, pool, bus, settings, body.provider_options())
+
+
 @router.get("/{provider}", response_model=JobPublic)
 async def deployment_status(provider: Provider, user: CurrentUser, pool: PoolDep, settings: SettingsDep,
                             pod_id: str = Query(..., description="The job id the deploy answered with, or the "
                                                                   "provider's own id of the workload.")) -> JobPublic:
     """The specification's deployment status: the job's unified status, found by its id or its pod's."""
-    job_id = await views.job_for_resource(pool, user, provider, pod_id)
+    job_id = await views.job_for_resource(pool, user, SERVICE_NAMES.get(provider, provider), pod_id)
     if job_id is None:
         raise NotFound(f"no {provider} deployment {pod_id!r}")
     return await job_public(pool, settings, user, job_id)

@@ -1,0 +1,1 @@
+"""The Hugging Face Spaces provider: a private Docker Space whose fixed start command fetches the job bundle."""

@@ -1,0 +1,236 @@
+"""The Kaggle provider through the real ``kaggle`` client against the Kaggle emulator: pushes, the status clock,
+output paging, auth, the GPU quota, two users at once, and ``KaggleCompute`` running a tiny script workload."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from pathlib import Path
+
+import httpx
+import pytest
+from pydantic import SecretStr
+
+from services.provider_kaggle import kernel as kernel_files
+from services.provider_kaggle.api_client import KaggleClient, NotFound
+from services.provider_kaggle.compute import KaggleCompute, kernel_phase
+from services.sandbox.kaggle import KaggleEmulator
+from shared.credentials import KaggleCredentials
+from shared.errors import ProviderAuthFailed, ProviderError
+from shared.events import WorkloadPhase
+from shared.providers import WorkloadRequest, installation_id
+from shared.settings import Settings
+from tests.cloudstack import EmulatorServer
+
+KAGGLE_USER, KAGGLE_KEY = "kaggle-alice", "kaggle-key-alice-0123456789"
+OTHER_USER, OTHER_KEY = "kaggle-bob", "kaggle-key-bob-0123456789"
+SECRET = "test-secret-key-0123456789"
+
+
+@pytest.fixture(scope="module")
+def kaggle(tmp_path_factory, stock_images):
+    emulator = KaggleEmulator(tmp_path_factory.mktemp("kaggle"), {KAGGLE_USER: KAGGLE_KEY, OTHER_USER: OTHER_KEY},
+                              stock=stock_images, queue_s=1.0)
+    with EmulatorServer(emulator.app) as server:
+        emulator.url = server.url
+        yield emulator
+    emulator.close()
+
+
+@pytest.fixture
+def base_url(kaggle, monkeypatch):
+    monkeypatch.setenv("KAGGLE_API_BASE_URL", kaggle.url)
+    kaggle.faults.__init__()
+    return kaggle.url
+
+
+def alice() -> KaggleCredentials:
+    return KaggleCredentials(username=KAGGLE_USER, key=SecretStr(KAGGLE_KEY))
+
+
+def bob_by_token() -> KaggleCredentials:
+    return KaggleCredentials(api_token=SecretStr(OTHER_KEY))
+
+
+def push_folder(tmp_path: Path, owner: str, slug: str, script: str, **meta) -> Path:
+    folder = tmp_path / slug
+    folder.mkdir()
+    (folder / "run.py").write_text(script)
+    (folder / "kernel-metadata.json").write_text(json.dumps({
+        "id": f"{owner}/{slug}", "title": slug, "code_file": "run.py", "language": "python",
+        "kernel_type": "script", "enable_internet": False, **meta}))
+    return folder
+
+
+async def until(predicate, timeout: float = 120.0):
+    """Poll until ``predicate`` answers something true; the limit only guards against a hang."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while loop.time() < deadline:
+        value = await predicate()
+        if value:
+            return value
+        await asyncio.sleep(0.2)
+    raise AssertionError("condition not reached")
+
+
+async def test_push_runs_on_a_clock_and_pages_its_output(base_url, kaggle, tmp_path):
+    script = ("import os, sys\nprint('hello from', sys.version_info[:2], os.getcwd())\n"
+              "for i in range(25):\n    open(f'out-{i:02}.txt', 'w').write(str(i))\n"
+              "try:\n    import trainer\n    print('HAS TRAINER')\nexcept ImportError:\n    print('no trainer')\n")
+    client = KaggleClient(alice())
+    pushed = await client.call("push_kernel", folder=str(push_folder(tmp_path, KAGGLE_USER, "clock-kernel", script)))
+    assert pushed["error"] == "" and pushed["version"] == 1 and f"{KAGGLE_USER}/clock-kernel" in pushed["ref"]
+    first = await client.call("kernel_status", slug="clock-kernel")
+    assert first["status"] == "QUEUED"
+    assert (await client.call("kernel_output", slug="clock-kernel"))["files"] == []  # nothing before the end
+    done = await until(lambda: _ended(client, "clock-kernel"))
+    assert done["status"] == "COMPLETE", done
+    output = await client.call("kernel_output", slug="clock-kernel")
+    assert sorted(f["name"] for f in output["files"]) == [f"out-{i:02}.txt" for i in range(25)]  # two pages
+    log = "".join(e["data"] for e in json.loads(output["log"]))
+    assert "hello from (3, 11) /kaggle/working" in log and "no trainer" in log
+    assert kaggle.pushed()[-1]["text"] == script
+
+
+async def _ended(client: KaggleClient, slug: str):
+    status = await client.call("kernel_status", slug=slug)
+    return status if status["status"] in ("COMPLETE", "ERROR") else None
+
+
+async def test_a_failing_script_errors_with_a_message_and_offline_has_no_network(base_url, tmp_path):
+    script = ("import sys, urllib.request\ntry:\n    urllib.request.urlopen(sys.argv[0] and URL, timeout=5)\n"
+              "    print('reached the API')\nexcept OSError as e:\n    print('offline:', type(e).__name__)\n"
+              "open('/kaggle/input/x', 'w')\n")  # the inputs are read-only: this raises, the exit is non-zero
+    client = KaggleClient(alice())
+    text = f"URL = {base_url + '/api/v1/x/y'!r}\n" + script
+    await client.call("push_kernel", folder=str(push_folder(tmp_path, KAGGLE_USER, "failing-kernel", text)))
+    done = await until(lambda: _ended(client, "failing-kernel"))
+    assert done["status"] == "ERROR" and "exit code 1" in done["failure_message"]
+    status = kernel_phase(done)
+    assert status.phase is WorkloadPhase.FAILED and status.finished and "exit code 1" in status.detail
+    log = "".join(e["data"] for e in json.loads((await client.call("kernel_output", slug="failing-kernel"))["log"]))
+    assert "offline: URLError" in log and "reached the API" not in log and "Read-only file system" in log
+
+
+async def test_bad_credentials_and_the_gpu_quota_are_named(base_url, kaggle, tmp_path):
+    wrong = KaggleClient(KaggleCredentials(username=KAGGLE_USER, key=SecretStr("not-the-key-000")))
+    with pytest.raises(ProviderAuthFailed, match="PUT /api/secrets/kaggle"):
+        await wrong.call("whoami")
+    with pytest.raises(ProviderAuthFailed, match="PUT /api/secrets/kaggle"):
+        await KaggleClient(KaggleCredentials(api_token=SecretStr("no-such-token-123"))).call("whoami")
+    kaggle.faults.gpu_quota_exhausted = True
+    pushed = await KaggleClient(alice()).call(
+        "push_kernel", folder=str(push_folder(tmp_path, KAGGLE_USER, "gpu-kernel", "print(1)", enable_gpu=True)))
+    assert "quota" in pushed["error"]
+
+
+async def test_two_users_at_once_each_act_as_themselves(base_url, kaggle, tmp_path):
+    a, b = KaggleClient(alice()), KaggleClient(bob_by_token())
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    names = await asyncio.gather(*(c.call("whoami") for c in (a, b, a, b)))
+    assert names == [KAGGLE_USER, OTHER_USER, KAGGLE_USER, OTHER_USER]
+    await asyncio.gather(
+        a.call("push_kernel", folder=str(push_folder(tmp_path / "a", KAGGLE_USER, "mine-only", "print(1)",
+                                                      is_private=True))),
+        b.call("push_kernel", folder=str(push_folder(tmp_path / "b", OTHER_USER, "bobs-kernel", "print(2)"))))
+    assert kaggle.kernel(KAGGLE_USER, "mine-only") and kaggle.kernel(OTHER_USER, "bobs-kernel")
+    assert [k["slug"] for k in await b.call("list_kernels", search="mine-only")] == []
+    with pytest.raises(NotFound):
+        await b.call("kernel_status", slug="mine-only")
+    async with httpx.AsyncClient() as http:
+        denied = await http.post(f"{base_url}/api/v1/kernels.KernelsApiService/GetKernelSessionStatus",
+                                 json={"userName": KAGGLE_USER, "kernelSlug": "mine-only"},
+                                 headers={"Authorization": f"Bearer {OTHER_KEY}"})
+    assert denied.status_code == 403 and denied.json()["code"] == 403 and "denied" in denied.json()["message"]
+    pushed_by = {(user, body["slug"]) for user, method, body in kaggle.requests if method.endswith("SaveKernel")}
+    assert (KAGGLE_USER, f"{KAGGLE_USER}/mine-only") in pushed_by and (OTHER_USER, f"{OTHER_USER}/bobs-kernel") \
+        in pushed_by
+
+
+def test_slugs_fit_kaggle_and_read_back():
+    job = str(uuid.uuid4())
+    installation = installation_id(SECRET)
+    slug = kernel_files.slug_for(installation, job, 12)
+    assert 6 <= len(slug) <= 50 and slug == slug.lower()
+    assert kernel_files.parse_slug(slug, installation) == (job, 12)
+    assert kernel_files.parse_slug(slug, "0" * 8) is None
+    assert "://" not in kernel_files.KERNEL_SCRIPT  # fixed text: no URL (nor anything else of a job) in it
+
+
+def _request(settings: Settings, tmp_path: Path, env: dict, **options) -> WorkloadRequest:
+    job = str(uuid.uuid4())
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    return WorkloadRequest(job_id=job, attempt=1, installation=installation_id(SECRET), env=env, bundle_dir=bundle,
+                           artifacts_dir=tmp_path / "artifacts",
+                           options={"notebook_title": "My tiny job", "enable_gpu": False, "enable_internet": True,
+                                    **options})
+
+
+async def test_compute_pushes_a_kernel_finds_it_and_collects_its_output(base_url, kaggle, tmp_path):
+    """The kernel script fetches a bundle whose bootstrap is a stand-in: it writes a result and an adapter file."""
+    import io
+    import tarfile
+
+    from starlette.applications import Starlette
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    bootstrap = ("import json, os\nos.makedirs('output/adapter', exist_ok=True)\n"
+                 "open('output/adapter/weights.bin', 'w').write('w')\n"
+                 "json.dump({'status': 'completed', 'output_dir': 'output'}, open('output/result.json', 'w'))\n"
+                 "print('stand-in bootstrap done')\n")
+    archive = io.BytesIO()
+    with tarfile.open(fileobj=archive, mode="w:gz") as tar:
+        info = tarfile.TarInfo("bootstrap.py")
+        info.size = len(bootstrap)
+        tar.addfile(info, io.BytesIO(bootstrap.encode()))
+    app = Starlette(routes=[Route("/bundle.tar.gz", lambda r: Response(archive.getvalue()))])
+    settings = Settings(home=tmp_path / "home", secret_key=SECRET)
+    compute = KaggleCompute(settings)
+    with EmulatorServer(app) as bundles:
+        request = _request(settings, tmp_path, {"TUNEFLEET_BUNDLE_URL": f"{bundles.url}/bundle.tar.gz",
+                                                "JUDGE_API_KEY": "must-not-travel"})
+        await compute.validate(request, alice())
+        assert await compute.find(request.name, alice()) is None
+        provisioned = await compute.provision(request, alice())
+        assert (await compute.find(request.name, alice())).resource_id == provisioned.resource_id
+        assert [(r.job_id, r.attempt) for r in await compute.list_own(alice())] == [(request.job_id, 1)]
+        status = await until(lambda: _finished(compute, provisioned.resource_id))
+        assert status.phase is WorkloadPhase.RUNNING and status.finished and status.cost_per_hour == 0.0
+        await compute.collect(provisioned.resource_id, request, alice())
+    assert json.loads((request.artifacts_dir / "result.json").read_text())["status"] == "completed"
+    assert (request.artifacts_dir / "adapter" / "weights.bin").read_text() == "w"
+    assert "stand-in bootstrap done" in (request.artifacts_dir / "log-tail.txt").read_text()
+    assert kaggle.pushed()[-1]["text"] == kernel_files.KERNEL_SCRIPT and kaggle.pushed()[-1]["isPrivate"]
+    dataset = next(d for d in kaggle.datasets.values() if d.slug == provisioned.resource_id.split("/")[1])
+    assert dataset.files == ["env.json"] and "must-not-travel" not in (dataset.folder / "env.json").read_text()
+    await compute.terminate(provisioned.resource_id, alice())
+    await compute.terminate(provisioned.resource_id, alice())  # idempotent
+    assert await compute.find(request.name, alice()) is None
+    await compute.tidy(alice(), set())
+    assert dataset.slug not in {d.slug for d in kaggle.datasets.values()}
+
+
+async def _finished(compute: KaggleCompute, resource_id: str):
+    status = await compute.status(resource_id, alice())
+    return status if status.finished else None
+
+
+async def test_compute_maps_the_quota_and_bad_credentials(base_url, kaggle, tmp_path):
+    settings = Settings(home=tmp_path / "home", secret_key=SECRET)
+    compute = KaggleCompute(settings)
+    request = _request(settings, tmp_path, {"TUNEFLEET_BUNDLE_URL": "http://127.0.0.1:1/b"}, enable_gpu=True)
+    bad = KaggleCredentials(username=KAGGLE_USER, key=SecretStr("wrong-key-0000"))
+    with pytest.raises(ProviderAuthFailed, match="store a valid Kaggle username and key"):
+        await compute.validate(request, bad)
+    kaggle.faults.gpu_quota_exhausted = True
+    with pytest.raises(ProviderError, match="weekly GPU quota"):
+        await compute.provision(request, alice())
+    assert compute.pushes({"enable_internet": True}) and not compute.offline({"enable_internet": True})
+    assert compute.offline({"enable_internet": False}) and not compute.pushes({"enable_internet": False})
+    assert kernel_phase({}).phase is WorkloadPhase.PROVISIONING  # an absent status is QUEUED
+    assert kernel_phase({"status": "CANCEL_ACKNOWLEDGED"}).phase is None
