@@ -91,14 +91,31 @@ def write_bundle(settings: Settings, cmd: ProvisionJob, *, remote: bool, ingest_
                        resume_from_checkpoint=resume_from, public_addresses_only=not settings.allow_private_urls)
     _write_private(folder / "spec.json", spec.model_dump_json(indent=2))
     if remote:
-        archive = bundle_archive(settings, cmd.job_id, cmd.attempt)
-        partial = archive.with_suffix(".partial")
-        with tarfile.open(partial, "w:gz", compresslevel=1) as tar:
-            for path in sorted(folder.iterdir()):
-                tar.add(path, arcname=path.name)
-        os.chmod(partial, 0o600)
-        os.replace(partial, archive)
+        _archive(folder, bundle_archive(settings, cmd.job_id, cmd.attempt))
     return folder
+
+
+def _archive(folder: Path, archive: Path) -> None:
+    partial = archive.with_suffix(".partial")
+    with tarfile.open(partial, "w:gz", compresslevel=1) as tar:
+        for path in sorted(folder.iterdir()):
+            tar.add(path, arcname=path.name)
+    os.chmod(partial, 0o600)
+    os.replace(partial, archive)
+
+
+def add_bundle_env(folder: Path, archive: Path, env: dict[str, str]) -> None:
+    """Put ``env`` in the bundle as ``env.json`` (the bootstrap reads it beside itself), for a platform where the
+    workload's environment would be a file pushed to the platform: it then travels only through the bundle's
+    signed URL, like the ingest token in spec.json. ``folder`` is the bundle's, ``archive`` its tar.gz."""
+    _write_private(folder / "env.json", json.dumps(env))
+    _archive(folder, archive)
+
+
+def bundle_url(settings: Settings, job_id: str, attempt: int, ttl_s: float) -> str:
+    """A signed GET of the attempt's bundle that lives ``ttl_s``."""
+    return signed_url(settings.require_secret_key(), settings.public_url, "GET",
+                      _path(job_id, attempt, "bundle.tar.gz"), ttl_s)
 
 
 def _path(job_id: str, attempt: int, what: str) -> str:

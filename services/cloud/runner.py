@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 Report = Callable[[WorkloadReported], Awaitable[None]]
 #: Creates tried for one attempt; a lost answer is looked up by name before the next.
 CREATE_ATTEMPTS = 4
+#: Polls that may fail to bring a finished workload's output (a download hiccup) before it fails without it.
+FINISHED_COLLECT_TRIES = 10
 #: The trainer's result status → the workload's phase: the one mapping every provider uses.
 RESULT_PHASE = {"completed": WorkloadPhase.SUCCEEDED, "interrupted": WorkloadPhase.PREEMPTED}
 
@@ -64,6 +66,13 @@ class CloudRunner:
         self.workloads = CloudWorkloads(self.pool, f"{table}_workloads")
         self.outbox = Outbox(self.pool, f"{table}_outbox")
         self._limit = asyncio.Semaphore(self.settings.poll_concurrency)
+        self._collect_failures: dict[tuple[str, int], int] = {}
+
+    def _collect_failed(self, job_id: str, attempt: int) -> bool:
+        """Count a failed collect of a finished workload; True while it may be tried again."""
+        key = (job_id, attempt)
+        self._collect_failures[key] = self._collect_failures.get(key, 0) + 1
+        return self._collect_failures[key] <= FINISHED_COLLECT_TRIES
 
     def _event(self, job_id: str, attempt: int, phase: WorkloadPhase, **kw) -> WorkloadReported:
         return WorkloadReported(job_id=str(job_id), provider=self.provider, attempt=attempt, phase=phase, **kw)
@@ -112,6 +121,7 @@ class CloudRunner:
             await self.report(self._event(cmd.job_id, cmd.attempt, WorkloadPhase.PROVISIONING))
         except Exception as exc:
             log.warning("job %s: reporting provisioning failed (%s); polls will report it", cmd.job_id, exc)
+        renewing = asyncio.create_task(self._renew_claim(cmd.job_id, cmd.attempt))
         try:
             credentials = await self.credentials(cmd.user_id)
             await asyncio.to_thread(
@@ -132,8 +142,20 @@ class CloudRunner:
             await self._end(cmd.job_id, cmd.attempt, WorkloadPhase.FAILED, message=message,
                             no_capacity=isinstance(exc, NoCapacity))
             return
+        finally:
+            renewing.cancel()
         await self.workloads.provisioned(cmd.job_id, cmd.attempt, provisioned.resource_id, provisioned.cost_per_hour)
         log.info("job %s attempt %s: %s %s created", cmd.job_id, cmd.attempt, self.provider, provisioned.resource_id)
+
+    async def _renew_claim(self, job_id: str, attempt: int) -> None:
+        """While this process provisions an attempt (a bundle, a wheelhouse, uploads: it may outlast the lease),
+        keep its claim fresh, so that no poll takes it over as abandoned and creates it a second time."""
+        while True:
+            await asyncio.sleep(self.provision_lease_s / 4)
+            try:
+                await self.workloads.renew_claim(job_id, attempt)
+            except (asyncpg.PostgresError, OSError) as exc:
+                log.warning("job %s: renewing the provisioning claim failed: %s", job_id, exc)
 
     async def _create(self, request: WorkloadRequest, credentials) -> Provisioned:
         """Create the resource once; after an answer that may have been lost, look it up before creating again."""
@@ -216,6 +238,8 @@ class CloudRunner:
                 await self.compute.collect(row["resource_id"], request, credentials)
             except ProviderTransient as exc:
                 log.info("job %s: collecting reports failed for now: %s", job_id, exc.message)
+                if status.finished and self._collect_failed(job_id, attempt):
+                    return  # its output is all there is: try again at the next poll, not fail without it
             except ProviderError as exc:
                 await self._stop(row, WorkloadPhase.FAILED, exc.message, await asyncio.to_thread(read_log_tail, folder))
                 return

@@ -33,6 +33,13 @@ class CloudWorkloads:
                       AND {self.table}.claimed_at < now() - make_interval(secs => $5)
                 RETURNING true""", job_id, attempt, user_id, command, lease_s) is not None
 
+    async def renew_claim(self, job_id: str, attempt: int) -> None:
+        """The claim's provisioning is still under way here: keep others from taking it over."""
+        await self.pool.execute(
+            f"""UPDATE {self.table} SET claimed_at = now()
+                WHERE job_id = $1 AND attempt = $2 AND state = 'starting' AND resource_id IS NULL""",
+            job_id, attempt)
+
     async def abandoned(self, lease_s: float) -> list[asyncpg.Record]:
         """Claims older than the lease that never recorded a resource: their provisioning died midway."""
         return await self.pool.fetch(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -31,6 +32,14 @@ class Missing(ProviderError):
     """The repo does not exist (or this token cannot see it)."""
 
 
+#: The signed URLs in a text (their query strings are credentials: the Space's own, or a presigned upload's).
+SIGNED = re.compile(r"(https?://[^\s?\"']+)\?[^\s\"']+")
+
+
+def redacted(text: str) -> str:
+    return SIGNED.sub(r"\1?<signed>", text)
+
+
 def endpoint() -> str:
     return os.environ.get("HF_ENDPOINT", DEFAULT_ENDPOINT).rstrip("/")
 
@@ -40,7 +49,7 @@ def mapped(exc: BaseException, what: str) -> ProviderError:
     if isinstance(exc, HfHubHTTPError):
         response = exc.response
         status = response.status_code if response is not None else 0
-        said = (exc.server_message or "").strip() or str(exc).splitlines()[0]
+        said = redacted((exc.server_message or "").strip() or str(exc).splitlines()[0])
         if status == 401 and not isinstance(exc, RepositoryNotFoundError):
             return ProviderAuthFailed(f"Hugging Face refused the token ({what}); {AUTH_FIX}")
         if isinstance(exc, RepositoryNotFoundError) and not isinstance(exc, GatedRepoError):

@@ -40,7 +40,7 @@ from shared.providers import (
 )
 from shared.settings import Settings
 
-from .api_client import AUTH_FIX, HubClient, endpoint
+from .api_client import AUTH_FIX, HubClient, endpoint, redacted
 from .space_files import space_files
 
 RESOURCE_VARIABLE = "TUNEFLEET_RESOURCE"
@@ -58,8 +58,6 @@ GONE_STAGES = ("PAUSED", "STOPPED", "SLEEPING", "DELETING")
 BILLED_STAGES = ("APP_STARTING", "RUNNING", "RUNNING_BUILDING", "RUNNING_APP_STARTING")
 LOG_LINES = 30
 PRICES_TTL_S = 600.0
-#: The signed URLs in a log line (their query strings are credentials).
-SIGNED = re.compile(r"(https?://[^\s?\"']+)\?[^\s\"']+")
 
 
 def space_phase(runtime: dict | None, price: float, log_tail: str = "") -> ResourceStatus:
@@ -75,7 +73,7 @@ def space_phase(runtime: dict | None, price: float, log_tail: str = "") -> Resou
     if stage in PROVISIONING_STAGES:
         return ResourceStatus(WorkloadPhase.PROVISIONING, f"the Space is {stage.lower().replace('_', ' ')}", cost)
     if stage in FAILED_STAGES:
-        said = runtime.get("errorMessage") or stage
+        said = redacted(str(runtime.get("errorMessage") or stage))
         detail = f"the Space failed: {stage}: {said}"
         if log_tail:
             detail += f"; its log ends:\n{log_tail}"
@@ -83,10 +81,6 @@ def space_phase(runtime: dict | None, price: float, log_tail: str = "") -> Resou
     if stage in GONE_STAGES:
         return ResourceStatus(phase=None, detail=f"the Space is {stage.lower()}", cost_per_hour=0.0)
     return ResourceStatus(WorkloadPhase.PROVISIONING, f"the Space is {stage.lower() or 'in an unknown stage'}", cost)
-
-
-def redacted(text: str) -> str:
-    return SIGNED.sub(r"\1?<signed>", text)
 
 
 def hourly(hardware: Any) -> float | None:
@@ -227,11 +221,12 @@ class SpacesCompute(Compute[HuggingFaceCredentials]):
             files = space_files(self.settings.runpod_default_image)
         except ValueError as exc:
             raise ProviderError(f"TUNEFLEET_RUNPOD_DEFAULT_IMAGE: {exc}") from None
-        pool = await self.pool()
+        pool, account = await self.pool(), await self._account(client)
         await pool.execute(
-            """INSERT INTO hfspaces_spaces (resource_name, space_id, delete_on_finish) VALUES ($1, $2, $3)
-               ON CONFLICT (resource_name) DO UPDATE SET space_id = $2, delete_on_finish = $3, ended_at = NULL""",
-            request.name, space_id, bool(opts.get("delete_on_finish", False)))
+            """INSERT INTO hfspaces_spaces (resource_name, space_id, delete_on_finish, account) VALUES ($1, $2, $3, $4)
+               ON CONFLICT (resource_name) DO UPDATE SET space_id = $2, delete_on_finish = $3, account = $4,
+                                                          ended_at = NULL""",
+            request.name, space_id, bool(opts.get("delete_on_finish", False)), account)
         existing = await self._owned_or_free(client, space_id, request)
         if existing is None:
             try:
@@ -326,13 +321,18 @@ class SpacesCompute(Compute[HuggingFaceCredentials]):
         await pool.execute("UPDATE hfspaces_spaces SET ended_at = now() WHERE space_id = $1 AND ended_at IS NULL",
                            resource_id)
 
+    @staticmethod
+    async def _account(client: HubClient) -> str:
+        return str((await client.whoami()).get("name") or "")
+
     async def list_own(self, credentials: HuggingFaceCredentials) -> list[OwnResource]:
-        """This installation's Spaces that hold hardware now, as their variable names them. Spaces this token
-        cannot manage (another user's) are skipped."""
+        """This installation's Spaces that hold hardware now, as their variable names them, among those this token's
+        account created: another user's Space in a shared organisation is never paused with this token."""
+        client, own = self.client(credentials), []
         rows = await (await self.pool()).fetch(
             """SELECT DISTINCT space_id FROM hfspaces_spaces
-               WHERE ended_at IS NULL OR ended_at > now() - interval '1 day'""")
-        client, own = self.client(credentials), []
+               WHERE account = $1 AND (ended_at IS NULL OR ended_at > now() - interval '1 day')""",
+            await self._account(client))
         for row in rows:
             space_id = row["space_id"]
             try:

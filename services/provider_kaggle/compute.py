@@ -22,7 +22,7 @@ from pathlib import Path, PurePosixPath
 
 import httpx
 
-from services.cloud.bundles import LOG_TAIL, RESULT, write_atomically
+from services.cloud.bundles import LOG_TAIL, RESULT, add_bundle_env, bundle_url, write_atomically
 from shared.catalogue import Offer, documented
 from shared.credentials import KaggleCredentials
 from shared.errors import ProviderError, ProviderTransient
@@ -45,9 +45,13 @@ PHASES = {
     "CANCEL_REQUESTED": (None, False),
     "CANCEL_ACKNOWLEDGED": (None, False),
 }
-#: The environment an internet-on kernel gets in its dataset: signed URLs (and the Python download), nothing else.
-ENV_KEYS = ("TUNEFLEET_BUNDLE_URL", "TUNEFLEET_HEARTBEAT_URL", "TUNEFLEET_ARTIFACTS_URL", "TUNEFLEET_RESUME_URL",
-            "TUNEFLEET_PYTHON_URL", "TUNEFLEET_PYTHON_SHA256")
+#: What an internet-on kernel's dataset holds: the bundle's signed URL and where to get Python; the rest of the
+#: workload's environment travels in the bundle (``_online_env``).
+DATASET_ENV_KEYS = ("TUNEFLEET_BUNDLE_URL", "TUNEFLEET_PYTHON_URL", "TUNEFLEET_PYTHON_SHA256")
+#: How long a new dataset may take to be processed before the push is tried again.
+DATASET_READY_S = 300.0
+#: How long past the session limit the bundle URL lives: a kernel may queue before it runs.
+BUNDLE_URL_QUEUE_S = 2 * 3600.0
 
 
 def kernel_phase(status: dict | None) -> ResourceStatus:
@@ -102,7 +106,7 @@ class KaggleCompute(Compute[KaggleCredentials]):
         slug = slug_of_name(request.name, self.installation)
         with tempfile.TemporaryDirectory(prefix="tunefleet-kaggle-push-") as scratch:
             offline = self.offline(opts)
-            env = None if offline else {k: v for k, v in request.env.items() if k in ENV_KEYS}
+            env = None if offline else await asyncio.to_thread(self._online_env, request)
             house = None
             if offline:
                 manifest = json.loads((request.bundle_dir / "manifest.json").read_text())
@@ -120,6 +124,7 @@ class KaggleCompute(Compute[KaggleCredentials]):
                 made = await client.call("create_dataset", retry=False, folder=str(folder))
                 if made["error"] and "already in use" not in made["error"]:
                     raise ProviderError(f"Kaggle refused the job's dataset: {made['error']}")
+            await self._dataset_ready(client, slug)
             kernel = write_kernel(Path(scratch) / "kernel", owner=owner, slug=slug, options=opts,
                                   dataset_ref=f"{owner}/{slug}")
             timeout = opts.get("session_timeout_s")
@@ -141,12 +146,42 @@ class KaggleCompute(Compute[KaggleCredentials]):
                                 field="dataset_sources")
         return Provisioned(resource_id=f"{owner}/{slug}", cost_per_hour=0.0)
 
+    @staticmethod
+    async def _dataset_ready(client: KaggleClient, slug: str) -> None:
+        """Kaggle processes a new dataset after its create answers; a kernel pushed before it is READY cannot
+        attach it. A dataset still processing at the deadline is a transient failure: the next try reuses it."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + DATASET_READY_S
+        while (status := await client.call("dataset_status", slug=slug)) != "READY":
+            if status == "FAILED":
+                raise ProviderError("Kaggle could not process the job's dataset (status FAILED)")
+            if loop.time() > deadline:
+                raise ProviderTransient(f"the job's Kaggle dataset is still processing ({status})")
+            await asyncio.sleep(2.0)
+
+    def _online_env(self, request: WorkloadRequest) -> dict[str, str]:
+        """What an internet-on kernel's dataset holds: a bundle URL that lives for the session (and its queue), and
+        where to download Python. The report URLs and any secret values go into the bundle, which only that URL
+        fetches, so nothing pushed to Kaggle outlives the session or opens more than the one bundle."""
+        inside = {k: v for k, v in request.env.items()
+                  if k not in DATASET_ENV_KEYS and k != "TUNEFLEET_HOLD_AFTER_EXIT"}
+        add_bundle_env(request.bundle_dir, request.bundle_archive, inside)
+        session_s = float(request.options.get("session_timeout_s") or self.settings.kaggle_session_hours * 3600)
+        env = {k: v for k, v in request.env.items() if k in DATASET_ENV_KEYS}
+        env["TUNEFLEET_BUNDLE_URL"] = bundle_url(self.settings, request.job_id, request.attempt,
+                                                 session_s + BUNDLE_URL_QUEUE_S)
+        return env
+
     async def find(self, name: str, credentials: KaggleCredentials) -> Provisioned | None:
+        """Read by its slug, not searched for: a search index may lag a push whose answer was lost, and a second
+        push of the slug would start a second session."""
+        client = self.client(credentials)
         slug = slug_of_name(name, self.installation)
-        for kernel in await self.client(credentials).call("list_kernels", search=slug):
-            if kernel["slug"] == slug:
-                return Provisioned(kernel["ref"], 0.0)
-        return None
+        try:
+            await client.call("kernel_status", slug=slug)
+        except NotFound:
+            return None
+        return Provisioned(f"{await self._owner(client)}/{slug}", 0.0)
 
     async def status(self, resource_id: str, credentials: KaggleCredentials) -> ResourceStatus:
         slug = resource_id.rpartition("/")[2]

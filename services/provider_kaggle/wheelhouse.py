@@ -10,6 +10,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import importlib.metadata as md
+import os
 import shutil
 import subprocess
 import sys
@@ -38,7 +39,7 @@ def wheelhouse(cache: Path, requirements: list[str]) -> Path:
         constraints.write_text(f"torch=={md.version('torch').split('+')[0]}\n")
         argv = [sys.executable, "-m", "pip", "wheel", "--disable-pip-version-check", "--no-input", "--progress-bar",
                 "off", "--wheel-dir", str(partial), "-c", str(constraints), *requirements]
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=BUILD_TIMEOUT_S)
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=BUILD_TIMEOUT_S, env=_build_env())
         if done.returncode != 0:
             raise ProviderError(f"building the wheelhouse for an offline Kaggle kernel failed: {done.stderr[-600:]}")
         wanted = {_canonical(r) for r in requirements}
@@ -52,6 +53,16 @@ def wheelhouse(cache: Path, requirements: list[str]) -> Path:
         partial.rename(folder)
         (folder / ".ready").touch()
     return folder
+
+
+#: What pip needs of the provider's environment to reach its package index; nothing else of the service (its
+#: sealing key, its database URL) reaches the builds, which may run a package's own setup code.
+PASSED = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE")
+
+
+def _build_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items()
+            if k in PASSED or k.startswith("PIP_") or k.lower() in ("http_proxy", "https_proxy", "no_proxy")}
 
 
 def _canonical(requirement: str) -> str:

@@ -102,10 +102,15 @@ class Dataset:
     folder: Path
     is_private: bool
     files: list[str] = field(default_factory=list)
+    ready_at: float = 0.0
 
     @property
     def ref(self) -> str:
         return f"{self.owner}/{self.slug}"
+
+    @property
+    def ready(self) -> bool:
+        return time.time() >= self.ready_at
 
 
 @dataclass
@@ -153,7 +158,11 @@ class KaggleError(Exception):
 
 
 class KaggleEmulator:
-    def __init__(self, workdir: Path, accounts: dict[str, str], *, stock: StockImages, queue_s: float = 2.0):
+    def __init__(self, workdir: Path, accounts: dict[str, str], *, stock: StockImages, queue_s: float = 2.0,
+                 dataset_processing_s: float = 1.0):
+        #: A new dataset is processed for this long (as Kaggle does, asynchronously) before it is READY; a kernel
+        #: pushed before then cannot attach it.
+        self.dataset_processing_s = dataset_processing_s
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.accounts = accounts  # username → key; the same key is also the account's API token
@@ -310,7 +319,8 @@ class KaggleEmulator:
         for source in body.get("datasetDataSources") or []:
             d_owner, _, d_slug = str(source).partition("/")
             dataset = self.datasets.get((d_owner, d_slug.split("/")[0]))
-            (sources if dataset and (not dataset.is_private or dataset.owner == account) else invalid).append(source)
+            visible = dataset and dataset.ready and (not dataset.is_private or dataset.owner == account)
+            (sources if visible else invalid).append(source)
         invalid_models = list(body.get("modelDataSources") or [])  # no models are hosted here
         kernel = existing or Kernel(owner=owner, slug=slug, title=title or slug,
                                     is_private=bool(body.get("isPrivate", False)))
@@ -530,7 +540,8 @@ class KaggleEmulator:
                 shutil.copyfile(pending["path"], target)
         dataset = Dataset(owner=owner, slug=slug, title=title, folder=folder,
                           is_private=bool(body.get("isPrivate", False)),
-                          files=sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()))
+                          files=sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()),
+                          ready_at=time.time() + self.dataset_processing_s)
         self.datasets[(owner, slug)] = dataset
         return {"ref": dataset.ref, "url": f"{self.url}/datasets/{dataset.ref}", "status": "ok"}
 
@@ -543,8 +554,7 @@ class KaggleEmulator:
         return dataset
 
     def dataset_status(self, account: str, body: dict) -> dict:
-        self._dataset(account, body)
-        return {"status": "READY"}
+        return {"status": "READY" if self._dataset(account, body).ready else "BLOBS_RECEIVED"}
 
     def delete_dataset(self, account: str, body: dict) -> dict:
         dataset = self._dataset(account, body)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import uuid
 from pathlib import Path
 
@@ -114,6 +115,36 @@ async def test_a_failing_script_errors_with_a_message_and_offline_has_no_network
     assert "offline: URLError" in log and "reached the API" not in log and "Read-only file system" in log
 
 
+async def test_a_kernel_queued_for_long_stays_queued_and_one_killed_mid_run_errors_with_kaggles_message(
+        base_url, kaggle, tmp_path):
+    client = KaggleClient(alice())
+    kaggle.faults.queued_forever = True
+    await client.call("push_kernel", folder=str(push_folder(tmp_path, KAGGLE_USER, "queued-kernel", "print(1)")))
+    await asyncio.sleep(3 * kaggle.queue_s)  # past the emulator's queue time: the fault keeps it queued
+    queued = await client.call("kernel_status", slug="queued-kernel")
+    assert kernel_phase(queued).phase is WorkloadPhase.PROVISIONING and not kernel_phase(queued).finished
+    kaggle.faults.queued_forever = False
+    assert (await until(lambda: _ended(client, "queued-kernel")))["status"] == "COMPLETE"
+
+    kaggle.faults.kill_next_run_after_s = 1.0
+    await client.call("push_kernel", folder=str(push_folder(tmp_path, KAGGLE_USER, "killed-kernel",
+                                                            "import time\ntime.sleep(120)\n")))
+    done = await until(lambda: _ended(client, "killed-kernel"))
+    status = kernel_phase(done)
+    assert status.phase is WorkloadPhase.FAILED and status.finished
+    assert kaggle.faults.kill_message in status.detail
+
+
+def test_the_status_mapping():
+    assert kernel_phase({}).phase is WorkloadPhase.PROVISIONING  # an absent status is QUEUED
+    assert kernel_phase({"status": "RUNNING"}).phase is WorkloadPhase.RUNNING
+    complete = kernel_phase({"status": "COMPLETE"})
+    assert complete.finished and complete.phase is WorkloadPhase.RUNNING and complete.cost_per_hour == 0.0
+    for cancelled in ("CANCEL_REQUESTED", "CANCEL_ACKNOWLEDGED"):
+        assert kernel_phase({"status": cancelled}).phase is None
+    assert kernel_phase(None).phase is None
+
+
 async def test_bad_credentials_and_the_gpu_quota_are_named(base_url, kaggle, tmp_path):
     wrong = KaggleClient(KaggleCredentials(username=KAGGLE_USER, key=SecretStr("not-the-key-000")))
     with pytest.raises(ProviderAuthFailed, match="PUT /api/secrets/kaggle"):
@@ -171,29 +202,33 @@ def _request(settings: Settings, tmp_path: Path, env: dict, **options) -> Worklo
 
 
 async def test_compute_pushes_a_kernel_finds_it_and_collects_its_output(base_url, kaggle, tmp_path):
-    """The kernel script fetches a bundle whose bootstrap is a stand-in: it writes a result and an adapter file."""
-    import io
-    import tarfile
+    """The kernel script fetches the bundle through its signed URL (served here by a stand-in gateway); its bootstrap
+    is a stand-in too: it writes a result and an adapter file."""
+    from urllib.parse import parse_qs, urlsplit
 
     from starlette.applications import Starlette
-    from starlette.responses import Response
+    from starlette.responses import FileResponse
     from starlette.routing import Route
 
     bootstrap = ("import json, os\nos.makedirs('output/adapter', exist_ok=True)\n"
                  "open('output/adapter/weights.bin', 'w').write('w')\n"
                  "json.dump({'status': 'completed', 'output_dir': 'output'}, open('output/result.json', 'w'))\n"
-                 "print('stand-in bootstrap done')\n")
-    archive = io.BytesIO()
-    with tarfile.open(fileobj=archive, mode="w:gz") as tar:
-        info = tarfile.TarInfo("bootstrap.py")
-        info.size = len(bootstrap)
-        tar.addfile(info, io.BytesIO(bootstrap.encode()))
-    app = Starlette(routes=[Route("/bundle.tar.gz", lambda r: Response(archive.getvalue()))])
-    settings = Settings(home=tmp_path / "home", secret_key=SECRET)
+                 "env = json.load(open('env.json'))\n"
+                 "print('stand-in bootstrap done; the bundle brought', sorted(env))\n")
+    fetched = []
+
+    def bundle(r):
+        fetched.append(r.url.path)
+        return FileResponse(request.bundle_archive)
+
+    gateway = EmulatorServer(Starlette(routes=[Route("/api/bundles/{job}/{attempt}/bundle.tar.gz", bundle)]))
+    settings = Settings(home=tmp_path / "home", secret_key=SECRET, gateway_public_url=gateway.url)
     compute = KaggleCompute(settings)
-    with EmulatorServer(app) as bundles:
-        request = _request(settings, tmp_path, {"TUNEFLEET_BUNDLE_URL": f"{bundles.url}/bundle.tar.gz",
-                                                "JUDGE_API_KEY": "must-not-travel"})
+    with gateway:
+        request = _request(settings, tmp_path, {"TUNEFLEET_BUNDLE_URL": "https://gateway/the-7-day-url",
+                                                "TUNEFLEET_HEARTBEAT_URL": "https://gateway/heartbeat?sig=x",
+                                                "JUDGE_API_KEY": "must-not-travel"}, session_timeout_s=3600)
+        (request.bundle_dir / "bootstrap.py").write_text(bootstrap)
         await compute.validate(request, alice())
         assert await compute.find(request.name, alice()) is None
         provisioned = await compute.provision(request, alice())
@@ -202,12 +237,18 @@ async def test_compute_pushes_a_kernel_finds_it_and_collects_its_output(base_url
         status = await until(lambda: _finished(compute, provisioned.resource_id))
         assert status.phase is WorkloadPhase.RUNNING and status.finished and status.cost_per_hour == 0.0
         await compute.collect(provisioned.resource_id, request, alice())
+    assert fetched == [f"/api/bundles/{request.job_id}/1/bundle.tar.gz"]
     assert json.loads((request.artifacts_dir / "result.json").read_text())["status"] == "completed"
     assert (request.artifacts_dir / "adapter" / "weights.bin").read_text() == "w"
-    assert "stand-in bootstrap done" in (request.artifacts_dir / "log-tail.txt").read_text()
+    tail = (request.artifacts_dir / "log-tail.txt").read_text()
+    assert "stand-in bootstrap done; the bundle brought ['JUDGE_API_KEY', 'TUNEFLEET_HEARTBEAT_URL']" in tail
     assert kaggle.pushed()[-1]["text"] == kernel_files.KERNEL_SCRIPT and kaggle.pushed()[-1]["isPrivate"]
     dataset = next(d for d in kaggle.datasets.values() if d.slug == provisioned.resource_id.split("/")[1])
-    assert dataset.files == ["env.json"] and "must-not-travel" not in (dataset.folder / "env.json").read_text()
+    assert dataset.files == ["env.json"]
+    pushed_env = json.loads((dataset.folder / "env.json").read_text())
+    assert sorted(pushed_env) == ["TUNEFLEET_BUNDLE_URL"]  # the report URLs and the judge's key stay in the bundle
+    expires = int(parse_qs(urlsplit(pushed_env["TUNEFLEET_BUNDLE_URL"]).query)["expires"][0])
+    assert expires - time.time() < 3600 + 2 * 3600 + 60  # the session and its queue, not the week a pod's URL has
     await compute.terminate(provisioned.resource_id, alice())
     await compute.terminate(provisioned.resource_id, alice())  # idempotent
     assert await compute.find(request.name, alice()) is None

@@ -11,7 +11,7 @@ import sys
 import httpx
 
 from services.sandbox.__main__ import _follow_keys
-from services.sandbox.accounts import account_key, key_file, read_keys
+from services.sandbox.accounts import account_key, key_file, read_accounts, read_keys
 from services.sandbox.lambda_cloud import LambdaEmulator
 from services.sandbox.machines import StockImages
 from services.sandbox.runpod import RunPodEmulator
@@ -83,8 +83,8 @@ async def test_each_user_gets_an_account_key_that_the_running_emulators_take(tmp
     first = account_key(path, "alice")
     assert account_key(path, "alice") == first != account_key(path, "bob")
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    keys = {first}
-    follower = asyncio.create_task(_follow_keys(keys, path))
+    keys, accounts = {first}, {"alice": first, "gone": "a-key-removed-from-the-file"}
+    follower = asyncio.create_task(_follow_keys(keys, accounts, path))
     try:
         carol = subprocess.run([sys.executable, "-m", "services.cli.main", "sandbox-key", "--user", "carol"],
                                env={"TUNEFLEET_HOME": str(tmp_path), "PATH": "/usr/bin:/bin"}, check=True,
@@ -94,5 +94,11 @@ async def test_each_user_gets_an_account_key_that_the_running_emulators_take(tmp
                 break
             await asyncio.sleep(0.1)
         assert keys == read_keys(path) and carol in keys and len(keys) == 3
+        # Kaggle's and the Hub's emulators take user → key: the same accounts, by name.
+        for _ in range(50):
+            if accounts.get("carol") == carol:
+                break
+            await asyncio.sleep(0.1)
+        assert accounts == read_accounts(path) and "gone" not in accounts
     finally:
         follower.cancel()

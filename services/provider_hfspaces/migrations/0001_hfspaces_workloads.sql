@@ -41,6 +41,8 @@ CREATE INDEX hfspaces_outbox_unsent ON hfspaces_outbox (created_at) WHERE publis
 CREATE TABLE hfspaces_spaces (
     resource_name     text PRIMARY KEY,
     space_id          text NOT NULL,
+    account           text NOT NULL DEFAULT '',  -- the Hub account whose token created it: reconciliation acts
+                                                 -- with that account's token only
     delete_on_finish  boolean NOT NULL DEFAULT false,
     created_at        timestamptz NOT NULL DEFAULT now(),
     ended_at          timestamptz
