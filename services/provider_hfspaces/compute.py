@@ -36,7 +36,6 @@ from shared.providers import (
     ResourceStatus,
     WorkloadRequest,
     parse_resource_name,
-    unseal_environment,
 )
 from shared.settings import Settings
 
@@ -45,7 +44,6 @@ from .space_files import space_files
 
 RESOURCE_VARIABLE = "TUNEFLEET_RESOURCE"
 SPACE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}$")
-SECRET_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 WRITE_ROLES = ("admin", "write")
 #: The Space's stage (a raw string: SLEEPING is missing from the SDK's enum) → phase, in one place.
 #: NO_APP_FILE is a Space created and not yet given its files; right after the commit the Hub may still say so, and
@@ -196,27 +194,11 @@ class SpacesCompute(Compute[HuggingFaceCredentials]):
 
     # Lifecycle --------------------------------------------------------------------------------------------
 
-    def _secrets(self, request: WorkloadRequest) -> dict[str, str]:
-        opts = request.options
-        values = {**unseal_environment(self.settings, opts), **request.env}
-        bad = sorted(k for k in values if not SECRET_KEY.match(k))
-        if bad:
-            raise ProviderError(f"environment variable names must be letters, digits and '_': {bad}",
-                                field="environment_variables")
-        return values
-
-    def _variables(self, request: WorkloadRequest) -> dict[str, str]:
-        plain = {str(k): str(v) for k, v in (request.options.get("environment_variables") or {}).items()}
-        bad = sorted(k for k in plain if not SECRET_KEY.match(k))
-        if bad:
-            raise ProviderError(f"environment variable names must be letters, digits and '_': {bad}",
-                                field="environment_variables")
-        return {**plain, RESOURCE_VARIABLE: request.name}
-
     async def provision(self, request: WorkloadRequest, credentials: HuggingFaceCredentials) -> Provisioned:
         opts, client = request.options, self.client(credentials)
         space_id, tier = str(opts["space_name"]), str(opts.get("gpu_tier") or "cpu-basic")
-        secrets, variables = self._secrets(request), self._variables(request)
+        # The workload's environment (signed URLs, a judge's key) is secret; the one variable says which attempt runs.
+        secrets, variables = dict(request.env), {RESOURCE_VARIABLE: request.name}
         try:
             files = space_files(self.settings.runpod_default_image)
         except ValueError as exc:

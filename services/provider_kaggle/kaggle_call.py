@@ -45,16 +45,20 @@ class _Refused(Exception):
     pass
 
 
-def _paged(call, request, field):
-    items, token = [], ""
-    for _ in range(1000):
+def _pages(call, request, most=10000):
+    """Every page of a paged call, following its page token."""
+    token = ""
+    for _ in range(most):
         request.page_token = token
         response = call(request)
-        items.extend(getattr(response, field) or [])
+        yield response
         token = response.next_page_token
         if not token:
-            break
-    return items
+            return
+
+
+def _paged(call, request, field):
+    return [item for response in _pages(call, request) for item in getattr(response, field) or []]
 
 
 def _op(api, op, args):
@@ -105,15 +109,10 @@ def _op(api, op, args):
         with api.build_kaggle_client() as kaggle:
             request = ApiListKernelSessionOutputRequest()
             request.user_name, request.kernel_slug, request.page_size = user, args["slug"], 20
-            files, log, token = [], "", ""
-            for _ in range(10000):
-                request.page_token = token
-                response = kaggle.kernels.kernels_api_client.list_kernel_session_output(request)
+            files, log = [], ""
+            for response in _pages(kaggle.kernels.kernels_api_client.list_kernel_session_output, request):
                 files.extend({"name": f.file_name, "url": f.url} for f in response.files or [])
                 log = log or response.log or ""
-                token = response.next_page_token
-                if not token:
-                    break
             return {"files": files, "log": log}
     if op == "delete_kernel":
         with api.build_kaggle_client() as kaggle:

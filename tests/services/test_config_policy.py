@@ -216,3 +216,27 @@ def test_a_judge_port_that_is_no_port_is_a_422_not_a_500():
     for url in ("https://judge.example.com:99999/v1", "https://judge.example.com:abc/v1"):
         with pytest.raises(ValidationError, match="port"):
             TrainingConfig.model_validate(rlhf("d", judge_url=url))
+
+
+async def test_a_model_in_a_kaggle_source_folder_is_kaggles_and_never_this_servers(migrated, api_key):
+    """/kaggle/input/<source> is a path of a Kaggle kernel: a configuration may name it, and a Kaggle deploy that
+    attaches that source may use it; a local deploy or preflight would read this server's /kaggle/input instead,
+    and a Kaggle deploy that does not attach it would train on nothing."""
+    async with gateway_client(migrated) as client:
+        ds = (await upload(client, api_key, INSTRUCTION_ROWS)).json()["id"]
+        attached = {**base(ds), "model": {"base_model": "/kaggle/input/weights"}}
+        saved = await client.post(ROUTES[0], headers=auth(api_key), json=attached)
+        assert saved.status_code == 201, saved.text
+        for route in ROUTES[1:]:
+            r = await client.post(route, headers=auth(api_key), json={"configuration_id": saved.json()["id"]})
+            assert r.status_code == 422 and r.json()["detail"]["field"] == "model.base_model", (route, r.text)
+        escaping = {**base(ds), "model": {"base_model": "/kaggle/input/weights/../../../etc"}}
+        r = await client.post(ROUTES[0], headers=auth(api_key), json=escaping)
+        assert r.status_code == 422 and r.json()["detail"]["field"] == "model.base_model"
+        assert (await client.put("/api/secrets/kaggle", headers=auth(api_key),
+                                 json={"username": "alice", "key": "k" * 16})).status_code == 204
+        r = await client.post("/api/training/deploy/kaggle", headers=auth(api_key), json={
+            "configuration_id": saved.json()["id"], "notebook_title": "Not attached", "enable_gpu": False,
+            "enable_internet": False,
+            "dataset_sources": ["alice/other-weights"], "preflight": False})
+        assert r.status_code == 422 and r.json()["detail"]["field"] == "model.base_model", r.text
