@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from shared.config_spellings import canonical
+from shared.serving import ServeSection
 
 
 class Method(StrEnum):
@@ -99,6 +100,8 @@ class LoraSection(_Strict):
         default=None, description="None picks the architecture's attention projections."
     )
     bias: Literal["none", "all", "lora_only"] = "none"
+    use_dora: bool = Field(default=False, description="Weight-decomposed LoRA (DoRA). The built-in server serves it; "
+                                                      "vLLM and Ollama do not (export the merged model for them).")
 
 
 class QuantizationSection(_Strict):
@@ -264,6 +267,8 @@ class TrainingConfig(_Strict):
     data: DataSection = DataSection()
     training: TrainingSection = TrainingSection()
     predictions: PredictionsSection = PredictionsSection()
+    serve: ServeSection | None = Field(default=None, description="Serve the model when the job completes "
+                                       "(server_type vllm, ollama or builtin).")
 
     @model_validator(mode="before")
     @classmethod

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from shared import subjects
 from shared.config import DataFormat, TrainingConfig
 from shared.jobspec import TrainerResult
+from shared.serving import Finding, ServerType, ServingOptions, ServingState
 from shared.states import JobStatus
 
 
@@ -299,7 +300,53 @@ class ModelRegistered(Message):
     training_seconds: float | None
     dataset_rows: int | None
     cost_usd: float | None
+    version: int = Field(default=1, description="Models of one name are numbered 1, 2, ... per user.")
 
     @property
     def subject(self) -> str:
         return subjects.MODEL_REGISTERED
+
+
+class ServeRequested(Message):
+    """Serve a registered model (the gateway, or the registry for a job whose configuration says ``serve``)."""
+
+    serving_id: str
+    user_id: str
+    model_id: str
+    name: str = Field(description="The model name callers use on /v1.")
+    server_type: ServerType
+    adapter_path: str | None = Field(description="The adapter (or checkpoint) folder to serve; None serves the "
+                                     "full fine-tuned model at model_path.")
+    model_path: str | None = None
+    base_model: str
+    options: ServingOptions = ServingOptions()
+
+    @property
+    def subject(self) -> str:
+        return subjects.SERVE_REQUESTED
+
+
+class ServeStopRequested(Message):
+    serving_id: str
+    user_id: str
+
+    @property
+    def subject(self) -> str:
+        return subjects.SERVE_STOP
+
+
+class ServingChanged(Message):
+    """A serving is ready (its engine answered the smoke prompt), failed (with the reason) or stopped."""
+
+    serving_id: str
+    user_id: str
+    model_id: str
+    name: str
+    server_type: ServerType
+    state: ServingState
+    reason: str | None = None
+    findings: list[Finding] = Field(default_factory=list)
+
+    @property
+    def subject(self) -> str:
+        return subjects.serving_status(self.serving_id)

@@ -11,7 +11,15 @@ from collections.abc import Awaitable, Callable
 
 import asyncpg
 
-from shared.events import DeployRequested, Message, StopRequested, TerminateJob, WorkloadReported
+from shared.events import (
+    DeployRequested,
+    Message,
+    ServeRequested,
+    ServeStopRequested,
+    StopRequested,
+    TerminateJob,
+    WorkloadReported,
+)
 
 log = logging.getLogger(__name__)
 
@@ -19,7 +27,8 @@ Publish = Callable[[Message], Awaitable[None]]
 
 #: The messages an outbox may hold, by class name (as stored in its ``kind`` column).
 KINDS: dict[str, type[Message]] = {cls.__name__: cls for cls in
-                                   (DeployRequested, StopRequested, TerminateJob, WorkloadReported)}
+                                   (DeployRequested, StopRequested, TerminateJob, WorkloadReported,
+                                    ServeRequested, ServeStopRequested)}
 #: A row younger than this is left to the publish that follows its commit.
 RELAY_AFTER_S = 5.0
 #: Sent messages are kept this long (to see what went out), then deleted.

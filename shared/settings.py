@@ -120,6 +120,20 @@ class Settings(BaseSettings):
                               description="The uids (first-last) given to users' code, one per TuneFleet user.")
     stop_grace_seconds: float = 20.0
 
+    vllm_python: Path | None = Field(
+        default=None, description="Python of the virtual environment that holds vLLM (tunefleet serving install "
+                                  "vllm makes one); default: {home}/engines/vllm/bin/python.")
+    vllm_url: str | None = Field(default=None, description="An existing vLLM OpenAI server (started with "
+                                 "--enable-lora and VLLM_ALLOW_RUNTIME_LORA_UPDATING=True) to load adapters into, "
+                                 "instead of starting one.")
+    vllm_api_key: SecretStr | None = Field(default=None, description="The key of the server at vllm_url.")
+    ollama_url: str | None = Field(default=None, description="The Ollama server models are created on "
+                                   "(e.g. http://127.0.0.1:11434); serving on ollama is refused without one.")
+    engine_host: str = Field(default="127.0.0.1", description="Address the engines this server starts listen on; "
+                             "the gateway must reach it.")
+    serving_start_timeout_s: float = Field(default=600.0, gt=0, description="Longest wait for an engine to answer "
+                                           "its smoke prompt before the serving is failed.")
+
     @field_validator("model_dirs", "data_dirs", mode="before")
     @classmethod
     def _path_list(cls, value):
@@ -131,6 +145,11 @@ class Settings(BaseSettings):
     def trainer_uid_range(self) -> tuple[int, int]:
         first, _, last = self.trainer_uids.partition("-")
         return int(first), int(last)
+
+    @property
+    def engines_dir(self) -> Path:
+        """Virtual environments of serving engines (vLLM) and their logs."""
+        return self.home / "engines"
 
     @property
     def models_dir(self) -> Path:

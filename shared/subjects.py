@@ -59,6 +59,18 @@ def job_all(job_id: str) -> str:
 
 MODEL_REGISTERED = f"{PREFIX}.model.registered"
 
+#: Commands to the model registry's serving: start serving a model, stop a serving.
+SERVE_REQUESTED = f"{PREFIX}.serve.requested"
+SERVE_STOP = f"{PREFIX}.serve.stop"
+
+
+def serving_status(serving_id: str) -> str:
+    """A serving became ready, failed or stopped (the model registry)."""
+    return f"{PREFIX}.serving.{serving_id}.status"
+
+
+SERVING_STATUS_ANY = f"{PREFIX}.serving.*.status"
+
 
 def catalogue(provider: str) -> str:
     """Core NATS request/reply: ``{"user_id"}`` → the provider's offers for that user's account (``Catalogue``)."""
@@ -77,13 +89,14 @@ def health(service: str) -> str:
 
 # JetStream streams: commands are work for one service; events are facts for anyone.
 COMMANDS_STREAM = "TUNEFLEET_COMMANDS"
-COMMANDS_SUBJECTS = [f"{PREFIX}.deploy.>", f"{PREFIX}.stop.>", f"{PREFIX}.provision.>", f"{PREFIX}.terminate.>"]
+COMMANDS_SUBJECTS = [f"{PREFIX}.deploy.>", f"{PREFIX}.stop.>", f"{PREFIX}.provision.>", f"{PREFIX}.terminate.>",
+                     f"{PREFIX}.serve.>"]
 EVENTS_STREAM = "TUNEFLEET_EVENTS"
 #: Job status changes are stored; live metrics and predictions are not (PostgreSQL holds them durably, and
 #: a stream would write every point to disk a second time): they are plain NATS messages on
 #: ``tunefleet.job.<id>.metrics`` / ``.predictions`` for whoever listens.
 EVENTS_SUBJECTS = [f"{PREFIX}.job.*.status", f"{PREFIX}.job.*.budget_alert", f"{PREFIX}.workload.>",
-                   f"{PREFIX}.model.>"]
+                   f"{PREFIX}.model.>", f"{PREFIX}.serving.>"]
 
 #: Messages no subscriber could handle (``shared.dead_letters``), on ``tunefleet.dead.<consumer>``.
 DEAD_LETTERS_STREAM = "TUNEFLEET_DEAD_LETTERS"

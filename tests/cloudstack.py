@@ -134,6 +134,21 @@ def hf_hub(tmp_path_factory, stock_images):
 
 
 @pytest.fixture(scope="session")
+def ollama(tmp_path_factory) -> EmulatorServer:
+    """The Ollama emulator: blobs, create with Ollama's checks, and generation from the uploaded weights."""
+    from services.sandbox.ollama import create_app
+
+    with EmulatorServer(create_app(tmp_path_factory.mktemp("ollama"))) as server:
+        yield server
+
+
+def vllm_python() -> str | None:
+    """The vLLM environment scripts/install makes (or the one TUNEFLEET_VLLM_PYTHON names)."""
+    python = os.environ.get("TUNEFLEET_VLLM_PYTHON") or str(Path(__file__).parents[1] / ".serving/vllm/bin/python")
+    return python if Path(python).exists() else None
+
+
+@pytest.fixture(scope="session")
 def mailbox() -> Mailbox:
     box = Mailbox()
     box.controller.start()
@@ -142,7 +157,8 @@ def mailbox() -> Mailbox:
 
 
 @pytest.fixture(scope="session")
-def stack(tmp_path_factory, tiny_model_dir, runpod, lambda_cloud, kaggle_cloud, hf_hub, mirror, stock_images, mailbox):
+def stack(tmp_path_factory, tiny_model_dir, runpod, lambda_cloud, kaggle_cloud, hf_hub, mirror, stock_images, mailbox,
+          ollama):
     s = RunningStack(tmp_path_factory.mktemp("e2e") / "home", {
         # Job emails go to the test's SMTP server; webhooks to receivers on loopback, which the operator allows.
         "TUNEFLEET_SMTP_HOST": "127.0.0.1", "TUNEFLEET_SMTP_PORT": str(mailbox.port), "TUNEFLEET_SMTP_TLS": "none",
@@ -156,7 +172,9 @@ def stack(tmp_path_factory, tiny_model_dir, runpod, lambda_cloud, kaggle_cloud, 
         "TUNEFLEET_MODEL_DIRS": str(tmp_path_factory.getbasetemp()),
         # and its data folder: configurations in the specification's shape name their data by data.train_path.
         "TUNEFLEET_DATA_DIRS": str(tmp_path_factory.getbasetemp() / "data-dir"),
-        "TUNEFLEET_WORKLOAD_PYTHON_URL": mirror, "TUNEFLEET_WORKLOAD_PYTHON_SHA256": stock_images.python_sha256})
+        "TUNEFLEET_WORKLOAD_PYTHON_URL": mirror, "TUNEFLEET_WORKLOAD_PYTHON_SHA256": stock_images.python_sha256,
+        # Serving: the Ollama emulator, and vLLM where scripts/install made its environment.
+        "TUNEFLEET_OLLAMA_URL": ollama.url, **({"TUNEFLEET_VLLM_PYTHON": vllm_python()} if vllm_python() else {})})
     s.start()
     yield s
     if s.process and s.process.poll() is None:

@@ -21,6 +21,7 @@ from tests.cloudstack import (  # noqa: F401
     lambda_cloud,
     mailbox,
     mirror,
+    ollama,
     runpod,
     stack,
     stock_images,

@@ -143,6 +143,7 @@ def build_lora_config(lora: LoraSection, model):
         lora_dropout=lora.dropout,
         target_modules=targets if isinstance(targets, str) else list(targets),
         bias=lora.bias,
+        use_dora=lora.use_dora,
         task_type="CAUSAL_LM",
     )
 

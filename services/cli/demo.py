@@ -101,16 +101,35 @@ def _wait_for_model(client: httpx.Client, job_id: str, timeout: float = 60.0) ->
     return None
 
 
-def _ask(model: dict, row: dict, console: Console) -> None:
-    from trainer.data import render_instruction_prompt
-    from trainer.inference import answer_with_adapter
+def _serve_and_ask(client: httpx.Client, model: dict, row: dict, gateway_url: str, key: str,
+                   console: Console) -> bool:
+    """Serve the registered model on the built-in server and ask it a question through the gateway's /v1 with the
+    openai client, the way any OpenAI-compatible program would."""
+    import openai
 
-    question = f"{row['instruction']} {row.get('input', '')}".strip()
-    with console.status("loading the registered model to ask it…"):
-        answer = answer_with_adapter(model["base_model"], model["adapter_path"],
-                                     lambda tokenizer: render_instruction_prompt(row, tokenizer), max_new_tokens=12)
-    console.print(f"[bold]Q:[/] {question}\n[bold]A:[/] [bold cyan]{answer.strip()}[/] "
+    response = client.post("/api/training/deploy", json={"model_id": model["id"], "server_type": "builtin"})
+    if response.status_code != 202:
+        console.print(f"[red]serving was refused[/]: {response.text}")
+        return False
+    serving = response.json()
+    deadline = time.monotonic() + 300
+    with console.status("serving the model on the built-in server…"):
+        while serving["state"] == "starting" and time.monotonic() < deadline:
+            time.sleep(0.5)
+            serving = client.get(f"/api/servings/{serving['id']}").json()
+    if serving["state"] != "ready":
+        console.print(f"[red]serving is {serving['state']}[/]: {serving['reason']}")
+        return False
+    console.print(f"serving [bold]{serving['name']}[/] at {serving['base_url']} (OpenAI-compatible)")
+    # the user message as training rendered the row (trainer.data.render_instruction_prompt)
+    question = f"{row['instruction']}\n\n{row['input']}" if row.get("input", "").strip() else row["instruction"]
+    ai = openai.OpenAI(base_url=f"{gateway_url}/v1", api_key=key)
+    answer = ai.chat.completions.create(model=serving["name"], messages=[{"role": "user", "content": question}],
+                                        max_tokens=12, temperature=0.0)
+    text = answer.choices[0].message.content or ""
+    console.print(f"[bold]Q:[/] {' '.join(question.split())}\n[bold]A:[/] [bold cyan]{text.strip()}[/] "
                   f"(the data set says {row['output']})")
+    return True
 
 
 def run_demo(*, steps: int, keep_running: bool, console: Console) -> int:
@@ -142,7 +161,8 @@ def run_demo(*, steps: int, keep_running: bool, console: Console) -> int:
                 console.print("[red]the model was not registered[/]")
                 return 1
             row = json.loads(random.Random(0).choice(data_path.read_text().splitlines()))
-            _ask(model, row, console)
+            if not _serve_and_ask(client, model, row, stack.gateway_url, key, console):
+                return 1
             if keep_running:
                 console.print(f"The stack stays up; your API key: {key}. Ctrl-C stops it.")
                 stack.supervise_until_signal()

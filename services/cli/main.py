@@ -13,6 +13,7 @@ from rich.console import Console
 from shared.db import create_pool
 from shared.settings import Settings
 
+from . import serving as serving_cli
 from .embedded import EmbeddedNats, EmbeddedPostgres
 from .stack import Stack, migrate_all
 
@@ -23,6 +24,9 @@ keys = typer.Typer(help="API keys.")
 app.add_typer(keys, name="keys")
 dead = typer.Typer(help="Messages no service could handle, kept in NATS until replayed or discarded.")
 app.add_typer(dead, name="dead-letters")
+app.add_typer(serving_cli.serving, name="serving")
+app.command()(serving_cli.serve)
+app.command()(serving_cli.chat)
 console = Console()
 
 

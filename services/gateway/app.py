@@ -33,8 +33,10 @@ from .routes import (
     metrics,
     models,
     notifications,
+    openai_front,
     preflight,
     secrets,
+    serving,
     webhooks,
 )
 from .tracing import install_tracing
@@ -54,6 +56,8 @@ def create_app(settings: Settings, tracer_provider: TracerProvider | None = None
                 yield
             finally:
                 relay.cancel()
+                if (engines_http := getattr(app.state, "engines_http", None)) is not None:
+                    await engines_http.aclose()
                 await nc.drain()
                 await ctx.broker.stop()
 
@@ -67,6 +71,6 @@ def create_app(settings: Settings, tracer_provider: TracerProvider | None = None
     app.add_middleware(KeyFirst)
     install_tracing(app, tracer_provider)
     for module in (health, configurations, datasets, preflight, estimate, gpus, deploy, jobs, events, metrics,
-                   models, secrets, keys, bundles, costs, asyncapi, webhooks, notifications):
+                   models, serving, openai_front, secrets, keys, bundles, costs, asyncapi, webhooks, notifications):
         app.include_router(module.router)
     return app

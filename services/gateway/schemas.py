@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import uuid
 from datetime import datetime
 from typing import Any, Literal
 
@@ -13,6 +14,7 @@ from shared.catalogue import Catalogue, Offer
 from shared.config import TrainingConfig
 from shared.events import JobCost, Placement
 from shared.hub_models import HubModelCheck
+from shared.serving import Finding, ServerType, ServingOptions, ServingState
 
 
 class ConfigurationPublic(BaseModel):
@@ -508,6 +510,9 @@ class ModelPublic(BaseModel):
     dataset_rows: int | None
     cost_usd: float | None
     provider: str
+    version: int = Field(default=1, description="Models of one name are numbered 1, 2, ... (per user).")
+    dataset_id: str | None = None
+    config: dict | None = Field(default=None, description="The configuration the model was trained with.")
     created_at: datetime
 
     @classmethod
@@ -541,3 +546,54 @@ class CostReport(BaseModel):
     total_usd: float
     jobs: int
     groups: list[CostGroup]
+
+
+class ServingDeployRequest(BaseModel):
+    """``POST /api/training/deploy``: serve a registered model (the specification's body)."""
+
+    model_config = ConfigDict(extra="forbid")
+    job_id: uuid.UUID | None = Field(default=None, description="The completed job whose model to serve.")
+    model_id: uuid.UUID | None = Field(default=None, description="The registered model to serve.")
+    server_type: ServerType = Field(description="vllm, ollama or builtin.")
+    name: str | None = Field(default=None, min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$",
+                             description="The model name callers use on /v1; default: the model's name.")
+    checkpoint_path: str | None = Field(default=None, description="Serve one of the job's checkpoints instead of the "
+                                        "final adapter: its folder, e.g. checkpoints/checkpoint-20 (relative to the "
+                                        "job's output), as GET /api/training/jobs/{id}/checkpoints lists them.")
+    config: ServingOptions = ServingOptions()
+
+    @model_validator(mode="after")
+    def _one_model(self) -> ServingDeployRequest:
+        if (self.job_id is None) == (self.model_id is None):
+            raise ValueError("give exactly one of job_id and model_id (GET /api/models lists your models)")
+        return self
+
+
+class ServingEngine(BaseModel):
+    base_url: str | None = Field(description="The engine's own OpenAI base URL (reachable from this server).")
+    model: str | None = Field(description="The model name the engine knows it by.")
+    details: dict = Field(description="What the engine reports: process id, port, --max-lora-rank, smoke answer.")
+
+
+class ServingPublic(BaseModel):
+    id: str
+    model_id: str
+    name: str = Field(description="The model name to send to base_url.")
+    server_type: ServerType
+    state: ServingState
+    reason: str | None = Field(description="Why it failed or stopped.")
+    base_url: str = Field(description="The OpenAI-compatible base URL to call with your API key (the gateway's /v1).")
+    engine: ServingEngine
+    findings: list[Finding] = Field(description="What the checks of the adapter found (warnings, or the errors).")
+    stop_requested: bool
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def from_row(cls, row, public_url: str) -> ServingPublic:
+        r = dict(row)
+        return cls(id=str(r["id"]), model_id=str(r["model_id"]), name=r["name"], server_type=r["server_type"],
+                   state=r["state"], reason=r["reason"], base_url=f"{public_url.rstrip('/')}/v1",
+                   engine=ServingEngine(base_url=r["base_url"], model=r["engine_model"], details=r["details"] or {}),
+                   findings=r["findings"] or [], stop_requested=r["stop_requested_at"] is not None,
+                   created_at=r["created_at"], updated_at=r["updated_at"])

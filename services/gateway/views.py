@@ -317,3 +317,34 @@ async def costs(pool: asyncpg.Pool, user_id: str, start: datetime, end: datetime
             FROM jobs WHERE user_id = $1 AND created_at >= $2 AND created_at < $3
             GROUP BY 1 ORDER BY {"1" if group_by == "day" else "5 DESC, 1"}""", user_id, start, end)
     return [dict(r) for r in rows]
+
+
+_SERVINGS = """
+    SELECT r.id, r.user_id, r.model_id, r.name, r.server_type, r.created_at, r.stop_requested_at,
+           coalesce(s.state, 'starting') AS state, s.reason, s.base_url, s.engine_model, s.engine_key,
+           coalesce(s.details, '{}'::jsonb) AS details, coalesce(s.findings, r.findings) AS findings,
+           coalesce(s.updated_at, r.created_at) AS updated_at
+      FROM serving_requests r LEFT JOIN servings s ON s.id = r.id
+     WHERE r.user_id = $1
+    UNION ALL
+    SELECT s.id, s.user_id, s.model_id, s.name, s.server_type, s.created_at, NULL, s.state, s.reason, s.base_url,
+           s.engine_model, s.engine_key, s.details, s.findings, s.updated_at
+      FROM servings s
+     WHERE s.user_id = $1 AND NOT EXISTS (SELECT 1 FROM serving_requests r WHERE r.id = s.id)"""
+
+
+async def servings(pool: asyncpg.Pool, user_id: str) -> list[asyncpg.Record]:
+    """The user's servings: those the gateway accepted (starting until the registry has them) and those the registry
+    started by itself (a job configured with ``serve``), newest first."""
+    return await pool.fetch(f"SELECT * FROM ({_SERVINGS}) v ORDER BY created_at DESC", user_id)
+
+
+async def serving(pool: asyncpg.Pool, user_id: str, serving_id: uuid.UUID) -> asyncpg.Record | None:
+    return await pool.fetchrow(f"SELECT * FROM ({_SERVINGS}) v WHERE id = $2", user_id, serving_id)
+
+
+async def serving_by_name(pool: asyncpg.Pool, user_id: str, name: str) -> asyncpg.Record | None:
+    """The user's live serving of that name (the ``model`` of a /v1 call)."""
+    return await pool.fetchrow(
+        f"SELECT * FROM ({_SERVINGS}) v WHERE name = $2 AND state IN ('starting', 'ready') ORDER BY created_at DESC "
+        "LIMIT 1", user_id, name)

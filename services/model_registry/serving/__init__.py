@@ -1,0 +1,1 @@
+"""Serving registered models on vLLM, Ollama or the built-in server."""
