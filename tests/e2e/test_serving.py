@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import io
 import os
+import subprocess
+import sys
 import tarfile
 import time
 from pathlib import Path
@@ -53,6 +55,12 @@ def _ready(client: httpx.Client, serving_id: str, timeout: float = 600) -> dict:
         assert time.monotonic() < deadline, f"serving {serving_id} never left starting"
         time.sleep(0.5)
     return record
+
+
+def _cli(stack: RunningStack, key: str, *args: str) -> subprocess.CompletedProcess:
+    env = {**stack.env, "TUNEFLEET_URL": stack.url, "TUNEFLEET_API_KEY": key, "COLUMNS": "200"}
+    return subprocess.run([sys.executable, "-m", "services.cli.main", *args], env=env, capture_output=True, text=True,
+                          timeout=600)
 
 
 def _chat_both_ways(ai: openai.OpenAI, name: str) -> str:
@@ -118,6 +126,13 @@ def test_builtin_served_by_the_jobs_own_serve_section(stack: RunningStack, users
     assert other.get(f"/api/servings/{record['id']}").status_code == 404
     with pytest.raises(openai.AuthenticationError):
         openai.OpenAI(base_url=record["base_url"], api_key="tf_not_a_key").models.list()
+
+    # The terminal's chat goes the same way, and prints the streamed answer.
+    chat = _cli(stack, sofia_key, "chat", "capitals-auto", "-m", "What is the capital of France?", "--temperature",
+                "0", "--max-tokens", "6")
+    assert chat.returncode == 0, chat.stderr
+    assert chat.stdout.strip() == _chat_both_ways(ai, "capitals-auto").strip()
+    assert _cli(stack, tomas_key, "chat", "capitals-auto", "-m", "hi").returncode == 1
 
     # The adapter as a tar.
     download = client.get(f"/api/models/{trained['id']}/download")
@@ -191,10 +206,11 @@ def test_vllm_serves_adapters_of_one_base_on_one_server(stack: RunningStack, use
 
 def test_ollama_creates_the_model_from_the_uploaded_weights(stack: RunningStack, users, trained: dict, ollama):
     (sofia_key, _), (client, _) = users
-    deployed = client.post("/api/training/deploy", json={"model_id": trained["id"], "server_type": "ollama",
-                                                          "name": "capitals-ollama"})
-    assert deployed.status_code == 202, deployed.text
-    record = _ready(client, deployed.json()["id"])
+    # From the terminal: the model by its name, followed until ready.
+    served = _cli(stack, sofia_key, "serve", "capitals", "--engine", "ollama", "--name", "capitals-ollama")
+    assert served.returncode == 0, served.stdout + served.stderr
+    assert "ready" in served.stdout and "capitals-ollama" in served.stdout
+    record = next(s for s in client.get("/api/servings").json() if s["name"] == "capitals-ollama")
     assert record["state"] == "ready", record["reason"]
     smoke = record["engine"]["details"]["smoke"]
     assert smoke["answer"] != smoke["base_answer"]
