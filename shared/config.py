@@ -203,6 +203,11 @@ class TrainingSection(_Strict):
     logging_steps: int = Field(default=1, ge=1)
     eval_steps: int | None = Field(default=None, ge=1, description="Evaluate every N steps; else per epoch.")
     save_steps: int | None = Field(default=None, ge=1, description="Checkpoint every N steps; else per epoch.")
+    keep_best_checkpoints: int | None = Field(
+        default=None, ge=1, le=100,
+        description="Keep the N checkpoints with the lowest eval loss, plus the last, and delete the rest; "
+        "None keeps the last two.",
+    )
     beta: float = Field(default=0.1, gt=0, description="DPO/ORPO preference strength.")
     padding_free: bool = Field(
         default=True, description="SFT: concatenate each batch's sequences instead of padding them (others: unused)."

@@ -8,7 +8,8 @@
 * ``metadata.json``: see ``build_metadata``.
 * ``result.json``: the TrainerResult, written by ``python -m trainer`` whatever happens; its ``checkpoint_path``
   is the latest checkpoint, which a retry passes as ``resume_from_checkpoint``.
-* ``checkpoints/checkpoint-N/``: trainer checkpoints with optimizer, scheduler and RNG state (the last two kept).
+* ``checkpoints/checkpoint-N/``: trainer checkpoints with optimizer, scheduler and RNG state (the last two
+  kept; with ``training.keep_best_checkpoints`` N, the N of lowest eval loss and the last).
 * ``metrics-spool.jsonl``: metric batches not (yet) delivered to ingest.
 """
 

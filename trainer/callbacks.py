@@ -11,6 +11,9 @@ Metric records (one per logged step and kind; train and eval records may share a
   ``eval_`` too, so that no metric name appears twice at one step (ingest keys points by job, name, step).
 * memory: ``memory_rss_mb`` (this process), and with CUDA ``gpu_memory_allocated_mb``/``gpu_memory_reserved_mb``.
 
+With ``training.keep_best_checkpoints`` set, ``RetentionCallback`` decides which checkpoints stay on disk (the
+trainer's own ``save_total_limit`` is then off).
+
 The trainer's end-of-training summary log (``train_runtime``, ``train_loss``, ...) is not streamed; it is kept
 in ``MetricsCallback.summary`` for ``metadata.json``. Non-finite values are dropped from records. With several
 processes (``training.gpu_count`` > 1) only the main one reports and predicts.
@@ -19,6 +22,9 @@ processes (``training.gpu_count`` > 1) only the main one reports and predicts.
 from __future__ import annotations
 
 import logging
+import math
+import os
+import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -257,3 +263,63 @@ class StopCallback(TrainerCallback):
         if self.stopped:
             control.should_evaluate = False
             control.should_save = False
+
+
+def checkpoints_to_delete(steps_with_eval: dict[int, float | None], keep_best: int) -> set[int]:
+    """The checkpoint steps to delete so that the ``keep_best`` lowest eval losses and the newest step remain.
+
+    A checkpoint without a (finite) eval loss ranks after every one with one; ties go to the newer step.
+    """
+    if not steps_with_eval:
+        return set()
+
+    def rank(step: int) -> tuple[bool, float, int]:
+        loss = steps_with_eval[step]
+        known = loss is not None and math.isfinite(loss)
+        return (not known, loss if known else 0.0, -step)
+
+    keep = set(sorted(steps_with_eval, key=rank)[:keep_best]) | {max(steps_with_eval)}
+    return set(steps_with_eval) - keep
+
+
+def eval_losses_by_step(log_history: list[dict]) -> dict[int, float]:
+    """The eval loss logged at each step (the last one where a step was evaluated twice)."""
+    return {entry["step"]: entry["eval_loss"] for entry in log_history if "eval_loss" in entry and "step" in entry}
+
+
+class RetentionCallback(TrainerCallback):
+    """After each save keeps the ``keep_best`` checkpoints with the lowest eval loss plus the newest; deletes the rest.
+
+    Replaces the trainer's ``save_total_limit``, which keeps only the newest ones and so may drop the best model.
+    """
+
+    def __init__(self, keep_best: int, printer: Callable[[str], None] = print):
+        self.keep_best = keep_best
+        self.printer = printer
+
+    def on_save(self, args, state, control, **kwargs):
+        if not state.is_world_process_zero:
+            return
+        folders = _checkpoint_folders(args.output_dir)
+        losses = eval_losses_by_step(state.log_history)
+        doomed = checkpoints_to_delete({step: losses.get(step) for step in folders}, self.keep_best)
+        for step in sorted(doomed):
+            shutil.rmtree(folders[step], ignore_errors=True)
+        if doomed:
+            kept = sorted(set(folders) - doomed)
+            self.printer(f"[trainer] checkpoints kept at steps {kept}; deleted {sorted(doomed)}")
+
+
+def _checkpoint_folders(output_dir: str) -> dict[int, str]:
+    """``checkpoint-N`` folders of ``output_dir`` by N (the trainer's ``output_dir`` is the job's checkpoints/)."""
+    try:
+        names = os.listdir(output_dir)
+    except FileNotFoundError:
+        return {}
+    folders = {}
+    for name in names:
+        step = name.removeprefix("checkpoint-")
+        path = os.path.join(output_dir, name)
+        if name.startswith("checkpoint-") and step.isdigit() and os.path.isdir(path):
+            folders[int(step)] = path
+    return folders

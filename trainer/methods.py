@@ -67,7 +67,8 @@ def training_arguments(spec: JobSpec, *, has_eval: bool, cuda: bool, printer: Ca
         logging_strategy="steps",
         logging_steps=t.logging_steps,
         logging_first_step=True,
-        save_total_limit=2,
+        # With keep_best_checkpoints, trainer.callbacks.RetentionCallback chooses what stays instead.
+        save_total_limit=None if t.keep_best_checkpoints else 2,
         report_to="none",
         use_cpu=not cuda,
         disable_tqdm=True,

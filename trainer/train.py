@@ -83,7 +83,7 @@ def _run(
     from transformers import PrinterCallback
 
     from trainer.attention import padding_free_attention
-    from trainer.callbacks import MetricsCallback, PredictionCallback, StopCallback
+    from trainer.callbacks import MetricsCallback, PredictionCallback, RetentionCallback, StopCallback
     from trainer.checkpoint_upload import CheckpointUploadCallback, CheckpointUploader
     from trainer.data import prepare_data
     from trainer.methods import build_trainer, uses_padding_free
@@ -118,6 +118,8 @@ def _run(
     predictions_cb = PredictionCallback(reporter, tokenizer, data.samples, cfg.predictions, stop_event, printer,
                                         progress=progress)
     callbacks = [metrics_cb, stop_cb, predictions_cb, ProgressCallback(progress)]
+    if t.keep_best_checkpoints:
+        callbacks.append(RetentionCallback(keep_best=t.keep_best_checkpoints, printer=printer))
     uploader = None
     if spec.checkpoint_upload_url and is_main_process():
         uploader = CheckpointUploader(spec.checkpoint_upload_url, printer, reporter=reporter)

@@ -20,6 +20,7 @@ from .quotas import ProcessQuotas
 from .routes import (
     asyncapi,
     bundles,
+    checkpoints,
     configurations,
     costs,
     datasets,
@@ -71,6 +72,7 @@ def create_app(settings: Settings, tracer_provider: TracerProvider | None = None
     app.add_middleware(KeyFirst)
     install_tracing(app, tracer_provider)
     for module in (health, configurations, datasets, preflight, estimate, gpus, deploy, jobs, events, metrics,
-                   models, serving, openai_front, secrets, keys, bundles, costs, asyncapi, webhooks, notifications):
+                   models, checkpoints, serving, openai_front, secrets, keys, bundles, costs, asyncapi, webhooks,
+                   notifications):
         app.include_router(module.router)
     return app
