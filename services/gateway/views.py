@@ -322,7 +322,8 @@ async def costs(pool: asyncpg.Pool, user_id: str, start: datetime, end: datetime
 _SERVINGS = """
     SELECT r.id, r.user_id, r.model_id, r.name, r.server_type, r.created_at, r.stop_requested_at,
            coalesce(s.state, 'starting') AS state, s.reason, s.base_url, s.engine_model, s.engine_key,
-           coalesce(s.details, '{}'::jsonb) AS details, coalesce(s.findings, r.findings) AS findings,
+           coalesce(s.details, '{}'::jsonb) AS details,
+           coalesce(nullif(s.findings, '[]'::jsonb), r.findings) AS findings,
            coalesce(s.updated_at, r.created_at) AS updated_at
       FROM serving_requests r LEFT JOIN servings s ON s.id = r.id
      WHERE r.user_id = $1

@@ -142,6 +142,23 @@ def test_builtin_served_by_the_jobs_own_serve_section(stack: RunningStack, users
     assert any(n.endswith("/adapter_config.json") for n in names) and any(n.endswith(".safetensors") for n in names)
     assert other.get(f"/api/models/{trained['id']}/download").status_code == 404
 
+    # Any checkpoint can be listed, downloaded and served, not only the last.
+    checkpoints = client.get(f"/api/training/jobs/{trained['job_id']}/checkpoints").json()
+    assert [c["step"] for c in checkpoints] == [3, 6] and all(c["eval_loss"] is not None for c in checkpoints)
+    assert other.get(f"/api/training/jobs/{trained['job_id']}/checkpoints").status_code == 404
+    early = client.get(f"/api/models/{trained['id']}/download", params={"checkpoint": checkpoints[0]["name"]})
+    with tarfile.open(fileobj=io.BytesIO(early.content)) as tar:
+        assert any(n.endswith("checkpoint-3/adapter_config.json") for n in tar.getnames())
+    step3 = _ready(client, client.post("/api/training/deploy", json={
+        "job_id": trained["job_id"], "server_type": "builtin", "name": "capitals-step3",
+        "checkpoint_path": checkpoints[0]["name"]}).json()["id"])
+    assert step3["state"] == "ready", step3["reason"]
+    assert ai.chat.completions.create(model="capitals-step3", messages=QUESTION, max_tokens=4).choices
+    outside = client.post("/api/training/deploy", json={"job_id": trained["job_id"], "server_type": "builtin",
+                                                         "checkpoint_path": "../../"})
+    assert outside.status_code == 422 and outside.json()["detail"]["field"] == "checkpoint_path"
+    assert client.delete(f"/api/servings/{step3['id']}").json()["state"] == "stopped"
+
     # DELETE stops the engine's process.
     pid = record["engine"]["details"]["pid"]
     assert psutil.pid_exists(pid)

@@ -12,7 +12,7 @@ from services.model_registry.subscribers import wire as wire_registry
 from shared import subjects
 from shared.bus import publish
 from shared.config import TrainingConfig
-from shared.events import JobStatusChanged, ServeRequested
+from shared.events import JobStatusChanged, ServeRequested, ServeStopRequested
 from shared.ids import derived_id
 from shared.jobspec import TrainerResult
 from shared.states import JobStatus
@@ -86,3 +86,21 @@ async def test_a_restarted_registry_starts_its_servings_again(migrated, pool, re
         row = await until(lambda: pool.fetchrow("SELECT * FROM servings WHERE id = $1 AND state = 'failed'",
                                                 serving_id))
     assert "adapter_config.json" in row["reason"]
+
+
+async def test_a_stop_that_overtakes_its_serve_command_keeps_the_serving_from_starting(migrated, pool, nats_url,
+                                                                                       tmp_path):
+    serving_id = str(uuid.uuid4())
+    cmd = ServeRequested(job_id=str(uuid.uuid4()), serving_id=serving_id, user_id="alice", model_id=str(uuid.uuid4()),
+                         name=f"late-{serving_id[:8]}", server_type="builtin", adapter_path=str(tmp_path),
+                         base_model="/nowhere/base")
+    async with running_service("model_registry", wire_registry, migrated):
+        broker = NatsBroker(nats_url)
+        await broker.start()
+        await publish(broker, ServeStopRequested(job_id=serving_id, serving_id=serving_id, user_id="alice"))
+        await until(lambda: pool.fetchrow("SELECT 1 FROM servings WHERE id = $1", serving_id))
+        await publish(broker, cmd)
+        await asyncio.sleep(1.0)
+        await broker.stop()
+    row = await pool.fetchrow("SELECT * FROM servings WHERE id = $1", serving_id)
+    assert row["state"] == "stopped" and "before it started" in row["reason"]

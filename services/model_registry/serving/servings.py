@@ -53,6 +53,15 @@ class ServingRepository:
             return False
         return row is not None
 
+    async def tombstone(self, serving_id: str, user_id: str) -> None:
+        """A stop that arrived before its serve command: the serving is stopped before it starts (the command,
+        when it comes, finds the row and starts nothing)."""
+        await self.pool.execute(
+            """INSERT INTO servings (id, user_id, model_id, name, server_type, state, reason, request)
+               VALUES ($1, $2, '00000000-0000-0000-0000-000000000000', $3, 'builtin', 'stopped',
+                       'stopped on request before it started', '{}') ON CONFLICT (id) DO NOTHING""",
+            serving_id, user_id, f"stopped-{serving_id}")
+
     async def get(self, serving_id: str) -> asyncpg.Record | None:
         return await self.pool.fetchrow("SELECT * FROM servings WHERE id = $1", serving_id)
 
@@ -151,7 +160,10 @@ class Servings:
 
     async def stop_requested(self, cmd: ServeStopRequested) -> None:
         row = await self.repo.get(cmd.serving_id)
-        if row is None or row["user_id"] != cmd.user_id:
+        if row is None:
+            await self.repo.tombstone(cmd.serving_id, cmd.user_id)
+            return
+        if row["user_id"] != cmd.user_id:
             return
         if task := self.starting.get(cmd.serving_id):
             task.cancel()
