@@ -142,6 +142,25 @@ def test_builtin_served_by_the_jobs_own_serve_section(stack: RunningStack, users
     assert any(n.endswith("/adapter_config.json") for n in names) and any(n.endswith(".safetensors") for n in names)
     assert other.get(f"/api/models/{trained['id']}/download").status_code == 404
 
+    # Exports for other engines: the merged model, and one GGUF file (q8_0), made in the background.
+    for body in ({"format": "merged"}, {"format": "gguf", "quantize": "q8_0"}):
+        started = client.post(f"/api/models/{trained['id']}/export", json=body)
+        assert started.status_code == 202 and started.json()["status"] in ("running", "done"), started.text
+    assert client.post(f"/api/models/{trained['id']}/export", json={"format": "merged", "quantize": "q8_0"}
+                       ).json()["detail"]["field"] == "quantize"
+    wait_until = time.monotonic() + 180
+    while {e["key"]: e["status"] for e in client.get(f"/api/models/{trained['id']}/exports").json()} != {
+            "merged": "done", "gguf-q8_0": "done"}:
+        exports = client.get(f"/api/models/{trained['id']}/exports").json()
+        assert time.monotonic() < wait_until and not any(e["status"] == "failed" for e in exports), exports
+        time.sleep(0.5)
+    gguf = client.get(f"/api/models/{trained['id']}/download", params={"export": "gguf-q8_0"})
+    assert gguf.status_code == 200 and gguf.content[:4] == b"GGUF"
+    merged = client.get(f"/api/models/{trained['id']}/download", params={"export": "merged"})
+    with tarfile.open(fileobj=io.BytesIO(merged.content)) as tar:
+        assert any(n.endswith("/config.json") for n in tar.getnames())
+    assert other.get(f"/api/models/{trained['id']}/exports").status_code == 404
+
     # Any checkpoint can be listed, downloaded and served, not only the last.
     checkpoints = client.get(f"/api/training/jobs/{trained['job_id']}/checkpoints").json()
     assert [c["step"] for c in checkpoints] == [3, 6] and all(c["eval_loss"] is not None for c in checkpoints)
