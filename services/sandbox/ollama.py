@@ -9,8 +9,11 @@ Reached through ``ollama.Client(host=url)`` / ``OLLAMA_HOST``, and OpenAI SDKs a
   existing model; a missing one is pulled from the registry, which cannot be reached here, so it fails as a failed
   pull does) plus ``adapters`` (a safetensors LoRA: only on a ``llama`` or ``gemma2`` base, else ``unsupported
   architecture``). Architectures Ollama's converter does not know (``MistralForCausalLM``, dense
-  ``Qwen3ForCausalLM``...) are refused. ``quantize`` takes ``q4_K_M``, ``q4_K_S`` or ``q8_0``; the emulator records
-  the level and keeps serving in float. Errors before the stream starts are a status; once it has started (the
+  ``Qwen3ForCausalLM``...) are refused. ``files`` may instead hold exactly one ``*.gguf`` (a GGUF model is one file):
+  its ``general.architecture`` must be one transformers' GGUF reader loads (else ``unsupported architecture``), it is
+  served with ``gguf_file=`` (model and tokenizer, whose chat template comes from ``tokenizer.chat_template``), and
+  ``quantize`` applies to F16/F32 GGUFs only. ``quantize`` takes ``q4_K_M``, ``q4_K_S`` or ``q8_0``; the emulator
+  records the level and keeps serving in float. Errors before the stream starts are a status; once it has started (the
   default, ``stream`` true) they are an NDJSON ``{"error"}`` line with status 200, as Ollama's are;
 * every model has a folder of its own under the store (``models/<id>/model``, and ``adapter`` for a LoRA model)
   with the uploaded files hard-linked from the blobs, so that transformers loads them; a model is loaded on first
@@ -65,6 +68,10 @@ ARCHITECTURES = {
 #: Families a safetensors LoRA adapter converts for (convert.ConvertAdapter).
 ADAPTER_FAMILIES = ("llama", "gemma2")
 QUANTIZE_TYPES = {"Q4_K_M", "Q4_K_S", "Q8_0"}
+#: ``general.architecture`` values of GGUF files the emulator loads (transformers' GGUF reader, model and tokenizer);
+#: used when transformers' own list cannot be imported.
+GGUF_ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3", "phi3", "gemma2", "gemma3", "falcon", "stablelm",
+                      "starcoder2", "nemotron", "gpt2", "bloom")
 LOADED_MODELS = 2
 DEFAULT_OPTIONS = {"temperature": 0.8, "top_k": 40, "top_p": 0.9, "num_predict": -1, "num_ctx": 4096}
 _DIGEST = re.compile(r"^sha256[:-]([0-9a-f]{64})$")
@@ -294,8 +301,8 @@ class OllamaEmulator:
             if str(quantize).upper() not in QUANTIZE_TYPES:
                 raise OllamaError(400, f"unsupported quantization type {quantize} - supported types are F32, F16, "
                                        "Q4_K_S, Q4_K_M, Q8_0")
+            steps.append({"status": f"quantizing {level} model to {str(quantize).upper()}"})
             level = str(quantize).upper()
-            steps.append({"status": f"quantizing F32 model to {level}"})
         adapter_files: dict[str, str] = {}
         if adapters:
             if any(n.endswith(".gguf") for n in adapters):
@@ -325,7 +332,8 @@ class OllamaEmulator:
         if isinstance(body.get("parameters"), dict):
             params.update(body["parameters"])
         manifest = {
-            "name": name, "modified_at": _now(), "format": "safetensors",
+            "name": name, "modified_at": _now(), "format": base.get("format", "safetensors"),
+            "gguf": base.get("gguf"),
             "architecture": base["architecture"], "family": base["family"],
             "parameter_size": base["parameter_size"], "quantization_level": level,
             "files": dict(base["files"]), "adapters": adapter_files or dict(base.get("adapters") or {}),
@@ -368,7 +376,7 @@ class OllamaEmulator:
 
     def _convert(self, files: dict[str, str], steps: list[dict]) -> dict:
         if any(n.endswith(".gguf") for n in files):
-            raise OllamaError(400, "this emulator serves safetensors models only; GGUF files need a real Ollama")
+            return self._convert_gguf(files, steps)
         for digest in files.values():
             self._need_blob(digest)
         weights = [n for n in files if n.endswith(".safetensors")]
@@ -396,6 +404,45 @@ class OllamaEmulator:
         level = {"float16": "F16", "bfloat16": "BF16"}.get(dtype, "F32")
         return {"architecture": arch, "family": ARCHITECTURES[arch], "parameter_size": _human(params),
                 "quantization_level": level, "files": dict(files), "format": "safetensors"}
+
+    @staticmethod
+    def _gguf_architectures() -> tuple[str, ...]:
+        try:
+            from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
+        except ImportError:
+            return GGUF_ARCHITECTURES
+        return tuple(a for a in GGUF_SUPPORTED_ARCHITECTURES if a in GGUF_ARCHITECTURES)
+
+    def _convert_gguf(self, files: dict[str, str], steps: list[dict]) -> dict:
+        """A GGUF model: exactly one ``*.gguf`` file, read with ``gguf.GGUFReader``."""
+        import gguf
+
+        if len(files) != 1:
+            raise OllamaError(400, "invalid model: a GGUF model is a single *.gguf file; put nothing else in files")
+        [(fname, digest)] = files.items()
+        path = self._need_blob(digest)
+        try:
+            reader = gguf.GGUFReader(path)
+            arch_field = reader.fields.get("general.architecture")
+            arch = str(arch_field.contents()) if arch_field is not None else None
+            type_field = reader.fields.get("general.file_type")
+            file_type = int(type_field.contents()) if type_field is not None else None
+            params = sum(int(t.n_elements) for t in reader.tensors)
+            tensor_types = [t.tensor_type.name for t in reader.tensors if len(t.shape) >= 2]
+        except (OSError, ValueError, KeyError, IndexError) as exc:
+            raise OllamaError(400, f"invalid file magic: not a GGUF file ({exc})") from None
+        if arch not in self._gguf_architectures():
+            raise OllamaError(400, f"unsupported architecture {arch!r}")
+        if file_type is not None:
+            try:
+                level = gguf.LlamaFileType(file_type).name.removeprefix("ALL_").removeprefix("MOSTLY_")
+            except ValueError:
+                level = f"type {file_type}"
+        else:
+            level = max(set(tensor_types), key=tensor_types.count) if tensor_types else "F32"
+        steps.append({"status": "parsing GGUF"})
+        return {"architecture": arch, "family": arch, "parameter_size": _human(params),
+                "quantization_level": level, "files": {fname: digest}, "format": "gguf", "gguf": fname}
 
     def _materialise(self, files: dict[str, str], into: Path) -> None:
         for fname, digest in files.items():
@@ -475,8 +522,9 @@ class OllamaEmulator:
         started = time.monotonic()
         folder = Path(m["folder"])
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        tokenizer = AutoTokenizer.from_pretrained(folder / "model")
-        model = AutoModelForCausalLM.from_pretrained(folder / "model", dtype=torch.float32)
+        extra = {"gguf_file": m["gguf"]} if m.get("gguf") else {}
+        tokenizer = AutoTokenizer.from_pretrained(folder / "model", **extra)
+        model = AutoModelForCausalLM.from_pretrained(folder / "model", dtype=torch.float32, **extra)
         if m["adapters"]:
             from peft import PeftModel
 

@@ -115,16 +115,80 @@ async def test_unsupported_architecture_is_refused(env: Env):
     assert err.value.status_code == 400 and "unsupported architecture" in err.value.error
 
 
-async def test_safetensors_adapter_on_a_qwen2_base_is_refused(env: Env):
+async def test_a_qwen2_adapter_is_merged_and_imported_as_gguf(env: Env):
     base = _qwen2(env.tmp / "qwen2")
     adapter = make_lora_adapter(base, env.tmp / "qwen2-adapter")
-    assert any("merge the adapter" in p for p in ollama_engine.check(base, adapter, quantize=None))
+    assert ollama_engine.check(base, adapter, quantize=None) == []
+    # Ollama itself refuses a safetensors adapter on a qwen2 base
+    files = {p.name: await env.client().create_blob(p) for p in ollama_engine.base_files(base)}
+    await env.client().create(model="q2-st", files=files)
+    adapters = {f: await env.client().create_blob(adapter / f) for f in ollama_engine.ADAPTER_FILES}
     with pytest.raises(ollama.ResponseError) as err:
-        await ollama_engine.create(env.client(), name="q2-ft", base_dir=base, adapter_dir=adapter)
+        await env.client().create(model="q2-bad", from_="q2-st", adapters=adapters)
     assert err.value.status_code == 400 and "unsupported architecture" in err.value.error
-    names = {m.model for m in (await env.client().list()).models}
-    assert "q2-ft:latest" not in names
-    assert any(n.startswith("tunefleet-base-") and n != f"{env.created['base_model']}:latest" for n in names)
+    await env.client().delete("q2-st")
+
+    work = env.tmp / "q2-work"
+    created = await ollama_engine.create(env.client(), name="q2-ft", base_dir=base, adapter_dir=adapter,
+                                         work_dir=work)
+    assert (work / "model.gguf").is_file() and (work / "merged" / "config.json").is_file()
+    assert created["model"] == "q2-ft" and created["base_model"].startswith("tunefleet-base-")
+    tags = {m.model: m for m in (await env.client().list()).models}
+    for tag in ("q2-ft:latest", f"{created['base_model']}:latest"):
+        assert tags[tag].details.format == "gguf" and tags[tag].details.family == "qwen2"
+        assert tags[tag].details.quantization_level == "F16"
+
+    async def answer(model: str) -> str:
+        return (await env.client().chat(model=model, messages=MESSAGES, options=GREEDY)).message.content
+
+    tuned = await answer("q2-ft")
+    assert tuned != await answer(created["base_model"])
+    assert await answer("q2-ft") == tuned
+
+
+async def test_a_llama_adapter_with_quantize_is_imported_as_gguf(env: Env):
+    assert ollama_engine.check(env.base, env.adapter, quantize="q8_0") == []
+    created = await ollama_engine.create(env.client(), name="tf-q8", base_dir=env.base, adapter_dir=env.adapter,
+                                         quantize="q8_0")
+    assert created["base_model"] not in (None, env.created["base_model"])  # the GGUF base, not the safetensors one
+    tags = {m.model: m for m in (await env.client().list()).models}
+    assert tags["tf-q8:latest"].details.format == "gguf"
+    assert tags["tf-q8:latest"].details.quantization_level == "Q8_0"
+    assert tags[f"{created['base_model']}:latest"].details.quantization_level == "F16"
+    await ollama_engine.delete(env.client(), "tf-q8")
+
+
+async def test_gguf_create_rules(env: Env):
+    import gguf
+    import numpy as np
+
+    from services.model_registry.serving import export
+
+    q8 = export.to_gguf(env.base, env.tmp / "gguf" / "q8.gguf", quantize="q8_0")
+    digest = await env.client().create_blob(q8)
+    await env.client().create(model="tf-q8-gguf", files={"model.gguf": digest})
+    tags = {m.model: m for m in (await env.client().list()).models}
+    assert tags["tf-q8-gguf:latest"].details.quantization_level == "Q8_0"
+    with pytest.raises(ollama.ResponseError) as err:
+        await env.client().create(model="tf-q8-again", files={"model.gguf": digest}, quantize="q4_K_M")
+    assert err.value.status_code == 400 and "only supported for F16 and F32" in err.value.error
+    with pytest.raises(ollama.ResponseError) as err:  # a GGUF model is one file
+        config = await env.client().create_blob(env.base / "config.json")
+        await env.client().create(model="tf-two", files={"model.gguf": digest, "config.json": config})
+    assert err.value.status_code == 400
+    other = env.tmp / "gguf" / "rwkv.gguf"
+    writer = gguf.GGUFWriter(str(other), "rwkv6")
+    writer.add_tensor("token_embd.weight", np.zeros((4, 8), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    with pytest.raises(ollama.ResponseError) as err:
+        await env.client().create(model="tf-rwkv", files={"x.gguf": await env.client().create_blob(other)})
+    assert err.value.status_code == 400 and "unsupported architecture" in err.value.error
+    gen = await env.client().generate(model="tf-q8-gguf", prompt="The capital of", options=GREEDY, raw=True)
+    assert gen.eval_count > 0
+    await env.client().delete("tf-q8-gguf")
 
 
 async def test_chat_through_the_ollama_client(env: Env):
@@ -211,16 +275,20 @@ def test_check_names_the_fixes(tmp_path: Path):
     for arch in ("MistralForCausalLM", "Qwen3ForCausalLM"):
         [problem] = ollama_engine.check(_folder(tmp_path, arch, arch), None, quantize=None)
         assert arch in problem and "vllm or builtin" in problem
-    [problem] = ollama_engine.check(_folder(tmp_path, "q", "Qwen2ForCausalLM"), adapter, quantize=None)
-    assert "merge the adapter" in problem
-    [problem] = ollama_engine.check(base, adapter, quantize="q4_K_M")
-    assert "drop quantize" in problem
+    assert ollama_engine.check(_folder(tmp_path, "q", "Qwen2ForCausalLM"), adapter, quantize=None) == []
+    assert ollama_engine.check(base, adapter, quantize="q4_K_M") == []  # merged and quantized as a GGUF
+    [problem] = ollama_engine.check(_folder(tmp_path, "p", "Phi3ForCausalLM"), adapter, quantize=None)
+    assert "Phi3ForCausalLM" in problem and "vllm or builtin" in problem
+    gemma2 = _folder(tmp_path, "g", "Gemma2ForCausalLM")
+    assert ollama_engine.check(gemma2, adapter, quantize=None) == []
+    [problem] = ollama_engine.check(gemma2, adapter, quantize="q4_K_M")
+    assert "drop quantize" in problem and "Gemma2ForCausalLM" in problem
     [problem] = ollama_engine.check(base, None, quantize="q3_K")
     assert "q4_K_M" in problem
 
 
 def test_check_spots_a_qlora_adapter_with_quantize(tmp_path: Path):
-    base = _folder(tmp_path, "b", "LlamaForCausalLM")
+    base = _folder(tmp_path, "b", "Gemma2ForCausalLM")  # a llama one is merged and quantized as a GGUF instead
     [problem] = ollama_engine.check(base, _lora(tmp_path, bits=4), quantize="q4_K_M")
     assert "QLoRA" in problem and "quantize the merged model" in problem
     other = tmp_path / "other"

@@ -1,13 +1,24 @@
 """Serving on Ollama through the official ``ollama`` client: what Ollama cannot import is caught before any upload
 (``check``), then the base is uploaded as blobs and created once (``tunefleet-base-<hash>``), and the adapter model
-is created ``from`` it (``create``); ``delete`` removes the adapter model and leaves the shared base."""
+is created ``from`` it (``create``); ``delete`` removes the adapter model and leaves the shared base.
+
+What Ollama cannot take as a safetensors adapter (a base other than llama/gemma2, or ``quantize`` with an adapter) is
+done the way Ollama's users do it: the adapter is merged into the base (``export.merge``), converted to one F16 GGUF
+(``export.to_gguf``) and imported with ``files={"model.gguf": digest}`` (and ``quantize`` passed through); the base is
+converted and created the same way, so the two answer comparably. Only the architectures ``export.to_gguf``
+converts (``export.GGUF_ARCHS``) go this way."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
+
+from services.model_registry.serving import export
 
 #: ``config.json`` architectures Ollama's converter imports from safetensors, to the family it gives them.
 ARCHITECTURES = {
@@ -46,6 +57,19 @@ def _qlora(adapter_dir: Path) -> bool:
     return any(tag in base for tag in _QUANTIZED_NAME)
 
 
+def _arch(base_dir: Path) -> str | None:
+    archs = _json(Path(base_dir) / "config.json").get("architectures") if Path(base_dir).is_dir() else None
+    return archs[0] if isinstance(archs, list) and archs and isinstance(archs[0], str) else None
+
+
+def needs_gguf(base_dir: Path, adapter_dir: Path | None, *, quantize: str | None) -> bool:
+    """Whether ``create`` merges the adapter and imports a GGUF: an adapter on a base Ollama takes no safetensors
+    adapter for, or an adapter with ``quantize``."""
+    if adapter_dir is None:
+        return False
+    return ARCHITECTURES.get(_arch(base_dir) or "") not in ADAPTER_FAMILIES or quantize is not None
+
+
 def check(base_dir: Path, adapter_dir: Path | None, *, quantize: str | None) -> list[str]:
     """What Ollama would refuse (or get wrong) about this base, adapter and quantization: one sentence per problem,
     each naming the fix. Empty when Ollama can import it."""
@@ -78,18 +102,21 @@ def check(base_dir: Path, adapter_dir: Path | None, *, quantize: str | None) -> 
         if not (adapter_dir / name).is_file():
             problems.append(f"{adapter_dir} has no {name}: Ollama needs a PEFT LoRA saved with "
                             "save_pretrained(safe_serialization=True)")
-    if family is not None and family not in ADAPTER_FAMILIES:
+    convertible = arch in export.GGUF_ARCHS  # merged and imported as a GGUF by create
+    if family is not None and family not in ADAPTER_FAMILIES and not convertible:
         problems.append(f"Ollama takes safetensors adapters only on a llama or gemma2 base, and this base is "
-                        f"{arch} ({family}): merge the adapter into the base and import the merged model, or serve "
-                        "on vllm or builtin")
-    if quantize is not None:
+                        f"{arch} ({family}), which TuneFleet cannot merge and convert to GGUF (only "
+                        f"{', '.join(export.GGUF_ARCHS)}): serve this model on vllm or builtin instead")
+    if quantize is not None and convertible:
+        pass  # the adapter is merged and the merged GGUF quantized, which is the fix
+    elif quantize is not None:
         if _qlora(adapter_dir):
             problems.append("this adapter was trained on a 4/8-bit (QLoRA) base, and Ollama would quantize the "
                             "float base under it: merge the adapter and quantize the merged model instead")
         else:
-            problems.append("quantize applies to the base, not to an adapter, so the adapter would run on weights "
-                            "it was not trained on: drop quantize, or merge the adapter and quantize the merged "
-                            "model")
+            problems.append(f"quantize applies to the base, not to an adapter, so the adapter would run on weights "
+                            f"it was not trained on, and TuneFleet cannot merge a {arch} model into a GGUF (only "
+                            f"{', '.join(export.GGUF_ARCHS)}): drop quantize, or serve on vllm or builtin")
     return problems
 
 
@@ -103,19 +130,64 @@ async def _upload(client: Any, paths: list[Path]) -> dict[str, str]:
     return {p.name: await client.create_blob(p) for p in paths}
 
 
+def _digest_files(paths: list[Path]) -> dict[str, str]:
+    out = {}
+    for path in paths:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        out[path.name] = f"sha256:{h.hexdigest()}"
+    return out
+
+
+async def _listed(client: Any, tag: str) -> bool:
+    listed = {m.model for m in (await client.list()).models}
+    return tag in listed or f"{tag}:latest" in listed
+
+
+async def _create_gguf(client: Any, *, name: str, base_dir: Path, adapter_dir: Path, base_tag: str | None,
+                       quantize: str | None, work_dir: Path) -> dict:
+    """Merge, convert to an F16 GGUF and create ``name`` from that one file; the base is converted the same way."""
+    if base_tag is None:
+        paths = [p for p in base_files(base_dir) if p.name == "config.json" or p.suffix == ".safetensors"]
+        key = json.dumps({"gguf": "f16", **await asyncio.to_thread(_digest_files, paths)}, sort_keys=True)
+        base_tag = f"tunefleet-base-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+    if not await _listed(client, base_tag):
+        base_gguf = await asyncio.to_thread(export.to_gguf, base_dir, work_dir / "base.gguf", quantize="f16")
+        await client.create(model=base_tag, files={"model.gguf": await client.create_blob(base_gguf)})
+    merged = await asyncio.to_thread(export.merge, str(base_dir), Path(adapter_dir), work_dir / "merged")
+    model_gguf = await asyncio.to_thread(export.to_gguf, merged, work_dir / "model.gguf", quantize="f16")
+    await client.create(model=name, files={"model.gguf": await client.create_blob(model_gguf)}, quantize=quantize)
+    return {"model": name, "base_model": base_tag}
+
+
 async def create(client: Any, *, name: str, base_dir: Path, adapter_dir: Path | None, base_tag: str | None = None,
-                 quantize: str | None = None) -> dict:
+                 quantize: str | None = None, work_dir: Path | None = None) -> dict:
     """Upload and create the base (once) and then ``name`` from it with the adapter; ``{"model", "base_model"}``.
 
+    When Ollama cannot take the adapter as is (``needs_gguf``), the adapter is merged and imported as one GGUF
+    instead, in ``work_dir`` (a temporary folder, removed afterwards, when None).
     ``client`` is an ``ollama.AsyncClient``; its ``ResponseError`` is raised as is."""
     base_dir = Path(base_dir)
+    if adapter_dir is not None and needs_gguf(base_dir, adapter_dir, quantize=quantize):
+        work = Path(work_dir) if work_dir is not None else None
+        if work is not None:
+            await asyncio.to_thread(work.mkdir, parents=True, exist_ok=True)
+        else:
+            work = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix="tunefleet-gguf-"))
+        try:
+            return await _create_gguf(client, name=name, base_dir=base_dir, adapter_dir=Path(adapter_dir),
+                                      base_tag=base_tag, quantize=quantize, work_dir=work)
+        finally:
+            if work_dir is None:
+                await asyncio.to_thread(shutil.rmtree, work, True)
     files = await _upload(client, base_files(base_dir))
     if base_tag is None:
         key = json.dumps({k: v for k, v in files.items() if k == "config.json" or k.endswith(".safetensors")},
                          sort_keys=True)
         base_tag = f"tunefleet-base-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
-    listed = {m.model for m in (await client.list()).models}
-    if base_tag not in listed and f"{base_tag}:latest" not in listed:
+    if not await _listed(client, base_tag):
         await client.create(model=base_tag, files=files)
     if adapter_dir is None:
         if name != base_tag:
