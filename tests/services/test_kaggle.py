@@ -82,12 +82,15 @@ async def test_push_runs_on_a_clock_and_pages_its_output(base_url, kaggle, tmp_p
               "try:\n    import trainer\n    print('HAS TRAINER')\nexcept ImportError:\n    print('no trainer')\n")
     client = KaggleClient(alice())
     kaggle.faults.queued_forever = True  # held in the queue while it is looked at: each call takes a process
-    pushed = await client.call("push_kernel", folder=str(push_folder(tmp_path, KAGGLE_USER, "clock-kernel", script)))
-    assert pushed["error"] == "" and pushed["version"] == 1 and f"{KAGGLE_USER}/clock-kernel" in pushed["ref"]
-    first = await client.call("kernel_status", slug="clock-kernel")
-    assert first["status"] == "QUEUED"
-    assert (await client.call("kernel_output", slug="clock-kernel"))["files"] == []  # nothing before the end
-    kaggle.faults.queued_forever = False
+    try:
+        pushed = await client.call("push_kernel",
+                                   folder=str(push_folder(tmp_path, KAGGLE_USER, "clock-kernel", script)))
+        assert pushed["error"] == "" and pushed["version"] == 1 and f"{KAGGLE_USER}/clock-kernel" in pushed["ref"]
+        first = await client.call("kernel_status", slug="clock-kernel")
+        assert first["status"] == "QUEUED"
+        assert (await client.call("kernel_output", slug="clock-kernel"))["files"] == []  # nothing before the end
+    finally:
+        kaggle.faults.queued_forever = False
     done = await until(lambda: _ended(client, "clock-kernel"))
     assert done["status"] == "COMPLETE", done
     output = await client.call("kernel_output", slug="clock-kernel")
