@@ -16,7 +16,6 @@ import argparse
 import asyncio
 import os
 import secrets
-import socket
 import statistics
 import sys
 import tempfile
@@ -29,14 +28,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.harness import Processes, say, wait_http  # noqa: E402
+from services.cli.embedded import free_port as _free_port  # noqa: E402
 from services.model_registry.serving import vllm_engine  # noqa: E402
 from trainer.tiny_model import CAPITALS, build_tiny_model  # noqa: E402
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _adapter(base: str, out: Path) -> str:

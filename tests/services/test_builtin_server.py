@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import socket
 import subprocess
 import sys
 import threading
@@ -15,16 +14,11 @@ import httpx
 import openai
 import pytest
 
+from services.cli.embedded import free_port
 from tests.adapters import make_lora_adapter
 
 ROOT = Path(__file__).resolve().parents[2]
 PROMPT = "The capital of France is"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Server:
@@ -44,7 +38,7 @@ def server(tmp_path_factory) -> Server:
     base = build_tiny_model(str(tmp / "base"))
     adapter = make_lora_adapter(base, str(tmp / "adapter"), seed=1)
     extra = make_lora_adapter(base, str(tmp / "extra"), seed=2)
-    port, key = _free_port(), secrets.token_urlsafe(16)
+    port, key = free_port(), secrets.token_urlsafe(16)
     log_path = tmp / "server.log"
     env = {**os.environ, "TUNEFLEET_ENGINE_KEY": key, "PYTHONUNBUFFERED": "1"}
     argv = [sys.executable, "-m", "services.model_registry.serving.builtin_server", "--host", "127.0.0.1",

@@ -17,13 +17,13 @@ import contextlib
 import logging
 import os
 import secrets
-import socket
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 
+from services.cli.embedded import free_port as _free_port
 from shared.events import ServeRequested
 from shared.serving import ServerType
 from shared.settings import Settings
@@ -74,12 +74,6 @@ class _VllmServer:
     key: str = field(default_factory=lambda: secrets.token_urlsafe(24))
     adapters: dict[str, str] = field(default_factory=dict)  # engine model name -> adapter folder
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-
-
-def _free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 def _log_tail(path: Path, lines: int = 15) -> str:
