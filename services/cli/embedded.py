@@ -145,10 +145,11 @@ def nats_server_binary() -> str:
 
 @dataclass
 class EmbeddedNats:
-    """``nats-server`` with JetStream storing its streams under ``data_dir``, one user with a password."""
+    """``nats-server`` with JetStream storing its streams under ``data_dir``, one user with a password. Without a
+    port it takes a free one, so two stacks on one machine never meet; a port that is given must be free."""
 
     data_dir: Path
-    port: int = 4222
+    port: int | None = None
     process: subprocess.Popen | None = field(default=None, repr=False)
 
     @property
@@ -166,8 +167,11 @@ class EmbeddedNats:
         if pid_file.exists():
             with contextlib.suppress(ValueError, OSError):
                 _stop_stale(int(pid_file.read_text()), str(self.data_dir / "nats.conf"), signal.SIGTERM)
-        if not port_is_free(self.port):
+        if self.port is None:
             self.port = free_port()
+        elif not port_is_free(self.port):
+            raise RuntimeError(f"port {self.port} (TUNEFLEET_NATS_PORT) is in use by something else: free it, set "
+                               "another, or unset TUNEFLEET_NATS_PORT to have a free one picked")
         self.process = self.spawn()
         wait_for_port(self.port, timeout=timeout)
         (self.data_dir / "port").write_text(str(self.port))

@@ -85,8 +85,8 @@ class Stack:
         home.mkdir(parents=True, exist_ok=True)
         nats_url = self.settings.nats_url
         if not nats_url:
-            port = int(os.environ.get("TUNEFLEET_NATS_PORT", "4222"))
-            self.nats = EmbeddedNats(home / "nats", port=port).start()
+            port = os.environ.get("TUNEFLEET_NATS_PORT")
+            self.nats = EmbeddedNats(home / "nats", port=int(port) if port else None).start()
             nats_url = self.nats.url
         database_url = self.settings.database_url
         if not database_url:

@@ -75,3 +75,23 @@ def test_a_data_folder_made_without_passwords_gets_one(tmp_path):
         assert server.psql("tunefleet", "SELECT 1").strip() == "1"
     finally:
         server.stop()
+
+
+def test_two_embedded_nats_without_a_port_take_free_ones_and_a_taken_port_that_was_set_is_refused(tmp_path):
+    import socket
+
+    first = EmbeddedNats(tmp_path / "a").start()
+    second = EmbeddedNats(tmp_path / "b").start()
+    try:
+        assert first.port != second.port
+        assert EmbeddedNats.running(tmp_path / "a").port == first.port
+        assert EmbeddedNats.running(tmp_path / "b").port == second.port
+    finally:
+        first.stop()
+        second.stop()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(RuntimeError, match=f"port {port} \\(TUNEFLEET_NATS_PORT\\) is in use"):
+            EmbeddedNats(tmp_path / "c", port=port).start()
