@@ -1,11 +1,15 @@
 """JSONL data set formats: detection, per-line validation and statistics.
 
-Used by the gateway on upload and by the trainer when it reads ``data.train_path``.
+Used by the gateway on upload and by the trainer when it reads ``data.train_path``. The statistics come from the
+same single pass over the file as the check: character lengths of the text each row trains on, and a histogram of
+their approximate token lengths (``token_histogram``).
 """
 
 from __future__ import annotations
 
+import bisect
 import json
+import math
 import statistics
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -14,6 +18,10 @@ from shared.config import DataFormat
 
 _ROLES = {"system", "user", "assistant", "tool"}
 MAX_REPORTED_ERRORS = 20
+#: Characters per token of the approximation the statistics (and the estimate, ``shared.estimate``) use.
+CHARS_PER_TOKEN = 4.0
+#: Edges of the token-length histogram's buckets (a power of two apart from 32: the lengths models are cut at).
+TOKEN_EDGES = (0, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
 
 
 class DatasetError(ValueError):
@@ -80,6 +88,31 @@ def row_length(row: dict, fmt: DataFormat) -> int:
     return sum(len(m["content"]) for m in row["messages"])
 
 
+def approx_tokens(chars: int) -> int:
+    """A row's tokens, approximated as ceil(characters / ``CHARS_PER_TOKEN``): at upload no tokenizer is at hand (a
+    data set is not tied to one model, and none is loaded on the gateway). It is the rule of thumb for BPE tokenizers
+    on English prose; code, numbers and most other languages take more tokens per character, and a chat template adds
+    a few tokens per message."""
+    return math.ceil(chars / CHARS_PER_TOKEN)
+
+
+def token_histogram(lengths: list[int]) -> dict:
+    """The rows' approximate token lengths (``approx_tokens`` of each row's characters, as ``row_length`` counts them)
+    as a histogram: ``counts[i]`` rows have ``edges[i] <= tokens < edges[i + 1]``. The edges are ``TOKEN_EDGES`` up
+    to the first past the longest row (or the longest row + 1, past the last edge), so no bucket is empty at the
+    end. With ``min``, ``max``, ``mean`` and ``p95`` of the token lengths, and how they were counted."""
+    tokens = sorted(approx_tokens(n) for n in lengths)
+    longest = tokens[-1]
+    edges = [e for e in TOKEN_EDGES if e <= longest]
+    edges.append(next((e for e in TOKEN_EDGES if e > longest), longest + 1))
+    counts = [0] * (len(edges) - 1)
+    for n in tokens:
+        counts[bisect.bisect_right(edges, n) - 1] += 1
+    return {"approximation": f"ceil(characters / {CHARS_PER_TOKEN:g})", "edges": edges, "counts": counts,
+            "min": tokens[0], "max": longest, "mean": round(statistics.fmean(tokens), 1),
+            "p95": tokens[math.ceil(0.95 * len(tokens)) - 1]}
+
+
 @dataclass
 class DatasetSummary:
     format: DataFormat
@@ -134,6 +167,7 @@ def validate_lines(lines: Iterable[bytes | str], expected: DataFormat | None = N
             "chars_mean": round(statistics.fmean(lengths), 1),
             "chars_min": min(lengths),
             "chars_max": max(lengths),
+            "token_lengths": token_histogram(lengths),
         },
     )
 
@@ -142,6 +176,18 @@ def read_rows(path: str, fmt: DataFormat) -> list[dict]:
     """Every row of a JSONL file of format ``fmt``; raise DatasetError naming invalid lines."""
     with open(path, encoding="utf-8") as f:
         return _parse(f, fmt)[1]
+
+
+def first_rows(path: str, limit: int) -> list[dict]:
+    """The first ``limit`` rows of a JSONL file that was validated (blank lines skipped), as they are written."""
+    rows: list[dict] = []
+    with open(path, encoding="utf-8") as f:
+        for text in f:
+            if len(rows) >= limit:
+                break
+            if text.strip():
+                rows.append(json.loads(text))
+    return rows
 
 
 def validate_file(path: str, expected: DataFormat | None = None) -> DatasetSummary:

@@ -33,6 +33,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from shared.config import Method, TrainingConfig
+from shared.dataformats import CHARS_PER_TOKEN
 
 GIB = 1024**3
 #: Share of the GPU's dense 16-bit peak that a fine-tuning step sustains (model FLOPs utilisation).
@@ -40,8 +41,6 @@ EFFICIENCY = 0.35
 #: What a GPU holds besides PyTorch's allocations: the CUDA context and kernels, and the caching allocator's slack.
 CUDA_CONTEXT_BYTES = 0.6 * GIB
 ALLOCATOR_SLACK = 0.10
-#: Characters per token when only a data set's character counts are known (English-like text and BPE tokenizers).
-CHARS_PER_TOKEN = 4.0
 #: What LoRA targets when the configuration names none: the trainer's default for Llama/Qwen-style models
 #: (``trainer.modeling.ATTENTION_PROJECTIONS``).
 DEFAULT_TARGETS = ("q_proj", "v_proj")

@@ -165,6 +165,44 @@ class WorkloadReported(Message):
         return subjects.workload_reported(self.provider)
 
 
+class WorkloadLogged(Message):
+    """New lines of one attempt's log, as its provider read them from the workload's output: ``lines[i]`` is line
+    ``first_line + i`` of the attempt (numbered from 1). Sent again after a crash with the same numbers, so that the
+    one who stores them keeps each line once."""
+
+    provider: str
+    attempt: int = 1
+    first_line: int = Field(ge=1)
+    lines: list[str]
+
+    @field_validator("lines")
+    @classmethod
+    def _printable(cls, lines: list[str]) -> list[str]:
+        """A workload can print NUL; PostgreSQL text cannot hold it."""
+        return [line.replace("\x00", "\ufffd") for line in lines]
+
+    @property
+    def subject(self) -> str:
+        return subjects.workload_logged(self.provider)
+
+
+class LogLine(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    attempt: int
+    number: int = Field(description="The line's number in its attempt's log, from 1.")
+    text: str
+
+
+class JobLogAppended(Message):
+    """Lines of a job's log stored for the first time (the scheduler), batched: for live viewers (plain NATS)."""
+
+    lines: list[LogLine]
+
+    @property
+    def subject(self) -> str:
+        return subjects.job_log(self.job_id)
+
+
 class JobCost(BaseModel):
     """What a job has cost and will cost: on the job's status and its cost and budget events."""
 

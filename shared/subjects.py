@@ -25,6 +25,14 @@ def workload_reported(provider: str) -> str:
 WORKLOAD_REPORTED_ANY = f"{PREFIX}.workload.*.reported"
 
 
+def workload_logged(provider: str) -> str:
+    """New lines of a workload's log, numbered, as its provider read them (stored: every line is kept)."""
+    return f"{PREFIX}.workload.{provider}.logged"
+
+
+WORKLOAD_LOGGED_ANY = f"{PREFIX}.workload.*.logged"
+
+
 def job_status(job_id: str) -> str:
     return f"{PREFIX}.job.{job_id}.status"
 
@@ -51,6 +59,14 @@ JOB_BUDGET_ALERT_ANY = f"{PREFIX}.job.*.budget_alert"
 def job_cost(job_id: str) -> str:
     """A running job's cost: per hour, so far, projected, budget remaining (plain NATS, like metrics)."""
     return f"{PREFIX}.job.{job_id}.cost"
+
+
+JOB_COST_ANY = f"{PREFIX}.job.*.cost"
+
+
+def job_log(job_id: str) -> str:
+    """Lines of a job's log as the scheduler stored them, batched (plain NATS, like metrics)."""
+    return f"{PREFIX}.job.{job_id}.log"
 
 
 def job_all(job_id: str) -> str:

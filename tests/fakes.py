@@ -124,3 +124,21 @@ class RecordingBus:
 
     def types(self) -> list[str]:
         return [type(m).__name__ for m in self.published]
+
+
+class FakeLogs:
+    """``JobLogs`` in a dict: (job, attempt, number) → text, for the jobs in ``jobs``."""
+
+    def __init__(self, jobs: set[str]) -> None:
+        self.jobs = jobs
+        self.lines: dict[tuple[str, int, int], str] = {}
+
+    async def append(self, job_id: str, attempt: int, first_line: int, lines: list[str]) -> list[tuple[int, str]]:
+        if job_id not in self.jobs:
+            return []
+        fresh = []
+        for number, text in enumerate(lines, start=first_line):
+            if (job_id, attempt, number) not in self.lines:
+                self.lines[job_id, attempt, number] = text
+                fresh.append((number, text))
+        return fresh

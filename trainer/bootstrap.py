@@ -5,7 +5,8 @@ standard library only): on RunPod the pod's fixed start command (``START_ARGV``)
 on Lambda the provider uploads the bundle over SFTP and starts it over SSH. Its inputs are data, read from the
 environment and from ``env.json`` beside it, never spliced into shell text:
 
-* ``TUNEFLEET_HEARTBEAT_URL``: signed PUT of ``{stage, log_tail, progress}`` every few seconds (optional).
+* ``TUNEFLEET_HEARTBEAT_URL``: signed PUT of ``{stage, progress, log}`` every few seconds (optional), ``log``
+  being the log's next bytes: the server keeps the whole log (``Heartbeat``).
 * ``TUNEFLEET_ARTIFACTS_URL``: signed PUT of the output folder as tar.gz once it ends (optional: without it the
   output stays on the machine for the provider to fetch).
 * ``TUNEFLEET_RESUME_URL``: signed GET of a checkpoint tar.gz to resume from (optional).
@@ -31,7 +32,7 @@ Files: ``output/train.log`` (everything: these steps, pip, the trainer), ``outpu
 
 from __future__ import annotations
 
-import contextlib
+import base64
 import hashlib
 import io
 import json
@@ -85,6 +86,11 @@ MIN_PYTHON = (3, 11)
 PACKAGES = ("shared", "trainer")
 HEARTBEAT_S = 5.0
 LOG_TAIL_BYTES = 16000
+#: The log's bytes one heartbeat carries at most (base64 in JSON: within the server's 128 KiB per heartbeat).
+LOG_CHUNK_BYTES = 64 * 1024
+#: Heartbeats sent back to back while the log is behind (a burst of output); the last one sends all of it.
+LOG_CHUNKS_PER_BEAT = 8
+LOG_CHUNKS_AT_END = 256
 HTTP_ATTEMPTS = 8
 
 
@@ -138,6 +144,26 @@ class Log:
         print(line, flush=True)
         self.file.write((line + "\n").encode("utf-8", "replace"))
 
+    def size(self):
+        try:
+            return os.path.getsize(self.path)
+        except OSError:
+            return 0
+
+    def read_from(self, offset, size, final=False):
+        """At most ``size`` bytes from ``offset``, up to the last complete line (all of them with ``final``, or
+        when a line is longer than ``size``)."""
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(offset)
+                data = f.read(size)
+        except OSError:
+            return b""
+        if final and len(data) < size:
+            return data
+        cut = data.rfind(b"\n") + 1
+        return data if cut == 0 and len(data) == size else data[:cut]
+
     def tail(self, size=LOG_TAIL_BYTES):
         try:
             with open(self.path, "rb") as f:
@@ -187,25 +213,51 @@ def safe_extract(data_or_path, into):
 
 
 class Heartbeat(threading.Thread):
-    """Sends the stage, the log tail and the trainer's progress now and then, for clouds without a logs API."""
+    """Sends the stage, the trainer's progress and the log now and then, for clouds without a logs API.
+
+    The server keeps the whole log. Each beat carries the log's bytes from where the server's last answer said its
+    copy ends (``log_offset``), so a lost beat or answer sends them again and the server keeps them once. The first
+    answer also tells whether this file continues the server's copy (a container restarted on its volume: the file
+    is at least as long) or is a new one (restarted without its disk): its bytes then go after the server's.
+    """
 
     def __init__(self, url, log, progress_path):
         threading.Thread.__init__(self, daemon=True)
         self.url, self.log, self.progress_path = url, log, progress_path
         self.stage = "starting"
         self.stopped = threading.Event()
+        self.lock = threading.Lock()
+        self.base = None  # the server's offset of this file's first byte, once its first answer came
+        self.sent = 0  # bytes of this file the server has
 
-    def send(self):
-        if not self.url:
-            return
+    def _beat(self, final):
+        """One PUT with the log's next bytes; True when more of the log is waiting."""
         try:
             with open(self.progress_path, encoding="utf-8") as f:
                 progress = json.load(f)
         except (OSError, ValueError):
             progress = None
-        body = json.dumps({"stage": self.stage, "log_tail": self.log.tail(), "progress": progress}).encode()
-        with contextlib.suppress(urllib.error.URLError, OSError):  # the next beat sends it again
-            _request("PUT", self.url, body, {"content-type": "application/json"}, timeout=30)
+        chunk = b"" if self.base is None else self.log.read_from(self.sent, LOG_CHUNK_BYTES, final)
+        log = {"offset": (self.base or 0) + self.sent, "data": base64.b64encode(chunk).decode("ascii")}
+        body = json.dumps({"stage": self.stage, "progress": progress, "log": log}).encode()
+        answer = json.loads(_request("PUT", self.url, body, {"content-type": "application/json"}, timeout=30))
+        offset, size, first = int(answer["log_offset"]), self.log.size(), self.base is None
+        if first:
+            self.base = 0 if size >= offset else offset
+        self.sent = min(max(offset - self.base, 0), size)
+        return self.sent < size and (first or bool(chunk))
+
+    def send(self, final=False):
+        """Beat, and again at once while the log is behind; with ``final``, until the server has all of it."""
+        if not self.url:
+            return
+        with self.lock:
+            for _ in range(LOG_CHUNKS_AT_END if final else LOG_CHUNKS_PER_BEAT):
+                try:
+                    if not self._beat(final):
+                        return
+                except (urllib.error.URLError, OSError, ValueError, KeyError, TypeError):
+                    return  # the next beat sends it again
 
     def run(self):
         self.send()
@@ -370,13 +422,14 @@ class Bootstrap:
         if error_type:
             self.log.say(message)
         self.ensure_result(error_type, message)
+        self.heartbeat.send(final=True)  # the whole log is with the server before the output that ends the job
         try:
             self.upload()
         except BootstrapFailed as exc:
             self.log.say(str(exc))
         self.stage("ended", f"done (trainer exit code {code})")
         self.heartbeat.stopped.set()
-        self.heartbeat.send()
+        self.heartbeat.send(final=True)
         with open(os.path.join(self.workdir, "ended.tmp"), "w") as f:
             f.write(str(code if code is not None else 1))
         os.replace(os.path.join(self.workdir, "ended.tmp"), os.path.join(self.workdir, "ended"))

@@ -4,6 +4,8 @@
 * ``system_ram_used_mb``: machine RAM in use.
 * ``gpu_util_percent``, ``gpu_mem_used_mb``: this process's CUDA device, through NVML (nvidia-ml-py); without NVML,
   the device memory in use from ``torch.cuda.mem_get_info`` and no utilisation. Absent without CUDA.
+* ``gpu_temperature_c``: that device's core temperature in degrees Celsius, through NVML only (absent without it,
+  or where the device does not report one).
 
 Every probe is guarded: a failing one drops its values, never the record.
 """
@@ -66,7 +68,8 @@ class SystemMonitor:
             try:
                 util = self._nvml.nvmlDeviceGetUtilizationRates(self._handle)
                 memory = self._nvml.nvmlDeviceGetMemoryInfo(self._handle)
-                return {"gpu_util_percent": float(util.gpu), "gpu_mem_used_mb": memory.used / MIB}
+                return {"gpu_util_percent": float(util.gpu), "gpu_mem_used_mb": memory.used / MIB,
+                        **self._temperature()}
             except Exception:
                 log.debug("NVML probe failed", exc_info=True)
         try:
@@ -77,3 +80,12 @@ class SystemMonitor:
         except Exception:
             log.debug("CUDA memory probe failed", exc_info=True)
             return {}
+
+    def _temperature(self) -> dict[str, float]:
+        """The GPU core's temperature; nothing when NVML cannot read one (some virtual GPUs report none)."""
+        try:
+            celsius = self._nvml.nvmlDeviceGetTemperature(self._handle, self._nvml.NVML_TEMPERATURE_GPU)
+        except Exception:
+            log.debug("NVML temperature probe failed", exc_info=True)
+            return {}
+        return {"gpu_temperature_c": float(celsius)}

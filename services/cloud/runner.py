@@ -5,7 +5,8 @@ never leaves two machines); polls every live resource concurrently; starts workl
 start itself; reads what each workload reports (its end, its log tail, its progress) and maps the trainer's
 result onto a phase, in one place; times provisioning from the last entry into that state; notices restarted
 containers and stalled runs; and, at start and now and then, terminates resources of an account that no live
-workload owns. Reports are WorkloadReported events.
+workload owns. Reports are WorkloadReported events; every line of a workload's log is published once besides, as
+WorkloadLogged events (``joblog`` says where each provider's log comes from).
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ import asyncpg
 from shared.config import JUDGE_KEY_ENV, Method
 from shared.credential_store import MissingCredentials, load_credentials
 from shared.errors import NoCapacity, ProviderError, ProviderTransient
-from shared.events import ProvisionJob, WorkloadPhase, WorkloadReported
+from shared.events import Message, ProvisionJob, WorkloadLogged, WorkloadPhase, WorkloadReported
+from shared.ids import derived_id
 from shared.jobspec import TrainerResult
 from shared.outbox import Outbox
 from shared.providers import Compute, Provisioned, ResourceStatus, WorkloadRequest, resource_name
@@ -30,12 +32,21 @@ from shared.tokens import job_token
 
 from .bundles import artifacts_dir, bundle_dir, read_log_tail, read_progress, read_result, workload_env, write_bundle
 from .checkpoints import latest_checkpoint
+from .joblog import read_lines
 from .spool import replay_spool
 from .workloads import CloudWorkloads
 
 log = logging.getLogger(__name__)
 
 Report = Callable[[WorkloadReported], Awaitable[None]]
+Publish = Callable[[Message], Awaitable[None]]
+#: Log batches published for one attempt in one poll at most (the rest follows at the next).
+MAX_LOG_BATCHES = 8
+#: How long after its end an attempt's log is still read: lines written as it ended (a trainer exiting, the
+#: bootstrap's last heartbeat) arrive after the end was reported.
+LOG_AFTER_END_S = 600.0
+#: At start, the logs of attempts that ended this long ago are read once more (the service may have been away).
+LOG_RECOVER_S = 7 * 24 * 3600.0
 #: Creates tried for one attempt; a lost answer is looked up by name before the next.
 CREATE_ATTEMPTS = 4
 #: Polls that may fail to bring a finished workload's output (a download hiccup) before it fails without it.
@@ -59,6 +70,8 @@ class CloudRunner:
     report_every_s: float = 10.0
     #: A claim older than this without a recorded resource is taken over (its provisioning died midway).
     provision_lease_s: float = 600.0
+    #: Where each workload's log lines go (``WorkloadLogged``); None: they are not published.
+    publish_log: Publish | None = None
 
     def __post_init__(self) -> None:
         self.provider = self.compute.name
@@ -184,8 +197,10 @@ class CloudRunner:
     # Polling --------------------------------------------------------------------------------------------
 
     async def recover(self) -> None:
-        """At start: publish the ends that a stop or crash left unsent."""
+        """At start: publish the ends that a stop or crash left unsent, and the log lines of the attempts that ended
+        while this service was away."""
         await self.outbox.relay(self.report, older_than_s=0)
+        await self._ship_ended_logs(LOG_RECOVER_S)
 
     async def poll_forever(self) -> None:
         rounds = 0
@@ -209,6 +224,7 @@ class CloudRunner:
             await self.provision(ProvisionJob.model_validate(row["command"]))
         rows = [r for r in await self.workloads.live() if r["resource_id"]]
         await asyncio.gather(*(self._guarded_poll(row) for row in rows))
+        await self._ship_ended_logs(LOG_AFTER_END_S)
 
     async def _guarded_poll(self, row: asyncpg.Record) -> None:
         async with self._limit:
@@ -243,6 +259,7 @@ class CloudRunner:
             except ProviderError as exc:
                 await self._stop(row, WorkloadPhase.FAILED, exc.message, await asyncio.to_thread(read_log_tail, folder))
                 return
+        await self._ship_log(row)
         result = await asyncio.to_thread(read_result, folder)
         if result is not None:
             await self._finish(row, result, request, credentials)
@@ -391,12 +408,46 @@ class CloudRunner:
                    **kw) -> None:
         """End the attempt and report how, once: the report is written with the end, in one transaction, and
         published after it (again by the outbox relay if this process dies in between)."""
+        if self.publish_log is not None:  # the log's last lines before the end
+            row = await self.workloads.get(job_id, attempt)
+            if row is not None and row["state"] != "ended":
+                await self._ship_log(row, final=True)
         event = self._event(job_id, attempt, phase, **kw)
         async with self.pool.acquire() as conn, conn.transaction():
             if not await self.workloads.ended(conn, job_id, attempt, spool_pending=spool_pending):
                 return
             await self.outbox.put(conn, event)
         await self.outbox.send(self.report, event)
+
+    async def _ship_ended_logs(self, seconds: float) -> None:
+        """The lines written to the logs of attempts that ended in the last ``seconds`` since they were read."""
+        if self.publish_log is not None:
+            for row in await self.workloads.ended_since(seconds):
+                await self._ship_log(row, final=True)
+
+    async def _ship_log(self, row: asyncpg.Record, *, final: bool = False) -> None:
+        """Publish the lines of the attempt's log not published yet, a batch at a time (every one, the last without
+        its newline too, with ``final``: the workload is over), storing how far it got after each. A crash in
+        between publishes a batch again under the same numbers, which the scheduler keeps once. A failure
+        is logged, never raised: the log waits for the next poll, and nothing else does."""
+        if self.publish_log is None:
+            return
+        job_id, attempt = str(row["job_id"]), row["attempt"]
+        folder, offset, sent = artifacts_dir(self.settings, job_id, attempt), row["log_offset"], row["log_lines"]
+        try:
+            for _ in range(MAX_LOG_BATCHES):
+                batch = await asyncio.to_thread(read_lines, folder, offset, final=final)
+                if not batch.lines:
+                    return
+                # the same batch read again has the same id (JetStream drops the copy); a longer one another
+                await self.publish_log(WorkloadLogged(
+                    event_id=derived_id(job_id, "log", attempt, offset, batch.end), job_id=job_id,
+                    provider=self.provider, attempt=attempt, first_line=sent + 1, lines=batch.lines))
+                offset, sent = batch.end, sent + len(batch.lines)
+                await self.workloads.logged(job_id, attempt, offset, sent)
+        except Exception as exc:
+            log.warning("job %s attempt %s: publishing its log failed (%s: %s); the next poll tries again", job_id,
+                        attempt, type(exc).__name__, exc)
 
     async def close(self) -> None:
         await self.compute.close()

@@ -27,8 +27,9 @@ def wire_provider(make_compute: Callable[[ServiceContext], Compute],
 
     async def wire(ctx: ServiceContext) -> Hooks:
         compute = make_compute(ctx)
-        runner = CloudRunner(compute, ctx.settings, ctx.pool, Bus(ctx.broker).publish,
-                             poll_interval_s=poll_interval_s(ctx.settings))
+        bus = Bus(ctx.broker)
+        runner = CloudRunner(compute, ctx.settings, ctx.pool, bus.publish,
+                             poll_interval_s=poll_interval_s(ctx.settings), publish_log=bus.publish)
         if extra is not None:
             extra(ctx, runner)
         broker, name, per_job = ctx.broker, compute.name, KeyedLocks()

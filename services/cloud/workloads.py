@@ -3,7 +3,8 @@ Each provider service owns its own table (``<provider>_workloads``, same shape).
 
 ``state`` is starting (claimed, no resource yet) → provisioning ⇄ running → ended; ``state_since`` is the last
 entry into the current state, which the runner's timers count from. ``last_uptime_s`` and ``restarts`` follow
-container restarts; ``last_progress`` and ``progress_at`` the trainer's progress counter, for stall detection.
+container restarts; ``last_progress`` and ``progress_at`` the trainer's progress counter, for stall detection;
+``log_offset`` and ``log_lines`` how much of its log was published (bytes, lines).
 """
 
 from __future__ import annotations
@@ -98,6 +99,18 @@ class CloudWorkloads:
             f"""UPDATE {self.table} SET state = 'ended', state_since = now(), ended_at = now(), spool_pending = $3
                 WHERE job_id = $1 AND attempt = $2 AND state <> 'ended' RETURNING true""",
             job_id, attempt, spool_pending) is not None
+
+    async def logged(self, job_id: str, attempt: int, offset: int, lines: int) -> None:
+        """The attempt's log was published up to byte ``offset``, its line ``lines`` (never moves back)."""
+        await self.pool.execute(
+            f"""UPDATE {self.table} SET log_offset = GREATEST(log_offset, $3), log_lines = GREATEST(log_lines, $4)
+                WHERE job_id = $1 AND attempt = $2""", job_id, attempt, offset, lines)
+
+    async def ended_since(self, seconds: float) -> list[asyncpg.Record]:
+        """Attempts that ended in the last ``seconds`` (their log may still get its last lines)."""
+        return await self.pool.fetch(
+            f"""SELECT job_id, attempt, state, log_offset, log_lines FROM {self.table}
+                WHERE state = 'ended' AND attempt > 0 AND ended_at > now() - make_interval(secs => $1)""", seconds)
 
     async def pending_spools(self) -> list[asyncpg.Record]:
         return await self.pool.fetch(f"SELECT job_id, attempt FROM {self.table} WHERE spool_pending")

@@ -14,6 +14,7 @@ from shared.settings import Settings
 from shared.trainer_users import TrainerUsers
 
 from .auth import KeyFirst
+from .dashboard import mount_dashboard
 from .deploying import run_relay
 from .errors import install_error_handlers
 from .quotas import ProcessQuotas
@@ -75,4 +76,5 @@ def create_app(settings: Settings, tracer_provider: TracerProvider | None = None
                    models, checkpoints, serving, openai_front, secrets, keys, bundles, costs, asyncapi, webhooks,
                    notifications):
         app.include_router(module.router)
+    mount_dashboard(app)
     return app

@@ -151,6 +151,18 @@ def _unreachable(url: str) -> str | None:
     return None
 
 
+#: The name a provider's credentials are stored under, where it is not the provider's.
+CREDENTIALS_NAMES = {"hfspaces": "huggingface"}
+
+
+async def require_credentials(pool: asyncpg.Pool, user_id: str, provider: str) -> None:
+    """Refuse a deploy to ``provider`` (the provider service's name) before the user stored its credentials."""
+    stored = CREDENTIALS_NAMES.get(provider, provider)
+    if not await repository.has_secret(pool, user_id, stored):
+        raise ValidationFailed(f"no {stored} credentials stored; add them with PUT /api/secrets/{stored}",
+                               field="provider")
+
+
 def require_reachable_urls(settings: Settings, provider: str) -> None:
     """Refuse a cloud deploy whose workload could not call back: it fetches its bundle from the gateway and
     sends metrics to ingest, from another machine. The sandbox's workloads run here, so it is exempt."""

@@ -24,11 +24,21 @@ def _uuid(value: str) -> uuid.UUID | None:
 
 # Users and API keys -------------------------------------------------------------------------------------------
 
-async def insert_key(pool: asyncpg.Pool, user_id: str, key_hash: str, prefix: str) -> None:
+async def insert_key(pool: asyncpg.Pool, user_id: str, key_hash: str, prefix: str,
+                     max_live: int | None = None) -> asyncpg.Record | None:
+    """Store a key (and its user, if new); returns its ``id`` and ``created_at``, or None when the user already has
+    ``max_live`` live keys (counted under a per-user lock)."""
     async with pool.acquire() as conn, conn.transaction():
         await conn.execute("INSERT INTO users (id) VALUES ($1) ON CONFLICT DO NOTHING", user_id)
-        await conn.execute("INSERT INTO api_keys (id, user_id, key_hash, prefix) VALUES ($1, $2, $3, $4)",
-                           uuid.uuid4(), user_id, key_hash, prefix)
+        if max_live is not None:
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtext('tunefleet-keys:' || $1))", user_id)
+            live = await conn.fetchval("SELECT count(*) FROM api_keys WHERE user_id = $1 AND revoked_at IS NULL",
+                                       user_id)
+            if live >= max_live:
+                return None
+        return await conn.fetchrow(
+            "INSERT INTO api_keys (id, user_id, key_hash, prefix) VALUES ($1, $2, $3, $4) RETURNING id, created_at",
+            uuid.uuid4(), user_id, key_hash, prefix)
 
 
 async def user_for_key_hash(pool: asyncpg.Pool, key_hash: str) -> str | None:
@@ -239,6 +249,15 @@ async def pending_deploy(pool: asyncpg.Pool, user_id: str, job_id: str,
         """SELECT job_id AS id, provider, created_at, message->'config'->>'name' AS name, message
            FROM deploy_requests WHERE job_id = $1 AND user_id = $2 AND ($3::text IS NULL OR provider = $3)""",
         found, user_id, provider)
+
+
+async def deploy_message(pool: asyncpg.Pool, user_id: str, job_id: str) -> dict | None:
+    """The deploy command of the user's job as the gateway accepted it (scheduled since or not)."""
+    found = _uuid(job_id)
+    if found is None:
+        return None
+    return await pool.fetchval("SELECT message FROM deploy_requests WHERE job_id = $1 AND user_id = $2",
+                               found, user_id)
 
 
 async def deploy_ids(pool: asyncpg.Pool, user_id: str, limit: int, offset: int = 0) -> list[str]:

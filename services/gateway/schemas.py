@@ -12,7 +12,7 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field, computed_field,
 from shared.budget import BudgetControls
 from shared.catalogue import Catalogue, Offer
 from shared.config import TrainingConfig
-from shared.events import JobCost, Placement
+from shared.events import JobCost, LogLine, Placement
 from shared.hub_models import HubModelCheck
 from shared.serving import Finding, ServerType, ServingOptions, ServingState
 
@@ -42,6 +42,12 @@ class DatasetPublic(BaseModel):
     rows: int
     stats: dict[str, Any] = Field(description="Rows, character lengths and the like, as the upload's check found.")
     created_at: datetime
+
+
+class DatasetPreview(BaseModel):
+    dataset_id: str
+    format: str
+    rows: list[dict[str, Any]] = Field(description="The data set's first rows, as the uploaded file holds them.")
 
 
 class DatasetsPage(BaseModel):
@@ -404,6 +410,14 @@ class JobError(BaseModel):
 class JobErrors(BaseModel):
     job_id: str
     errors: list[JobError]
+
+
+class JobLogPage(BaseModel):
+    job_id: str
+    lines: list[LogLine] = Field(description="In order: attempt by attempt, each attempt's lines by number.")
+    next_after: str | None = Field(description="Give it as ``after`` for the lines that follow (those written since, "
+                                               "when this page was the end); null when there were none to follow.")
+    total: int = Field(description="Lines of the log that match attempt and q, on every page.")
 
 
 class SeriesSummary(BaseModel):

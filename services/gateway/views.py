@@ -59,6 +59,34 @@ async def job_errors(pool: asyncpg.Pool, job_id: str) -> list[dict[str, Any]]:
     return [dict(r) for r in rows]
 
 
+#: The filter of a log read: $1 the job, $2 one attempt (null: all), $3 a substring (null: any line).
+_LOG_FILTER = """job_id = $1 AND ($2::int IS NULL OR attempt = $2)
+                 AND ($3::text IS NULL OR strpos(lower(text), lower($3)) > 0)"""
+
+
+async def log_lines(pool: asyncpg.Pool, job_id: str, *, after: tuple[int, int] = (0, 0), attempt: int | None = None,
+                    contains: str | None = None, limit: int = 1000, newest: bool = False) -> list[asyncpg.Record]:
+    """The job's first ``limit`` log lines past ``after`` (attempt, number), or with ``newest`` its last ``limit``,
+    in order (attempt by attempt), of one attempt and holding ``contains`` (case-insensitive) when given: a range
+    scan of the primary key."""
+    order = "DESC" if newest else ""
+    async with pool.acquire() as conn, conn.transaction(readonly=True):
+        await conn.execute(f"SET LOCAL statement_timeout = '{READ_TIMEOUT_MS}ms'")
+        rows = await conn.fetch(
+            f"""SELECT attempt, number, text FROM job_log_lines
+                WHERE {_LOG_FILTER} AND (attempt, number) > ($4::int, $5::int)
+                ORDER BY attempt {order}, number {order} LIMIT $6""", job_id, attempt, contains, *after, limit)
+    return rows[::-1] if newest else rows
+
+
+async def count_log_lines(pool: asyncpg.Pool, job_id: str, *, attempt: int | None = None,
+                          contains: str | None = None) -> int:
+    async with pool.acquire() as conn, conn.transaction(readonly=True):
+        await conn.execute(f"SET LOCAL statement_timeout = '{READ_TIMEOUT_MS}ms'")
+        return await conn.fetchval(f"SELECT count(*) FROM job_log_lines WHERE {_LOG_FILTER}", job_id, attempt,
+                                   contains)
+
+
 async def history(pool: asyncpg.Pool, job_id: str) -> list[dict[str, Any]]:
     rows = await pool.fetch(
         "SELECT previous, status, reason, occurred_at FROM job_history WHERE job_id = $1 ORDER BY id", job_id)

@@ -17,6 +17,7 @@ import time
 import asyncpg
 
 from services.cloud.bundles import LOG_TAIL, PROGRESS, RESULT, write_atomically
+from services.cloud.joblog import LOG, append_at, log_size
 from shared.catalogue import Offer
 from shared.credentials import LambdaCredentials
 from shared.errors import NoCapacity, ProviderError, ProviderTransient
@@ -37,6 +38,8 @@ from .ssh import JOB_DIR, START_COMMAND, HostKey, Session, derive_key
 PHASES = {"booting": WorkloadPhase.PROVISIONING, "active": WorkloadPhase.RUNNING,
           "unhealthy": WorkloadPhase.FAILED}
 SSH_BACKOFF_MAX_S = 30.0
+#: The machine's log brought over SFTP per poll at most (the rest at the next).
+LOG_PULL_BYTES = 1 << 20
 
 
 class HostKeys:
@@ -201,9 +204,12 @@ class LambdaCompute(Compute[LambdaCredentials]):
         folder = request.artifacts_dir
         output = posixpath.join(JOB_DIR, "output")
         with session as ssh:
-            tail = ssh.read(posixpath.join(output, "train.log"), 16000)
+            tail = ssh.read(posixpath.join(output, LOG), 16000)
             if tail is not None:
                 write_atomically(folder / LOG_TAIL, tail)
+            have = log_size(folder)  # the whole log comes here as it grows, for the runner to publish
+            if fresh := ssh.read_range(posixpath.join(output, LOG), have, LOG_PULL_BYTES):
+                append_at(folder, have, fresh)
             progress = ssh.read(posixpath.join(output, PROGRESS), 64_000)
             if progress is not None:
                 write_atomically(folder / PROGRESS, progress)

@@ -151,6 +151,19 @@ class Session:
                     f.seek(max(0, (attrs.st_size or 0) - tail_bytes))
                 return f.read(tail_bytes if tail_bytes is not None else -1)
 
+    def read_range(self, path: str, offset: int, size: int) -> bytes:
+        """Up to ``size`` bytes of the file from ``offset``: none past its end, or when it is not a plain file."""
+        with ssh_errors(self.where):
+            try:
+                attrs = self.sftp.lstat(path)
+            except FileNotFoundError:
+                return b""
+            if not stat.S_ISREG(attrs.st_mode or 0) or (attrs.st_size or 0) <= offset:
+                return b""
+            with self.sftp.open(path, "rb") as f:
+                f.seek(offset)
+                return f.read(size)
+
     def upload_folder(self, local: Path, remote: str) -> None:
         with ssh_errors(self.where):
             self.mkdirs(remote)

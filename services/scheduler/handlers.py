@@ -13,13 +13,16 @@ from shared.events import (
     DeployRequested,
     JobCost,
     JobCostUpdated,
+    JobLogAppended,
     JobStatusChanged,
+    LogLine,
     Message,
     Placement,
     PlacementRejection,
     ProvisionJob,
     StopRequested,
     TerminateJob,
+    WorkloadLogged,
     WorkloadPhase,
     WorkloadReported,
 )
@@ -27,7 +30,7 @@ from shared.ids import derived_id
 from shared.jobspec import TrainerResult
 from shared.states import JobStatus, catch_up
 
-from .repository import JobRepository, Transition
+from .repository import JobLogs, JobRepository, Transition
 
 log = logging.getLogger(__name__)
 
@@ -345,3 +348,15 @@ async def _requeue(evt: WorkloadReported, *, job_attempt: int, stop_requested: b
     await _announce(t, jobs=jobs, bus=bus)
     if t.status is JobStatus.QUEUED:
         await _provision(evt.job_id, jobs=jobs, bus=bus)
+
+
+async def handle_workload_logged(evt: WorkloadLogged, *, logs: JobLogs, bus: Publisher) -> None:
+    """Keep each line of the log once, and tell live viewers of those it had not seen, in one message."""
+    stored = await logs.append(evt.job_id, evt.attempt, evt.first_line, evt.lines)
+    if not stored:
+        return
+    try:  # the lines are stored; a viewer that misses them reads them with GET .../logs
+        await bus.announce(JobLogAppended(job_id=evt.job_id, lines=[
+            LogLine(attempt=evt.attempt, number=number, text=text) for number, text in stored]))
+    except Exception as exc:
+        log.info("job %s: publishing its new log lines failed (%s)", evt.job_id, exc)

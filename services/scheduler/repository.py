@@ -1,4 +1,4 @@
-"""The scheduler's tables: jobs and their history."""
+"""The scheduler's tables: jobs, their history and their logs."""
 
 from __future__ import annotations
 
@@ -160,3 +160,20 @@ class JobRepository:
 
     async def history(self, job_id: str) -> list[asyncpg.Record]:
         return await self.pool.fetch("SELECT * FROM job_history WHERE job_id = $1 ORDER BY id", job_id)
+
+
+class JobLogs:
+    """``job_log_lines``: every line of each attempt's log, kept once."""
+
+    def __init__(self, pool: asyncpg.Pool):
+        self.pool = pool
+
+    async def append(self, job_id: str, attempt: int, first_line: int, lines: list[str]) -> list[tuple[int, str]]:
+        """Store lines ``first_line``, ``first_line + 1`` ... of the attempt; returns (number, text) of those not
+        stored before, in order. Nothing is stored for a job that does not exist."""
+        rows = await self.pool.fetch(
+            """INSERT INTO job_log_lines (job_id, attempt, number, text)
+               SELECT $1, $2, $3 + l.n - 1, l.text FROM unnest($4::text[]) WITH ORDINALITY AS l(text, n)
+               WHERE EXISTS (SELECT 1 FROM jobs WHERE id = $1)
+               ON CONFLICT DO NOTHING RETURNING number, text""", job_id, attempt, first_line, lines)
+        return sorted((r["number"], r["text"]) for r in rows)

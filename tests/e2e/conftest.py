@@ -25,10 +25,12 @@ __all__ = ["HF_TOKEN", "HF_USER", "KAGGLE_KEY", "KAGGLE_USER", "LAMBDA_KEY", "PR
 
 
 def wait_until(predicate, timeout=60.0, what="condition"):
+    """``predicate()`` once it is true (its value), polled every 0.2 s; an assertion error after ``timeout``."""
     deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.25)
+    while not (value := predicate()):
+        assert time.monotonic() < deadline, f"timed out after {timeout:.0f} s waiting for {what}"
+        time.sleep(0.2)
+    return value
 
 
 def cloud_job_config(client, folder: Path, name: str, base_model: str, *, max_steps: int = 8) -> dict:

@@ -9,6 +9,8 @@ from contextlib import asynccontextmanager
 import httpx
 import nats
 import pytest
+import uvicorn
+from fastapi import FastAPI
 from opentelemetry.sdk.trace import TracerProvider
 
 from services.cli.stack import migrate_all
@@ -51,6 +53,28 @@ async def gateway_client(settings: Settings,
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
             yield client
+
+
+@asynccontextmanager
+async def served_gateway(settings: Settings) -> AsyncIterator[tuple[Settings, str, FastAPI]]:
+    """The gateway on a port of its own (uvicorn), for what the in-process transport cannot do: read a stream of
+    events as it comes, or be called by a workload's own HTTP client. Yields its settings (their ``public_url`` is
+    the server's, so signed URLs reach it), its URL and the app."""
+    from services.cli.embedded import free_port
+
+    settings = settings.model_copy(update={"gateway_host": "127.0.0.1", "gateway_port": free_port()})
+    app = create_app(settings)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=settings.gateway_port, log_level="warning"))
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        if task.done():
+            await task  # it failed to start: say why
+        await asyncio.sleep(0.05)
+    try:
+        yield settings, settings.public_url, app
+    finally:
+        server.should_exit = True
+        await task
 
 
 @pytest.fixture

@@ -123,3 +123,29 @@ def test_the_output_download_takes_plain_files_only_and_stops_at_its_cap(home, t
     assert not (tmp_path / "escape").exists()
     assert sorted(r.split(": ", 1)[1] for r in refused) == [
         "a symlink", "a symlink", "not a plain name", "not a plain name", "not a plain name"]
+
+
+def test_the_machines_whole_log_is_brought_as_it_grows(home, tmp_path):
+    """Each collect brings the bytes of the machine's log that the server's copy lacks, for the runner to publish
+    line by line: nothing twice, nothing skipped."""
+    from services.cloud.joblog import LOG
+    from services.provider_lambda.compute import LambdaCompute
+    from shared.providers import WorkloadRequest
+
+    remote = home / "tunefleet-job" / "output" / LOG
+    remote.write_bytes(b"[bootstrap] installing\n")
+    request = WorkloadRequest(job_id="j", attempt=1, installation="i", env={}, bundle_dir=tmp_path / "bundle",
+                              artifacts_dir=tmp_path / "artifacts")
+    port = free_port()
+    with SSHServer(home, port, asyncssh.generate_private_key("ssh-ed25519")):
+        LambdaCompute._collect_over_ssh(connect(port), request, 10_000)
+        assert (request.artifacts_dir / LOG).read_bytes() == remote.read_bytes()
+        with remote.open("ab") as f:
+            f.write(b"step 1 loss 2.0\nstep 2 lo")
+        LambdaCompute._collect_over_ssh(connect(port), request, 10_000)
+        LambdaCompute._collect_over_ssh(connect(port), request, 10_000)  # nothing new: nothing added
+        with connect(port) as session:
+            assert session.read_range(f"tunefleet-job/output/{LOG}", 23, 4) == b"step"
+            assert session.read_range(f"tunefleet-job/output/{LOG}", 10_000, 4) == b""
+            assert session.read_range("tunefleet-job/output/passwd", 0, 4) == b""  # a link: never followed
+    assert (request.artifacts_dir / LOG).read_bytes() == remote.read_bytes()

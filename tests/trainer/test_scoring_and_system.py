@@ -56,3 +56,32 @@ def test_gpu_memory_without_nvml(monkeypatch):
     monkeypatch.setitem(sys.modules, "pynvml", types.SimpleNamespace(nvmlInit=broken))
     values = SystemMonitor().values()
     assert values["gpu_mem_used_mb"] == 5120.0 and "gpu_util_percent" not in values
+
+
+def _nvml(**extra) -> types.SimpleNamespace:
+    return types.SimpleNamespace(
+        nvmlInit=lambda: None, nvmlDeviceGetHandleByUUID=lambda uuid: "handle", NVML_TEMPERATURE_GPU=0,
+        nvmlDeviceGetUtilizationRates=lambda h: types.SimpleNamespace(gpu=50),
+        nvmlDeviceGetMemoryInfo=lambda h: types.SimpleNamespace(used=2**30), **extra)
+
+
+def test_gpu_temperature_through_nvml(monkeypatch):
+    _fake_cuda(monkeypatch)
+    asked = []
+    nvml = _nvml(nvmlDeviceGetTemperature=lambda h, sensor: asked.append((h, sensor)) or 71)
+    monkeypatch.setitem(sys.modules, "pynvml", nvml)
+    values = SystemMonitor().values()
+    assert values["gpu_temperature_c"] == 71.0 and asked == [("handle", 0)]
+    assert values["gpu_util_percent"] == 50.0  # the other NVML values are there too
+
+
+def test_a_gpu_without_a_temperature_sensor_keeps_its_other_values(monkeypatch):
+    _fake_cuda(monkeypatch)
+
+    def no_sensor(handle, sensor):
+        raise RuntimeError("NVML_ERROR_NOT_SUPPORTED")
+
+    monkeypatch.setitem(sys.modules, "pynvml", _nvml(nvmlDeviceGetTemperature=no_sensor))
+    values = SystemMonitor().values()
+    assert "gpu_temperature_c" not in values
+    assert (values["gpu_util_percent"], values["gpu_mem_used_mb"]) == (50.0, 1024.0)

@@ -50,3 +50,20 @@ def test_unknown_shape_and_empty_file():
 def test_expected_format_is_enforced():
     with pytest.raises(DatasetError):
         validate_lines(lines({"text": "x"}), DataFormat.PREFERENCE)
+
+
+def test_the_statistics_hold_a_histogram_of_approximate_token_lengths():
+    rows = [{"text": "x" * n} for n in (4, 100, 130, 131, 4000)]  # 1, 25, 33, 33 and 1000 tokens
+    histogram = validate_lines(lines(*rows)).stats["token_lengths"]
+    assert histogram["edges"] == [0, 32, 64, 128, 256, 512, 1024]  # up to the first edge past the longest row
+    assert histogram["counts"] == [2, 2, 0, 0, 0, 1]
+    assert (histogram["min"], histogram["max"], histogram["p95"]) == (1, 1000, 1000)
+    assert histogram["mean"] == round((1 + 25 + 33 + 33 + 1000) / 5, 1)
+    assert histogram["approximation"] == "ceil(characters / 4)"
+
+
+def test_rows_longer_than_the_last_edge_get_a_bucket_of_their_own():
+    chat = {"messages": [{"role": "user", "content": "q" * 40_000}, {"role": "assistant", "content": "a" * 4}]}
+    histogram = validate_lines(lines(chat, {"messages": chat["messages"][1:]})).stats["token_lengths"]
+    assert histogram["edges"][-2:] == [8192, 10_002] and histogram["counts"][-1] == 1
+    assert sum(histogram["counts"]) == 2 and histogram["counts"][0] == 1

@@ -5,6 +5,8 @@ These routes take a short-lived signed URL instead of an API key: the workload h
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import json
 import os
 import shutil
@@ -20,6 +22,7 @@ from pydantic import BaseModel, Field, ValidationError
 from services.cloud.archives import extract_tar_gz
 from services.cloud.bundles import LOG_TAIL, PROGRESS, RESULT, artifacts_dir, bundle_archive, write_atomically
 from services.cloud.checkpoints import checkpoints_dir, latest_checkpoint, store_checkpoint
+from services.cloud.joblog import LOG, adopt_uploaded, append_at, log_size
 from shared.errors import Conflict, NotFound, PayloadTooLarge, TuneFleetError, ValidationFailed
 from shared.signing import verify
 
@@ -36,10 +39,23 @@ class Forbidden(TuneFleetError):
     http_status = 403
 
 
+class LogChunk(BaseModel):
+    """Bytes of the workload's log from ``offset`` (in the server's copy: the offset the last answer gave)."""
+
+    offset: int = Field(ge=0)
+    data: str = Field(default="", max_length=96 * 1024, description="The bytes, base64.")
+
+
 class Heartbeat(BaseModel):
     stage: str = Field(max_length=32)
     log_tail: str = Field(default="", max_length=64_000)
+    log: LogChunk | None = Field(default=None, description="The log's next bytes; the server keeps the whole log "
+                                                           "and answers how much of it it has.")
     progress: dict[str, Any] | None = None
+
+
+class HeartbeatAnswer(BaseModel):
+    log_offset: int = Field(description="The bytes of the log the server has: send the log from there.")
 
 
 def _check(settings, request: Request, expires: int, sig: str) -> None:
@@ -77,6 +93,9 @@ def _unpack_output(archive: Path, into: Path, max_bytes: int) -> None:
         into.mkdir(parents=True, exist_ok=True)
         names = sorted(os.listdir(incoming), key=lambda n: n == RESULT)
         for name in names:
+            if name == LOG:  # the heartbeats may have brought it already, with lines numbered from it
+                adopt_uploaded(incoming / name, into)
+                continue
             target = into / name
             if target.is_dir() and not target.is_symlink():
                 shutil.rmtree(target)
@@ -113,20 +132,33 @@ async def put_artifacts(job_id: uuid.UUID, attempt: int, request: Request, setti
         await anyio.Path(spooled).unlink(missing_ok=True)
 
 
-@router.put("/{job_id}/{attempt}/heartbeat", status_code=204)
+@router.put("/{job_id}/{attempt}/heartbeat", response_model=HeartbeatAnswer)
 async def put_heartbeat(job_id: uuid.UUID, attempt: int, request: Request, settings: SettingsDep,
-                        expires: int = Query(...), sig: str = Query(...)) -> None:
+                        expires: int = Query(...), sig: str = Query(...)) -> HeartbeatAnswer:
+    """The workload's stage and progress, and its log: with ``log``, the log's next bytes, kept (on disk, synced)
+    before the answer, which says how much of the log the server has; without, only ``log_tail``, its end."""
     _check(settings, request, expires, sig)
     body = await _read(request, MAX_HEARTBEAT_BYTES)
     try:
         beat = Heartbeat.model_validate_json(body)
     except ValidationError as exc:
-        raise ValidationFailed(f"a heartbeat is JSON with stage, log_tail and progress: {exc.errors()[0]['msg']}",
-                               field="body") from exc
+        raise ValidationFailed(f"a heartbeat is JSON with stage, log (or log_tail) and progress: "
+                               f"{exc.errors()[0]['msg']}", field="body") from exc
     folder = artifacts_dir(settings, str(job_id), attempt)
     progress = {**(beat.progress or {}), "stage": beat.stage}
-    await asyncio.to_thread(write_atomically, folder / LOG_TAIL, beat.log_tail.encode())
+    if beat.log is not None:
+        try:
+            data = base64.b64decode(beat.log.data, validate=True)
+        except binascii.Error as exc:
+            raise ValidationFailed("log.data must be the log's bytes in base64", field="log.data") from exc
+        size = await asyncio.to_thread(append_at, folder, beat.log.offset, data)
+        # the whole log is here now: its end is the tail (``read_log_tail``)
+        await anyio.Path(folder / LOG_TAIL).unlink(missing_ok=True)
+    else:
+        await asyncio.to_thread(write_atomically, folder / LOG_TAIL, beat.log_tail.encode())
+        size = await asyncio.to_thread(log_size, folder)
     await asyncio.to_thread(write_atomically, folder / PROGRESS, json.dumps(progress).encode())
+    return HeartbeatAnswer(log_offset=size)
 
 
 @router.put("/{job_id}/{attempt}/checkpoint", status_code=204)

@@ -47,6 +47,20 @@ EXAMPLES = {f"specification-{name}": {"summary": f"The specification's {name}-mo
 ConfigurationBody = Annotated[TrainingConfig, Body(openapi_examples=EXAMPLES)]
 
 
+@router.get("/presets")
+async def configuration_presets(_user: CurrentUser) -> dict[str, TrainingConfig]:
+    """The specification's two default configurations (small model; large model with QLoRA) in TuneFleet's
+    spelling, with every default filled in: the dashboard's presets."""
+    return {name: TrainingConfig.model_validate(body) for name, body in DOCUMENTED_DEFAULTS.items()}
+
+
+@router.get("/schema")
+async def configuration_schema(_user: CurrentUser) -> dict:
+    """The JSON Schema of a TrainingConfig (every field with its type, bounds, default and description): what the
+    dashboard's editor draws its form from."""
+    return TrainingConfig.model_json_schema()
+
+
 @router.post("", status_code=201, response_model=ConfigurationPublic)
 async def create_configuration(config: ConfigurationBody, user: CurrentUser, pool: PoolDep,
                                settings: SettingsDep, broker: BrokerDep) -> ConfigurationPublic:

@@ -8,12 +8,12 @@ from pathlib import Path
 import anyio
 from fastapi import APIRouter, Query, UploadFile
 
-from shared.dataformats import DatasetError, validate_file
+from shared.dataformats import DatasetError, first_rows, validate_file
 from shared.errors import DatasetInvalid, NotFound, PayloadTooLarge
 
 from .. import repository
 from ..deps import CurrentUser, PoolDep, SettingsDep
-from ..schemas import DatasetPublic, DatasetsPage
+from ..schemas import DatasetPreview, DatasetPublic, DatasetsPage
 
 router = APIRouter(prefix="/api/training/datasets", tags=["datasets"])
 
@@ -23,7 +23,9 @@ CHUNK = 1024 * 1024
 @router.post("", status_code=201, response_model=DatasetPublic)
 async def upload_dataset(file: UploadFile, user: CurrentUser, pool: PoolDep, settings: SettingsDep) -> DatasetPublic:
     """Upload a JSONL data set (text, chat ``messages``, ``instruction``/``output`` or
-    ``prompt``/``chosen``/``rejected``). Every line is checked; a bad file gets 422 naming its lines."""
+    ``prompt``/``chosen``/``rejected``). Every line is checked; a bad file gets 422 naming its lines. ``stats`` has
+    the character lengths of the rows and ``token_lengths``, a histogram of their approximate token lengths
+    (characters / 4: no tokenizer is at hand before a model is chosen)."""
     dataset_id = uuid.uuid4()
     settings.datasets_dir.mkdir(parents=True, exist_ok=True)
     settings.datasets_dir.chmod(0o700)  # uploads are read by the server alone: users' code gets a copy of its own
@@ -75,6 +77,21 @@ async def get_dataset(dataset_id: uuid.UUID, user: CurrentUser, pool: PoolDep) -
     if row is None:
         raise NotFound(f"data set {dataset_id} not found")
     return _public(row)
+
+
+@router.get("/{dataset_id}/preview", response_model=DatasetPreview)
+async def preview_dataset(dataset_id: uuid.UUID, user: CurrentUser, pool: PoolDep,
+                          limit: int = Query(5, ge=1, le=50, description="How many rows, 1 to 50.")) -> DatasetPreview:
+    """The data set's first ``limit`` rows, as uploaded: what a front end shows before it is trained on."""
+    row = await repository.dataset(pool, user, str(dataset_id))
+    if row is None:
+        raise NotFound(f"data set {dataset_id} not found; GET /api/training/datasets lists yours", field="dataset_id")
+    try:
+        rows = await asyncio.to_thread(first_rows, row["path"], limit)
+    except FileNotFoundError as exc:
+        raise NotFound(f"the file of data set {dataset_id} is no longer on the server; upload it again",
+                       field="dataset_id") from exc
+    return DatasetPreview(dataset_id=str(dataset_id), format=row["format"], rows=rows)
 
 
 @router.delete("/{dataset_id}", status_code=204)

@@ -9,8 +9,15 @@ from shared.disk import volume_gb
 from shared.errors import NotFound, ValidationFailed
 from shared.providers import SEALED_ENVIRONMENT, seal_environment
 
-from .. import repository, views
-from ..deploying import Chosen, chosen_configuration, request_deploy, require_reachable_urls, resolve_data
+from .. import views
+from ..deploying import (
+    Chosen,
+    chosen_configuration,
+    request_deploy,
+    require_credentials,
+    require_reachable_urls,
+    resolve_data,
+)
 from ..deps import BrokerDep, BusDep, CurrentUser, PoolDep, SettingsDep
 from ..estimating import estimate_with_offers
 from ..kaggle_limits import attached, check_kaggle_limits, model_attached
@@ -34,8 +41,6 @@ router = APIRouter(prefix="/api/training/deploy", tags=["deploy"])
 Provider = Literal["local", "runpod", "lambda", "kaggle", "hf-spaces"]
 #: The route's name of a provider → the provider service's.
 SERVICE_NAMES = {"hf-spaces": "hfspaces"}
-#: The name a provider's credentials are stored under, where it is not the provider's.
-CREDENTIALS_NAMES = {"hfspaces": "huggingface"}
 
 
 async def _deploy(provider: str, body: DeploymentRequest, chosen: Chosen, user: str, pool, bus, settings,
@@ -62,7 +67,7 @@ async def _deploy_to_cloud(provider: str, body: RunPodDeploymentRequest | Lambda
     if gpu_count is not None and gpu_count != config.training.gpu_count:
         # The pod's GPUs are what the trainer spreads over (accelerate launch when more than one).
         config = config.model_copy(update={"training": config.training.model_copy(update={"gpu_count": gpu_count})})
-    await _require_credentials(pool, user, provider)
+    await require_credentials(pool, user, provider)
     options = body.provider_options()
     if provider == "runpod":
         options["volume_size_gb"] = _volume_for(config, body.volume_size_gb)
@@ -74,13 +79,6 @@ async def _deploy_to_cloud(provider: str, body: RunPodDeploymentRequest | Lambda
     if body.preflight:
         await _preflight(request, settings, pool, user, config)
     return await _deploy(provider, body, chosen, user, pool, bus, settings, options)
-
-
-async def _require_credentials(pool, user: str, provider: str) -> None:
-    stored = CREDENTIALS_NAMES.get(provider, provider)
-    if not await repository.has_secret(pool, user, stored):
-        raise ValidationFailed(f"no {stored} credentials stored; add them with PUT /api/secrets/{stored}",
-                               field="provider")
 
 
 async def _preflight(request: Request, settings, pool, user: str, config: TrainingConfig) -> None:
@@ -170,7 +168,7 @@ async def deploy_kaggle(body: KaggleDeploymentRequest, request: Request, user: C
     if body.enable_internet:
         require_reachable_urls(settings, "kaggle")
     chosen = await chosen_configuration(pool, user, body)
-    await _require_credentials(pool, user, "kaggle")
+    await require_credentials(pool, user, "kaggle")
     options = body.provider_options()
     options["session_timeout_s"] = await check_kaggle_limits(settings, pool, broker, user, body, chosen.config)
     if body.preflight and not model_attached(body, chosen.config):
@@ -188,7 +186,7 @@ async def deploy_hf_spaces(body: HFSpacesDeploymentRequest, request: Request, us
     RunPod."""
     require_reachable_urls(settings, "hfspaces")
     chosen = await chosen_configuration(pool, user, body)
-    await _require_credentials(pool, user, "hfspaces")
+    await require_credentials(pool, user, "hfspaces")
     if body.preflight:
         await _preflight(request, settings, pool, user, chosen.config)
     return await _deploy("hfspaces", body, chosen, user, pool, bus, settings, body.provider_options())

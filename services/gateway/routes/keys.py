@@ -1,4 +1,4 @@
-"""A user's own API keys: listed by prefix, revoked by id."""
+"""A user's own API keys: made (the key shown once), listed by prefix, revoked by id."""
 
 from __future__ import annotations
 
@@ -6,12 +6,12 @@ import uuid
 from datetime import datetime
 
 from fastapi import APIRouter
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from shared.errors import NotFound
 
 from ..deps import CurrentUser, PoolDep
-from ..users import list_keys, revoke_key
+from ..users import MAX_OWN_KEYS, issue_api_key, list_keys, revoke_key
 
 router = APIRouter(prefix="/api/keys", tags=["keys"])
 
@@ -21,6 +21,22 @@ class KeyPublic(BaseModel):
     prefix: str
     created_at: datetime
     revoked_at: datetime | None
+
+
+class KeyCreated(BaseModel):
+    id: str
+    prefix: str
+    key: str = Field(description="The key: shown in this answer only (the server keeps its hash). Send it as "
+                                 "'Authorization: Bearer <key>'.")
+    created_at: datetime
+
+
+@router.post("", status_code=201, response_model=KeyCreated)
+async def create_key(user: CurrentUser, pool: PoolDep) -> KeyCreated:
+    """Make yourself another key (for a CI job, a second machine), at most 100 live at once. The key is in this
+    answer and nowhere else: keep it; GET /api/keys lists it by its ``prefix`` and DELETE revokes it."""
+    made = await issue_api_key(pool, user, MAX_OWN_KEYS)
+    return KeyCreated(id=str(made.id), prefix=made.prefix, key=made.key, created_at=made.created_at)
 
 
 @router.get("", response_model=list[KeyPublic])
