@@ -190,7 +190,18 @@ def test_deploy_on_local_and_watch_it_live_to_completed(alice_session, artifacts
     assert cells.nth(2).inner_text().strip() and cells.nth(4).inner_text() != ""  # expected text, BLEU
     history = page.get_by_role("region", name="History").inner_text().lower()
     assert history.index("queued") < history.index("running") < history.index("completed")
-    page.get_by_test_id("log").wait_for()
+    log = page.get_by_test_id("log")
+    wait_until(lambda: "status=completed" in log.inner_text(), 30, "the log's last line")
+    page.get_by_label("Search the whole log").fill("predictions step=")
+    page.get_by_role("button", name="Search").click()
+    page.get_by_text(re.compile(r"^\d+ matching lines")).wait_for()
+    found = log.inner_text().splitlines()
+    assert len(found) == STEPS // 50 and all("predictions step=" in line for line in found), found
+    with page.expect_download() as download:
+        page.get_by_role("button", name="Download the whole log").click()
+    whole = Path(download.value.path()).read_text()
+    assert "status=completed" in whole and whole.count("train step=") == STEPS
+    page.get_by_label("Search the whole log").fill("")
     shoot(page, artifacts, "08-job-completed")
 
     # a reload re-attaches and shows it all again
@@ -263,6 +274,26 @@ def test_a_second_job_is_stopped_from_its_page_and_retried(alice_session, artifa
     page.get_by_role("heading", level=1, name="Models").wait_for()
     page.wait_for_load_state("networkidle")
     shoot(page, artifacts, "12-models")
+    watch.assert_clean()
+
+
+def test_the_jobs_list_follows_a_job_it_did_not_start_without_a_reload(alice_session, stack, artifacts):
+    import httpx
+
+    key, page, watch = alice_session
+    page.get_by_role("link", name="Jobs").click()
+    table = page.get_by_test_id("jobs")
+    table.wait_for()
+    before = table.locator("tbody tr").count()
+    page.wait_for_function("() => document.querySelector('.live')?.textContent.includes('live')")
+    with httpx.Client(base_url=stack.url, headers={"Authorization": f"Bearer {key}"}, timeout=30) as api:
+        config = api.get("/api/training/configurations").json()["configurations"][-1]  # browser-run
+        job = api.post("/api/training/deploy/local", json={"configuration_id": config["id"]}).json()["job_id"]
+    row = table.locator(f'tr[data-job="{job}"]')
+    row.wait_for(timeout=30_000)
+    assert table.locator("tbody tr").count() == before + 1
+    wait_until(lambda: row.locator(".badge").inner_text().lower() == "running", 240, "running in the list")
+    wait_until(lambda: row.locator(".badge").inner_text().lower() == "completed", 240, "completed in the list")
     watch.assert_clean()
 
 
