@@ -13,6 +13,10 @@ from rich.console import Console
 from shared.db import create_pool
 from shared.settings import Settings
 
+from . import account as account_cli
+from . import deploy as deploy_cli
+from . import jobs as jobs_cli
+from . import resources as resources_cli
 from . import serving as serving_cli
 from .embedded import EmbeddedNats, EmbeddedPostgres
 from .stack import Stack, migrate_all
@@ -27,6 +31,16 @@ app.add_typer(dead, name="dead-letters")
 app.add_typer(serving_cli.serving, name="serving")
 app.command()(serving_cli.serve)
 app.command()(serving_cli.chat)
+# Talking to a gateway by URL and key (TUNEFLEET_URL, TUNEFLEET_API_KEY, or `tunefleet login`).
+app.command()(account_cli.login)
+app.command()(account_cli.logout)
+app.add_typer(resources_cli.datasets, name="datasets")
+app.add_typer(resources_cli.configs, name="configs")
+app.command()(deploy_cli.estimate)
+app.command()(deploy_cli.deploy)
+app.add_typer(jobs_cli.jobs, name="jobs")
+app.add_typer(resources_cli.models, name="models")
+app.command()(resources_cli.costs)
 console = Console()
 
 

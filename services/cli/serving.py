@@ -11,44 +11,16 @@ import httpx
 import typer
 from rich.console import Console
 
+from . import credentials
+from .client import CliError, ExitCode, Gateway, handled
+
 console = Console()
 serving = typer.Typer(help="Serving engines installed on this server.")
 
-URL_OPTION = typer.Option(None, "--url", envvar="TUNEFLEET_URL", help="The gateway (default http://127.0.0.1:8000).")
-KEY_OPTION = typer.Option(None, "--api-key", envvar="TUNEFLEET_API_KEY", help="Your API key.")
-
-
-def _client(url: str | None, key: str | None) -> httpx.Client:
-    if not key:
-        console.print("[red]no API key[/]: set TUNEFLEET_API_KEY or pass --api-key (tunefleet keys create --user NAME)")
-        raise typer.Exit(2)
-    return httpx.Client(base_url=url or "http://127.0.0.1:8000", headers={"Authorization": f"Bearer {key}"},
-                        timeout=60)
-
-
-def _fail(response: httpx.Response) -> None:
-    try:
-        detail = response.json().get("detail", {})
-        message = detail.get("message", detail) if isinstance(detail, dict) else detail
-    except ValueError:
-        message = response.text
-    console.print(f"[red]{response.status_code}[/]: {message}")
-    raise typer.Exit(1)
-
-
-def find_model(client: httpx.Client, ref: str) -> dict:
-    """A model by id, id prefix, job id or name (the newest version of that name)."""
-    response = client.get("/api/models", params={"limit": 500})
-    if response.status_code != 200:
-        _fail(response)
-    models = response.json()
-    for match in (lambda m: m["id"] == ref or m["job_id"] == ref, lambda m: m["name"] == ref,
-                  lambda m: m["id"].startswith(ref)):
-        found = [m for m in models if match(m)]
-        if found:
-            return max(found, key=lambda m: (m.get("version", 1), m["created_at"]))
-    console.print(f"[red]no model {ref!r}[/]: GET /api/models lists yours")
-    raise typer.Exit(1)
+URL_OPTION = typer.Option(None, "--url", envvar="TUNEFLEET_URL", help="The gateway (default: the one `tunefleet "
+                                                                      "login` stored, else http://127.0.0.1:8000).")
+KEY_OPTION = typer.Option(None, "--api-key", envvar="TUNEFLEET_API_KEY", help="Your API key (default: the one "
+                                                                             "`tunefleet login` stored).")
 
 
 def wait_ready(client: httpx.Client, serving_id: str, timeout: float) -> dict:
@@ -61,6 +33,7 @@ def wait_ready(client: httpx.Client, serving_id: str, timeout: float) -> dict:
             time.sleep(1.0)
 
 
+@handled
 def serve(model: str = typer.Argument(..., help="Model id, id prefix, job id or name."),
           engine: str = typer.Option("builtin", "--engine", help="vllm, ollama or builtin."),
           name: str = typer.Option(None, help="The name callers use on /v1 (default: the model's)."),
@@ -70,14 +43,13 @@ def serve(model: str = typer.Argument(..., help="Model id, id prefix, job id or 
           wait: float = typer.Option(900, help="Seconds to wait for ready (0: do not wait)."),
           url: str = URL_OPTION, api_key: str = KEY_OPTION) -> None:
     """Serve a registered model and print how to call it."""
-    with _client(url, api_key) as client:
-        found = find_model(client, model)
+    with Gateway.open(url, api_key) as gateway:
+        client = gateway.http
+        found = gateway.model(model)
         body = {"model_id": found["id"], "server_type": engine, "name": name, "checkpoint_path": checkpoint,
                 "config": {"max_model_len": max_model_len} if max_model_len else {}}
-        response = client.post("/api/training/deploy", json={k: v for k, v in body.items() if v is not None})
-        if response.status_code != 202:
-            _fail(response)
-        record = response.json()
+        record = gateway.call("POST", "/api/training/deploy", ok=(202,),
+                              json={k: v for k, v in body.items() if v is not None}).json()
         console.print(f"serving {record['id']} of {found['name']} v{found.get('version', 1)} on {engine}: "
                       f"{record['state']}")
         if wait:
@@ -94,6 +66,7 @@ def serve(model: str = typer.Argument(..., help="Model id, id prefix, job id or 
                       f"  tunefleet chat {record['name']}")
 
 
+@handled
 def chat(model: str = typer.Argument(..., help="The served model's name (GET /v1/models)."),
          message: str = typer.Option(None, "-m", "--message", help="Ask one question and exit."),
          max_tokens: int = typer.Option(128, help="Longest answer, in tokens."),
@@ -102,10 +75,11 @@ def chat(model: str = typer.Argument(..., help="The served model's name (GET /v1
     """Chat with a served model through the gateway's OpenAI-compatible /v1 (streamed)."""
     import openai
 
-    if not api_key:
-        console.print("[red]no API key[/]: set TUNEFLEET_API_KEY or pass --api-key")
-        raise typer.Exit(2)
-    client = openai.OpenAI(base_url=f"{(url or 'http://127.0.0.1:8000').rstrip('/')}/v1", api_key=api_key)
+    creds = credentials.resolve(url, api_key)
+    if not creds.key:
+        raise CliError("no API key", ExitCode.BAD_INPUT, [f"set {credentials.KEY_ENV}, pass --api-key, or run "
+                                                          "`tunefleet login`"])
+    client = openai.OpenAI(base_url=f"{creds.url}/v1", api_key=creds.key)
     history: list[dict] = []
     while True:
         text = message if message is not None else console.input("[bold]you>[/] ")
