@@ -33,6 +33,15 @@ class Settings(BaseSettings):
     ingest_public_url: str | None = Field(default=None, description="URL the trainer reaches ingest at.")
     gateway_public_url: str | None = Field(default=None, description="URL remote workloads reach the gateway at.")
 
+    storage_backend: Literal["local", "s3"] = Field(
+        default="local", description="Where files are kept (shared/storage.py): local, a folder of TUNEFLEET_HOME; "
+                                     "s3, an S3-compatible bucket (credentials from boto3's usual chain).")
+    s3_bucket: str | None = Field(default=None, description="The bucket, with storage_backend s3.")
+    s3_endpoint_url: str | None = Field(default=None, description="An S3-compatible service's URL (MinIO …); "
+                                                                  "unset for AWS.")
+    s3_region: str | None = None
+    s3_prefix: str = Field(default="", description="A key prefix inside the bucket, for several stacks in one.")
+
     max_upload_mb: int = 512
     db_pool_min: int = 1
     db_pool_max: int = 5

@@ -1,0 +1,265 @@
+"""Where the system keeps its files (data sets, bundles, artifacts, checkpoints, logs): one small interface, two
+backends.
+
+* ``LocalStore``: a folder (``TUNEFLEET_HOME/objects``), the embedded default. It cannot sign URLs: workloads of
+  a single-machine stack keep going through the gateway's signed routes.
+* ``S3Store``: any S3-compatible service (AWS S3, MinIO, Ceph, R2 …) through boto3. Workloads upload and
+  download through presigned URLs that the storage itself checks, so no gigabytes flow through the gateway;
+  uploads of large files are multipart (boto3's transfer manager), with retries on throttling and transient
+  errors (botocore's ``standard`` retry mode).
+
+Keys are ``/``-separated relative paths (``datasets/<id>.jsonl``, ``artifacts/<job>/attempt-1.tar.gz``); a key
+that could leave its folder (``..``, an absolute path, a backslash, a NUL) is refused.
+
+``store_from_settings`` picks the backend from ``TUNEFLEET_STORAGE_BACKEND`` (``local`` or ``s3``) and the
+``TUNEFLEET_S3_*`` settings; credentials come from boto3's usual chain (``AWS_ACCESS_KEY_ID`` …, a profile, an
+instance role), never from TuneFleet's settings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from shared.settings import Settings
+
+#: Files larger than this are uploaded in parts of this size (S3's minimum part is 5 MiB).
+MULTIPART_BYTES = 16 * 2**20
+#: Attempts per request, in botocore's ``standard`` retry mode (throttling, 5xx, connection errors).
+S3_ATTEMPTS = 8
+
+
+class StorageError(RuntimeError):
+    """A key that is refused, or an object that is not there."""
+
+
+def check_key(key: str) -> str:
+    path = PurePosixPath(key)
+    if (not key or key.startswith("/") or "\\" in key or "\x00" in key or any(p in ("..", ".", "") for p in
+                                                                               key.split("/"))):
+        raise StorageError(f"storage key {key!r} is not a plain relative path")
+    return str(path)
+
+
+class Store(Protocol):
+    """What the services need of a storage backend. Every method is a coroutine; file methods read or write
+    whole files on this machine."""
+
+    async def put_file(self, key: str, path: str | os.PathLike) -> None: ...
+    async def get_file(self, key: str, path: str | os.PathLike) -> None: ...
+    async def put_bytes(self, key: str, data: bytes) -> None: ...
+    async def get_bytes(self, key: str) -> bytes: ...
+    async def exists(self, key: str) -> bool: ...
+    async def size(self, key: str) -> int: ...
+    async def keys(self, prefix: str) -> list[str]: ...
+    async def delete_prefix(self, prefix: str) -> int: ...
+    def presign_get(self, key: str, expires_s: int) -> str | None: ...
+    def presign_put(self, key: str, expires_s: int) -> str | None: ...
+
+
+class LocalStore:
+    """Objects as files under ``root`` (owner-only), written atomically (a temporary file, then a rename)."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+
+    def _path(self, key: str) -> Path:
+        return self.root / check_key(key)
+
+    def _write_from(self, key: str, write) -> None:
+        target = self._path(key)
+        target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".incoming-")
+        try:
+            with os.fdopen(fd, "wb") as out:
+                write(out)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def _copy_in(self, key: str, path) -> None:
+        with open(path, "rb") as src:
+            self._write_from(key, lambda out: shutil.copyfileobj(src, out, 2**20))
+
+    def _copy_out(self, key: str, path) -> None:
+        source = self._path(key)
+        if not source.is_file():
+            raise StorageError(f"no object {key!r}")
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, path)
+
+    async def put_file(self, key: str, path) -> None:
+        await asyncio.to_thread(self._copy_in, key, path)
+
+    async def get_file(self, key: str, path) -> None:
+        await asyncio.to_thread(self._copy_out, key, path)
+
+    async def put_bytes(self, key: str, data: bytes) -> None:
+        await asyncio.to_thread(self._write_from, key, lambda out: out.write(data))
+
+    async def get_bytes(self, key: str) -> bytes:
+        source = self._path(key)
+        try:
+            return await asyncio.to_thread(source.read_bytes)
+        except FileNotFoundError:
+            raise StorageError(f"no object {key!r}") from None
+
+    async def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    async def size(self, key: str) -> int:
+        try:
+            return self._path(key).stat().st_size
+        except FileNotFoundError:
+            raise StorageError(f"no object {key!r}") from None
+
+    def _walk(self, prefix: str) -> Iterator[str]:
+        for dirpath, _, files in os.walk(self.root):
+            for name in files:
+                if name.startswith(".incoming-"):
+                    continue
+                key = Path(dirpath, name).relative_to(self.root).as_posix()
+                if key.startswith(prefix):
+                    yield key
+
+    async def keys(self, prefix: str) -> list[str]:
+        return sorted(await asyncio.to_thread(lambda: list(self._walk(prefix))))
+
+    async def delete_prefix(self, prefix: str) -> int:
+        found = await self.keys(prefix)
+        for key in found:
+            self._path(key).unlink(missing_ok=True)
+        return len(found)
+
+    def presign_get(self, key: str, expires_s: int) -> None:
+        return None  # the gateway's own signed routes serve a single machine's files
+
+    def presign_put(self, key: str, expires_s: int) -> None:
+        return None
+
+
+class S3Store:
+    """One bucket (and an optional key prefix) of an S3-compatible service."""
+
+    def __init__(self, bucket: str, *, endpoint_url: str | None = None, region: str | None = None,
+                 prefix: str = "", client=None):
+        import boto3
+        from boto3.s3.transfer import TransferConfig
+        from botocore.config import Config
+
+        self.bucket, self.prefix = bucket, prefix.strip("/")
+        self.client = client or boto3.client(
+            "s3", endpoint_url=endpoint_url, region_name=region or "us-east-1",
+            config=Config(retries={"mode": "standard", "max_attempts": S3_ATTEMPTS}, signature_version="s3v4",
+                          s3={"addressing_style": "path" if endpoint_url else "auto"}))
+        self.transfer = TransferConfig(multipart_threshold=MULTIPART_BYTES, multipart_chunksize=MULTIPART_BYTES,
+                                       max_concurrency=4, use_threads=True)
+
+    def _key(self, key: str) -> str:
+        key = check_key(key)
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def _missing(self, exc, key: str) -> bool:
+        code = getattr(exc, "response", {}).get("Error", {}).get("Code")
+        return code in ("404", "NoSuchKey", "NotFound")
+
+    async def put_file(self, key: str, path) -> None:
+        await asyncio.to_thread(self.client.upload_file, str(path), self.bucket, self._key(key),
+                                Config=self.transfer)
+
+    async def get_file(self, key: str, path) -> None:
+        from botocore.exceptions import ClientError
+
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        partial = Path(f"{path}.partial")
+        try:
+            await asyncio.to_thread(self.client.download_file, self.bucket, self._key(key), str(partial),
+                                    Config=self.transfer)
+        except ClientError as exc:
+            await asyncio.to_thread(partial.unlink, missing_ok=True)
+            if self._missing(exc, key):
+                raise StorageError(f"no object {key!r}") from None
+            raise
+        os.replace(partial, path)
+
+    async def put_bytes(self, key: str, data: bytes) -> None:
+        await asyncio.to_thread(self.client.put_object, Bucket=self.bucket, Key=self._key(key), Body=data)
+
+    async def get_bytes(self, key: str) -> bytes:
+        from botocore.exceptions import ClientError
+
+        try:
+            answer = await asyncio.to_thread(self.client.get_object, Bucket=self.bucket, Key=self._key(key))
+        except ClientError as exc:
+            if self._missing(exc, key):
+                raise StorageError(f"no object {key!r}") from None
+            raise
+        return await asyncio.to_thread(answer["Body"].read)
+
+    async def _head(self, key: str) -> dict | None:
+        from botocore.exceptions import ClientError
+
+        try:
+            return await asyncio.to_thread(self.client.head_object, Bucket=self.bucket, Key=self._key(key))
+        except ClientError as exc:
+            if self._missing(exc, key):
+                return None
+            raise
+
+    async def exists(self, key: str) -> bool:
+        return await self._head(key) is not None
+
+    async def size(self, key: str) -> int:
+        head = await self._head(key)
+        if head is None:
+            raise StorageError(f"no object {key!r}")
+        return int(head["ContentLength"])
+
+    def _list(self, prefix: str) -> list[str]:
+        full = self._key(prefix.rstrip("/")) if prefix.strip("/") else self.prefix
+        if full and prefix.endswith("/"):
+            full += "/"
+        out = []
+        for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=full):
+            for item in page.get("Contents", []):
+                key = item["Key"]
+                out.append(key[len(self.prefix) + 1:] if self.prefix else key)
+        return sorted(out)
+
+    async def keys(self, prefix: str) -> list[str]:
+        return await asyncio.to_thread(self._list, prefix)
+
+    async def delete_prefix(self, prefix: str) -> int:
+        found = await self.keys(prefix)
+        for start in range(0, len(found), 1000):  # DeleteObjects takes at most 1000 keys
+            batch = [{"Key": self._key(k)} for k in found[start:start + 1000]]
+            await asyncio.to_thread(self.client.delete_objects, Bucket=self.bucket,
+                                    Delete={"Objects": batch, "Quiet": True})
+        return len(found)
+
+    def presign_get(self, key: str, expires_s: int) -> str:
+        return self.client.generate_presigned_url("get_object", Params={"Bucket": self.bucket, "Key": self._key(key)},
+                                                  ExpiresIn=expires_s)
+
+    def presign_put(self, key: str, expires_s: int) -> str:
+        return self.client.generate_presigned_url("put_object", Params={"Bucket": self.bucket, "Key": self._key(key)},
+                                                  ExpiresIn=expires_s)
+
+
+def store_from_settings(settings: Settings) -> Store:
+    if settings.storage_backend == "s3":
+        if not settings.s3_bucket:
+            raise RuntimeError("TUNEFLEET_STORAGE_BACKEND=s3 needs TUNEFLEET_S3_BUCKET (and TUNEFLEET_S3_ENDPOINT_URL "
+                               "for a service other than AWS)")
+        return S3Store(settings.s3_bucket, endpoint_url=settings.s3_endpoint_url, region=settings.s3_region,
+                       prefix=settings.s3_prefix)
+    return LocalStore(settings.home / "objects")
