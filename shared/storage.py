@@ -55,6 +55,8 @@ class Store(Protocol):
     async def get_file(self, key: str, path: str | os.PathLike) -> None: ...
     async def put_bytes(self, key: str, data: bytes) -> None: ...
     async def get_bytes(self, key: str) -> bytes: ...
+    async def get_head(self, key: str, size: int) -> bytes: ...
+    def copy_to(self, key: str, path: str | os.PathLike) -> None: ...
     async def exists(self, key: str) -> bool: ...
     async def size(self, key: str) -> int: ...
     async def keys(self, prefix: str) -> list[str]: ...
@@ -68,6 +70,7 @@ class LocalStore:
 
     def __init__(self, root: Path):
         self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)  # the server's files alone
 
     def _path(self, key: str) -> Path:
         return self.root / check_key(key)
@@ -90,7 +93,8 @@ class LocalStore:
         with open(path, "rb") as src:
             self._write_from(key, lambda out: shutil.copyfileobj(src, out, 2**20))
 
-    def _copy_out(self, key: str, path) -> None:
+    def copy_to(self, key: str, path) -> None:
+        """``get_file`` for synchronous callers."""
         source = self._path(key)
         if not source.is_file():
             raise StorageError(f"no object {key!r}")
@@ -101,7 +105,16 @@ class LocalStore:
         await asyncio.to_thread(self._copy_in, key, path)
 
     async def get_file(self, key: str, path) -> None:
-        await asyncio.to_thread(self._copy_out, key, path)
+        await asyncio.to_thread(self.copy_to, key, path)
+
+    async def get_head(self, key: str, size: int) -> bytes:
+        def read() -> bytes:
+            with open(self._path(key), "rb") as f:
+                return f.read(size)
+        try:
+            return await asyncio.to_thread(read)
+        except FileNotFoundError:
+            raise StorageError(f"no object {key!r}") from None
 
     async def put_bytes(self, key: str, data: bytes) -> None:
         await asyncio.to_thread(self._write_from, key, lambda out: out.write(data))
@@ -176,20 +189,37 @@ class S3Store:
         await asyncio.to_thread(self.client.upload_file, str(path), self.bucket, self._key(key),
                                 Config=self.transfer)
 
-    async def get_file(self, key: str, path) -> None:
+    def copy_to(self, key: str, path) -> None:
+        """``get_file`` for synchronous callers: written to ``path.partial``, then renamed."""
         from botocore.exceptions import ClientError
 
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         partial = Path(f"{path}.partial")
         try:
-            await asyncio.to_thread(self.client.download_file, self.bucket, self._key(key), str(partial),
-                                    Config=self.transfer)
+            self.client.download_file(self.bucket, self._key(key), str(partial), Config=self.transfer)
         except ClientError as exc:
-            await asyncio.to_thread(partial.unlink, missing_ok=True)
+            partial.unlink(missing_ok=True)
             if self._missing(exc, key):
                 raise StorageError(f"no object {key!r}") from None
             raise
         os.replace(partial, path)
+
+    async def get_file(self, key: str, path) -> None:
+        await asyncio.to_thread(self.copy_to, key, path)
+
+    async def get_head(self, key: str, size: int) -> bytes:
+        from botocore.exceptions import ClientError
+
+        try:
+            answer = await asyncio.to_thread(self.client.get_object, Bucket=self.bucket, Key=self._key(key),
+                                             Range=f"bytes=0-{size - 1}")
+        except ClientError as exc:
+            if self._missing(exc, key):
+                raise StorageError(f"no object {key!r}") from None
+            if exc.response.get("Error", {}).get("Code") == "InvalidRange":  # an empty object
+                return b""
+            raise
+        return await asyncio.to_thread(answer["Body"].read)
 
     async def put_bytes(self, key: str, data: bytes) -> None:
         await asyncio.to_thread(self.client.put_object, Bucket=self.bucket, Key=self._key(key), Body=data)
@@ -253,6 +283,29 @@ class S3Store:
     def presign_put(self, key: str, expires_s: int) -> str:
         return self.client.generate_presigned_url("put_object", Params={"Bucket": self.bucket, "Key": self._key(key)},
                                                   ExpiresIn=expires_s)
+
+
+#: How a stored object is named where a path used to be (a data set's ``path``, a job's ``dataset_path``): files
+#: written before object storage keep their plain paths, which ``copy_out`` still reads.
+REF = "store:"
+
+
+def ref(key: str) -> str:
+    return REF + check_key(key)
+
+
+def key_of(path_or_ref: str) -> str | None:
+    """The object key of a ``store:`` reference; None for a plain path."""
+    return check_key(path_or_ref[len(REF):]) if path_or_ref.startswith(REF) else None
+
+
+def copy_out(settings: Settings, path_or_ref: str, dest: str | os.PathLike) -> None:
+    """Put the file a reference (or a plain path) names at ``dest`` on this machine."""
+    key = key_of(path_or_ref)
+    if key is None:
+        shutil.copyfile(path_or_ref, dest)
+    else:
+        store_from_settings(settings).copy_to(key, dest)
 
 
 def store_from_settings(settings: Settings) -> Store:

@@ -27,6 +27,7 @@ from shared.events import ProvisionJob
 from shared.jobspec import JobSpec, TrainerResult
 from shared.settings import Settings
 from shared.signing import signed_url
+from shared.storage import copy_out
 
 from .wheel import build_trainer_wheel
 
@@ -66,7 +67,7 @@ def write_bundle(settings: Settings, cmd: ProvisionJob, *, remote: bool, ingest_
     and nothing secret travels in it."""
     folder = bundle_dir(settings, cmd.job_id, cmd.attempt)
     folder.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(cmd.dataset_path, folder / "data.jsonl")
+    copy_out(settings, cmd.dataset_path, folder / "data.jsonl")  # a stored object, or a file of this machine
     output = artifacts_dir(settings, cmd.job_id, cmd.attempt)
     if remote:
         key, base = settings.require_secret_key(), settings.public_url

@@ -11,6 +11,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from shared.bus import Bus, connect
 from shared.service import service_resources
 from shared.settings import Settings
+from shared.storage import store_from_settings
 from shared.trainer_users import TrainerUsers
 
 from .auth import KeyFirst
@@ -54,6 +55,7 @@ def create_app(settings: Settings, tracer_provider: TracerProvider | None = None
             nc = await connect(settings.require_nats_url(), "tunefleet-gateway-live")
             relay = asyncio.create_task(run_relay(ctx.pool, Bus(ctx.broker)), name="outbox-relay")
             app.state.settings, app.state.pool, app.state.broker, app.state.nc = settings, ctx.pool, ctx.broker, nc
+            app.state.store = store_from_settings(settings)
             try:
                 yield
             finally:

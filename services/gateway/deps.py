@@ -10,6 +10,7 @@ from faststream.nats import NatsBroker
 
 from shared.bus import Bus
 from shared.settings import Settings
+from shared.storage import Store
 
 from .auth import authenticate
 
@@ -30,7 +31,12 @@ def get_bus(request: Request) -> Bus:
     return Bus(request.app.state.broker)
 
 
+def get_store(request: Request) -> Store:
+    return request.app.state.store
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
+StoreDep = Annotated[Store, Depends(get_store)]
 PoolDep = Annotated[asyncpg.Pool, Depends(get_pool)]
 BrokerDep = Annotated[NatsBroker, Depends(get_broker)]
 BusDep = Annotated[Bus, Depends(get_bus)]

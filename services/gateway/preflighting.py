@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -15,6 +14,7 @@ from fastapi import Request
 from shared.environment import minimal_environment
 from shared.errors import ServiceUnavailable
 from shared.settings import Settings
+from shared.storage import copy_out, key_of
 from shared.trainer_users import RunAs, TrainerUsers
 
 PREFLIGHT_TIMEOUT_S = 600.0
@@ -22,7 +22,7 @@ PREFLIGHT_TIMEOUT_S = 600.0
 
 async def run_preflight_process(config_json: str, data_path: str, data_format: str,
                                 run_as: RunAs | None = None, users: TrainerUsers | None = None,
-                                python: str | None = None) -> dict:
+                                python: str | None = None, settings: Settings | None = None) -> dict:
     """Run ``python -m trainer.preflight`` on the CPU of this machine and return its JSON report. It runs with a
     minimal environment (none of the server's settings or credentials) in a folder of its own; with ``run_as``,
     as that uid, on a copy of the data in that folder (the uploads themselves are the server's alone)."""
@@ -31,10 +31,11 @@ async def run_preflight_process(config_json: str, data_path: str, data_format: s
         with open(config_path, "w", encoding="utf-8") as f:  # noqa: ASYNC230 - a small local file
             f.write(config_json)
         env, extra = minimal_environment(), {}
-        if run_as is not None and users is not None:
+        if key_of(data_path) is not None or (run_as is not None and users is not None):
             copy = os.path.join(work, "data.jsonl")
-            await asyncio.to_thread(shutil.copyfile, data_path, copy)
+            await asyncio.to_thread(copy_out, settings or Settings(), data_path, copy)
             data_path = copy
+        if run_as is not None and users is not None:
             await asyncio.to_thread(users.hand_over, run_as, Path(work))
             env["HOME"], extra = str(run_as.home), run_as.popen()
         proc = await asyncio.create_subprocess_exec(
@@ -66,4 +67,4 @@ async def run_user_preflight(request: Request, settings: Settings, user: str, co
     async with request.app.state.quotas.preflights.hold(user):
         run_as = await asyncio.to_thread(users.for_user, user)
         return await run_preflight_process(config_json, data_path, data_format, run_as, users,
-                                           settings.trainer_python)
+                                           settings.trainer_python, settings)

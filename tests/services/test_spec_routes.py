@@ -19,6 +19,7 @@ from shared.bus import publish
 from shared.errors import Conflict
 from shared.events import WorkloadPhase
 from shared.jobspec import TrainerResult
+from shared.storage import key_of
 
 from .conftest import gateway_client, running_service
 from .test_gateway import INSTRUCTION_ROWS, auth, config_for, upload
@@ -113,7 +114,9 @@ async def test_data_sets_are_listed_with_their_statistics_and_deleted_unless_a_l
         assert (await client.delete(f"/api/training/datasets/{first['id']}",
                                     headers=auth(other_key))).status_code == 404
 
-        path = await pool.fetchval("SELECT path FROM datasets WHERE id = $1", uuid.UUID(first["id"]))
+        stored = await pool.fetchval("SELECT path FROM datasets WHERE id = $1", uuid.UUID(first["id"]))
+        path = migrated.home / "objects" / key_of(stored)  # the object store's folder (the default backend)
+        assert not list(migrated.datasets_dir.glob("*.jsonl"))  # the upload's own file was only for its check
         r = await client.post("/api/training/deploy/local", headers=auth(api_key),
                               json={"config": config_for(first["id"])})
         job_id = r.json()["job_id"]  # accepted; no scheduler runs here, so it stays unfinished
