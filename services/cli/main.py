@@ -88,6 +88,19 @@ def up(sandbox: bool = typer.Option(False, help="Also start local emulators of t
         console.print("stopped.")
 
 
+@app.command()
+def migrate() -> None:
+    """Apply every service's migrations to TUNEFLEET_DATABASE_URL, then exit (a deployment's one-shot job;
+    `tunefleet up` does this itself). Safe to run again: applied migrations are skipped."""
+    settings = Settings()
+    if not settings.database_url:
+        console.print("[red]TUNEFLEET_DATABASE_URL is not set[/]: migrate applies to an external PostgreSQL "
+                      "(`tunefleet up` migrates its embedded one)")
+        raise typer.Exit(2)
+    asyncio.run(migrate_all(settings.database_url))
+    console.print("migrations applied")
+
+
 def _with_database(work):
     """Run ``work(pool)`` against the stack's database (the embedded one, started for the call, when no
     TUNEFLEET_DATABASE_URL is set)."""

@@ -95,3 +95,32 @@ def test_two_embedded_nats_without_a_port_take_free_ones_and_a_taken_port_that_w
         port = taken.getsockname()[1]
         with pytest.raises(RuntimeError, match=f"port {port} \\(TUNEFLEET_NATS_PORT\\) is in use"):
             EmbeddedNats(tmp_path / "c", port=port).start()
+
+
+async def test_tunefleet_migrate_applies_every_services_migrations_once(database_url):
+    import asyncio
+
+    from typer.testing import CliRunner
+
+    from services.cli.main import app
+
+    def run():
+        return CliRunner().invoke(app, ["migrate"], env={"TUNEFLEET_DATABASE_URL": database_url})
+
+    first = await asyncio.to_thread(run)
+    assert first.exit_code == 0, first.output
+    conn = await asyncpg.connect(database_url)
+    try:
+        rows = await conn.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+        tables = {r["tablename"] for r in rows}
+        applied = await conn.fetchval("SELECT count(*) FROM schema_migrations")
+    finally:
+        await conn.close()
+    assert {"jobs", "datasets", "metric_points", "job_log_lines"} <= tables
+    again = await asyncio.to_thread(run)
+    assert again.exit_code == 0, again.output
+    conn = await asyncpg.connect(database_url)
+    try:
+        assert await conn.fetchval("SELECT count(*) FROM schema_migrations") == applied
+    finally:
+        await conn.close()
