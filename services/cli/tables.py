@@ -16,7 +16,16 @@ from rich.table import Table
 
 from shared.states import TERMINAL, JobStatus
 
-out = Console(highlight=False)
+
+class _Out:
+    """Standard output as a rich Console made at each use, so it takes the terminal's width (or COLUMNS) as it is
+    when a command prints, not as it was when this module was imported."""
+
+    def __getattr__(self, name: str):
+        return getattr(Console(highlight=False), name)
+
+
+out = _Out()
 
 STATUS_STYLE = {"completed": "green", "failed": "red", "stopped": "yellow", "budget_exceeded": "magenta",
                 "running": "cyan", "preempted": "yellow"}

@@ -39,8 +39,10 @@ def artifacts() -> Path:
     return folder
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser():
+    """Chromium for one test file. Not for the session: while Playwright's sync API is running, asyncio sees a
+    running loop in this thread, and the async tests of the next file on this worker could not start theirs."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:

@@ -191,7 +191,7 @@ def test_deploy_on_local_and_watch_it_live_to_completed(alice_session, artifacts
     history = page.get_by_role("region", name="History").inner_text().lower()
     assert history.index("queued") < history.index("running") < history.index("completed")
     log = page.get_by_test_id("log")
-    wait_until(lambda: "status=completed" in log.inner_text(), 30, "the log's last line")
+    wait_until(lambda: "status=completed" in log.inner_text(), 60, "the log's last line")
     page.get_by_label("Search the whole log").fill("predictions step=")
     page.get_by_role("button", name="Search").click()
     page.get_by_text(re.compile(r"^\d+ matching lines")).wait_for()

@@ -272,7 +272,8 @@ async def test_the_trainer_reporter_honours_413_and_429_and_loses_nothing(migrat
 
     caplog.set_level(logging.DEBUG, logger="trainer.reporter")
     job_id = str(uuid.uuid4())
-    config = IngestConfig(max_batch_points=60, job_points_per_second=800, job_burst_points=400)
+    # slow enough that even a loaded machine sends faster than the job may: the 429s are certain (about 19 s)
+    config = IngestConfig(max_batch_points=60, job_points_per_second=100, job_burst_points=120)
     app = create_app(migrated, config)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=migrated.ingest_port, log_level="warning"))
     task = asyncio.create_task(server.serve())

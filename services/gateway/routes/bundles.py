@@ -42,7 +42,7 @@ class Forbidden(TuneFleetError):
 class LogChunk(BaseModel):
     """Bytes of the workload's log from ``offset`` (in the server's copy: the offset the last answer gave)."""
 
-    offset: int = Field(ge=0)
+    offset: int = Field(ge=0, le=2**53)
     data: str = Field(default="", max_length=96 * 1024, description="The bytes, base64.")
 
 

@@ -76,7 +76,7 @@ async def create_configuration(config: ConfigurationBody, user: CurrentUser, poo
 
 @router.get("", response_model=ConfigurationsPage)
 async def list_configurations(user: CurrentUser, pool: PoolDep, limit: int = Query(50, ge=1, le=500),
-                              offset: int = Query(0, ge=0)) -> ConfigurationsPage:
+                              offset: int = Query(0, ge=0, le=1_000_000_000)) -> ConfigurationsPage:
     """Your configurations, newest first."""
     total, rows = await repository.configurations(pool, user, limit, offset)
     return ConfigurationsPage(total_count=total, limit=limit, offset=offset,

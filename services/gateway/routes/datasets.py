@@ -89,7 +89,7 @@ def _public(row) -> DatasetPublic:
 
 @router.get("", response_model=DatasetsPage)
 async def list_datasets(user: CurrentUser, pool: PoolDep, limit: int = Query(50, ge=1, le=500),
-                        offset: int = Query(0, ge=0)) -> DatasetsPage:
+                        offset: int = Query(0, ge=0, le=1_000_000_000)) -> DatasetsPage:
     """Your data sets with their statistics, newest first."""
     total, rows = await repository.datasets(pool, user, limit, offset)
     return DatasetsPage(total_count=total, limit=limit, offset=offset, datasets=[_public(r) for r in rows])

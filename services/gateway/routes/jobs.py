@@ -22,7 +22,7 @@ router = APIRouter(prefix="/api/training/jobs", tags=["jobs"])
 
 @router.get("", response_model=list[JobPublic])
 async def list_jobs(user: CurrentUser, pool: PoolDep, settings: SettingsDep, limit: int = Query(50, ge=1, le=500),
-                    offset: int = Query(0, ge=0)) -> list[JobPublic]:
+                    offset: int = Query(0, ge=0, le=1_000_000_000)) -> list[JobPublic]:
     """Your jobs, newest first."""
     return [await job_public(pool, settings, user, job_id)
             for job_id in await repository.deploy_ids(pool, user, limit, offset)]

@@ -47,7 +47,7 @@ async def get_metrics(job_id: uuid.UUID, user: CurrentUser, pool: PoolDep,
                           description="Downsample: at most this many points per metric, keeping each curve's "
                                       "minimum and maximum; all rows come in one page."),
                       limit: int | None = Query(None, ge=1, le=10000, description="Rows per page (default 100)."),
-                      offset: int | None = Query(None, ge=0, description="Rows to skip (default 0)."),
+                      offset: int | None = Query(None, ge=0, le=1_000_000_000, description="Rows to skip (default 0)."),
                       attempt: int | None = Query(
                           None, ge=1, le=10000, description="Only this attempt's points. Without it, the job's curve: "
                                                             "each attempt's points up to where a later one began.")

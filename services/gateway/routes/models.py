@@ -15,7 +15,7 @@ router = APIRouter(prefix="/api/models", tags=["models"])
 
 @router.get("", response_model=list[ModelPublic])
 async def list_models(user: CurrentUser, pool: PoolDep, limit: int = Query(100, ge=1, le=500),
-                      offset: int = Query(0, ge=0)) -> list[ModelPublic]:
+                      offset: int = Query(0, ge=0, le=1_000_000_000)) -> list[ModelPublic]:
     """Your registered models, newest first."""
     return [ModelPublic.from_row(r) for r in await views.models(pool, user, limit, offset)]
 

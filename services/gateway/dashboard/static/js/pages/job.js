@@ -208,6 +208,15 @@ export function JobPage({ id }) {
     return () => { cancelled = true; s.stop(); clearTimeout(pending); };
   }, [id]);
 
+  // a finished job's last log lines may be stored after its final status, when the stream has ended: read the
+  // log's tail again a few times
+  useEffect(() => {
+    if (!job || !isTerminal(job.status)) return undefined;
+    const timers = [1000, 3000, 6000, 12000, 25000].map((ms) => setTimeout(() =>
+      api(`/api/training/jobs/${id}/logs?limit=${LOG_LINES}&tail=true`).then((log) => setLines(log.lines)).catch(() => {}), ms));
+    return () => timers.forEach(clearTimeout);
+  }, [job?.status]);
+
   // a finished job: read it again for its final fields (result, cost), and until its model is registered (the
   // registry does that just after the job completes; the stream has ended by then)
   useEffect(() => {
