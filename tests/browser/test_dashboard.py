@@ -11,6 +11,7 @@ import re
 from pathlib import Path
 
 import pytest
+from playwright.sync_api import expect
 
 from tests.cloudstack import RunningStack
 from tests.e2e.conftest import wait_until
@@ -50,15 +51,17 @@ def alice_session(browser, stack: RunningStack, new_user, artifacts):
 
 
 def drop_file(page, selector: str, path: Path) -> None:
-    """Drag a file onto the drop zone, as a user drags one from their desktop."""
-    page.evaluate("""([selector, name, text]) => {
+    """Drag a file onto the drop zone, as a user drags one from their desktop. The zone is waited for
+    first: a click on a link changes the route, and the page it names renders a moment later."""
+    zone = page.locator(selector)
+    zone.wait_for()
+    zone.evaluate("""(zone, [name, text]) => {
         const transfer = new DataTransfer();
         transfer.items.add(new File([text], name, { type: "application/jsonl" }));
-        const zone = document.querySelector(selector);
         for (const type of ["dragenter", "dragover", "drop"]) {
           zone.dispatchEvent(new DragEvent(type, { dataTransfer: transfer, bubbles: true, cancelable: true }));
         }
-    }""", [selector, path.name, path.read_text()])
+    }""", [path.name, path.read_text()])
 
 
 def fill_field(page, path: str, value) -> None:
@@ -262,7 +265,7 @@ def test_a_second_job_is_stopped_from_its_page_and_retried(alice_session, artifa
     page.get_by_role("link", name="Jobs").click()
     table = page.get_by_test_id("jobs")
     table.wait_for()
-    assert table.locator("tbody tr").count() == 3
+    expect(table.locator("tbody tr")).to_have_count(3)
     headers = table.locator("thead th").all_inner_texts()
     assert headers[:9] == ["Job", "Status", "Provider", "GPU", "$/h", "Cost so far", "ETA", "Attempts", "Error"]
     shoot(page, artifacts, "11-jobs")
@@ -291,7 +294,7 @@ def test_the_jobs_list_follows_a_job_it_did_not_start_without_a_reload(alice_ses
         job = api.post("/api/training/deploy/local", json={"configuration_id": config["id"]}).json()["job_id"]
     row = table.locator(f'tr[data-job="{job}"]')
     row.wait_for(timeout=30_000)
-    assert table.locator("tbody tr").count() == before + 1
+    expect(table.locator("tbody tr")).to_have_count(before + 1)
     wait_until(lambda: row.locator(".badge").inner_text().lower() == "running", 240, "running in the list")
     wait_until(lambda: row.locator(".badge").inner_text().lower() == "completed", 240, "completed in the list")
     watch.assert_clean()
@@ -342,7 +345,7 @@ def test_settings_keep_credentials_write_only_and_show_webhook_deliveries_and_ke
     assert "needs your lambda credentials" in dialog.get_by_role("status").inner_text()
     assert dialog.get_by_role("button", name="Deploy", exact=True).is_disabled()
     dialog.get_by_label("Provider").select_option("runpod")
-    assert dialog.get_by_role("status").count() == 0
+    expect(dialog.get_by_role("status")).to_have_count(0)
     dialog.get_by_label("GPU").locator("option").nth(1).wait_for(state="attached")
     gpus = dialog.get_by_label("GPU").locator("option").all_inner_texts()
     assert any("GB" in g and "$" in g and "/h" in g for g in gpus), gpus
