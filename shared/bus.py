@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
+import time
 from typing import Any
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import nats
 from faststream import AckPolicy, BaseMiddleware
-from faststream.nats import ConsumerConfig, JStream, NatsBroker, PullSub
+from faststream.nats import ConsumerConfig, JStream, NatsBroker, NatsToken, NatsUserPassword, PullSub
 from nats.js.api import RetentionPolicy, StorageType, StreamConfig
-from nats.js.errors import NotFoundError
+from nats.js.errors import APIError, NotFoundError, ServiceUnavailableError
 
 from shared import subjects
 from shared.error_policy import DEAD_AFTER
@@ -43,9 +46,40 @@ EVENTS = JStream(subjects.EVENTS_STREAM, declare=False)
 RECONNECT: dict[str, Any] = {"max_reconnect_attempts": -1, "reconnect_time_wait": 1.0, "connect_timeout": 5}
 
 
+def connect_options(nats_url: str) -> dict[str, Any]:
+    """``TUNEFLEET_NATS_URL`` as nats-py takes it: one server's URL or a cluster's, comma-separated
+    (``nats://u:p@a:4222,nats://u:p@b:4222``), becomes ``servers`` (without credentials) and the credentials apart
+    (``user`` and ``password``, or ``token``). Apart, because a clustered server also tells its clients of its
+    peers, and nats-py tries those with the connection's credentials only, not a URL's: without them every peer
+    learnt so answers "Authorization Violation" (a client given one URL never got back after losing its server)."""
+    urls = [u.strip() for u in nats_url.split(",") if u.strip()]
+    if not urls:
+        raise ValueError("TUNEFLEET_NATS_URL names no server")
+    options: dict[str, Any] = {"servers": []}
+    for url in urls:
+        parts = urlsplit(url if "://" in url else f"nats://{url}")
+        if parts.username and not {"user", "token"} & options.keys():
+            if parts.password is None:
+                options["token"] = unquote(parts.username)
+            else:
+                options["user"], options["password"] = unquote(parts.username), unquote(parts.password)
+        options["servers"].append(urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2])))
+    return options
+
+
+def broker_options(nats_url: str) -> dict[str, Any]:
+    """``connect_options`` as FastStream's ``NatsBroker`` takes them: the credentials as its ``security``."""
+    options = connect_options(nats_url)
+    if "user" in options:
+        return {"servers": options["servers"], "security": NatsUserPassword(options["user"], options["password"])}
+    if "token" in options:
+        return {"servers": options["servers"], "security": NatsToken(options["token"])}
+    return {"servers": options["servers"]}
+
+
 async def connect(nats_url: str, name: str) -> nats.NATS:
-    """A NATS connection that keeps reconnecting (saying so once per outage, not once per try); the first connect
-    is retried until the server answers."""
+    """A NATS connection to every server ``nats_url`` names (``connect_options``), that keeps reconnecting (saying
+    so once per outage, not once per try); the first connect is retried until a server answers."""
     state: dict[str, Any] = {"down": False}
 
     async def on_error(exc: Exception) -> None:
@@ -66,25 +100,85 @@ async def connect(nats_url: str, name: str) -> nats.NATS:
         log.info("%s: reconnected to NATS", name)
 
     state["client"] = await until_reachable(lambda: nats.connect(
-        nats_url, name=name, error_cb=on_error, disconnected_cb=on_disconnected, reconnected_cb=on_reconnected,
-        **RECONNECT), "NATS")
+        **connect_options(nats_url), name=name, error_cb=on_error, disconnected_cb=on_disconnected,
+        reconnected_cb=on_reconnected, **RECONNECT), "NATS")
     return state["client"]
 
 
+#: Copies a clustered JetStream keeps of each stream, on as many servers: one may be lost (or restarted) and no
+#: stored message is lost, and the stream goes on with the other two (a quorum).
+CLUSTER_REPLICAS = 3
+#: JetStream's refusals of a replica count: "replicas > 1 not supported in non-clustered mode", and "insufficient
+#: resources" (fewer servers up than the copies asked for).
+NOT_CLUSTERED, INSUFFICIENT_RESOURCES = 10074, 10023
+#: "JetStream system temporarily unavailable": a cluster still electing its meta leader.
+JETSTREAM_STARTING = 10008
+#: How long ``ensure_streams`` waits for JetStream to answer (a cluster forming, or failing over) before it gives up.
+JETSTREAM_WAIT_S = 120.0
+
+
+def stream_replicas(server_info: dict[str, Any]) -> int:
+    """The replicas TuneFleet's streams get on the server that sent ``server_info`` (its INFO, as nats-py keeps it).
+
+    A server names its cluster in INFO when, and only when, it runs in one; and a clustered server that has
+    JetStream runs clustered JetStream (a server with a cluster but no routes refuses to start JetStream at all).
+    JetStream's own answers to an account say nothing of it (its account info names no cluster, and the meta
+    group's state is the system account's), and ``connect_urls`` is absent where a cluster does not advertise. A
+    cluster of fewer than three servers refuses three copies: ``ensure_streams`` then keeps what the stream has."""
+    return CLUSTER_REPLICAS if server_info.get("cluster") else 1
+
+
 async def ensure_streams(nats_url: str) -> None:
-    """Create or update TuneFleet's streams; safe to call from every service at every start."""
+    """Create or update TuneFleet's streams, with ``stream_replicas`` copies (an existing stream with another count
+    is changed to it, which JetStream does in place); safe to call from every service at every start. Waits for
+    JetStream to answer for up to ``JETSTREAM_WAIT_S`` (a cluster without a meta leader yet answers "unavailable")."""
     nc = await connect(nats_url, "tunefleet-streams")
     try:
         js = nc.jetstream()
-        for config in STREAM_CONFIGS:
+        replicas = stream_replicas(nc._server_info)  # nats-py keeps INFO there and nowhere public
+        deadline, delay = time.monotonic() + JETSTREAM_WAIT_S, 0.5
+        while True:
             try:
-                await js.stream_info(config.name)
-                await js.update_stream(config)
-            except NotFoundError:
-                await js.add_stream(config)
+                for config in STREAM_CONFIGS:
+                    await _ensure_stream(js, config, replicas)
+                break
+            except (APIError, nats.errors.TimeoutError) as exc:
+                unavailable = isinstance(exc, ServiceUnavailableError | nats.errors.TimeoutError) or (
+                    exc.err_code == JETSTREAM_STARTING)
+                if not unavailable or time.monotonic() + delay > deadline:
+                    raise
+                log.warning("JetStream not ready (%s); trying again in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
         await _update_consumers(js)
     finally:
         await nc.close()
+
+
+async def _ensure_stream(js, config: StreamConfig, replicas: int) -> None:
+    """Create ``config``'s stream, or bring it to ``config``, with ``replicas`` copies; where JetStream refuses
+    that many, with those it has (one, for a new stream), saying why: the next start asks for them again."""
+    try:
+        current = (await js.stream_info(config.name)).config.num_replicas or 1
+    except NotFoundError:
+        current = None
+    wanted = dataclasses.replace(config, num_replicas=replicas)
+    try:
+        if current is None:
+            await js.add_stream(wanted)
+        else:
+            await js.update_stream(wanted)
+    except APIError as exc:
+        if replicas == 1 or exc.err_code not in (NOT_CLUSTERED, INSUFFICIENT_RESOURCES):
+            raise
+        keep = current or 1
+        log.warning("stream %s keeps %d replica(s): JetStream refuses %d (%s)", config.name, keep, replicas,
+                    exc.description)
+        fallback = dataclasses.replace(config, num_replicas=keep)
+        await (js.add_stream(fallback) if current is None else js.update_stream(fallback))
+        return
+    if current is not None and current != replicas:
+        log.info("stream %s now has %d replica(s), had %d", config.name, replicas, current)
 
 
 async def _update_consumers(js) -> None:

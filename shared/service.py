@@ -16,7 +16,7 @@ from faststream.nats.opentelemetry import NatsTelemetryMiddleware
 from opentelemetry.sdk.trace import TracerProvider
 
 from shared import subjects
-from shared.bus import RECONNECT, InProgress, ensure_streams
+from shared.bus import RECONNECT, InProgress, broker_options, ensure_streams
 from shared.db import apply_migrations, create_pool
 from shared.error_policy import ErrorPolicy
 from shared.settings import Settings
@@ -37,7 +37,7 @@ def configure_logging(settings: Settings, service: str) -> None:
 
 def make_broker(settings: Settings, service: str, tracer_provider: TracerProvider | None = None) -> NatsBroker:
     return NatsBroker(
-        settings.require_nats_url(),
+        **broker_options(settings.require_nats_url()),
         name=f"tunefleet-{service}",
         middlewares=[NatsTelemetryMiddleware(tracer_provider=tracer_provider), InProgress, ErrorPolicy],
         graceful_timeout=settings.stop_grace_seconds,

@@ -10,6 +10,7 @@ import contextlib
 import os
 import signal
 import subprocess
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,6 +43,9 @@ class Processes:
                                        stdin=subprocess.DEVNULL, start_new_session=True, **(run_as or {}))
         resource_id = process_id(process.pid)
         self.children[resource_id] = process
+        # Reaped as soon as it ends: with replicas of the provider, another replica may be the one that polls this
+        # trainer, and a child its parent never waits for stays a zombie.
+        threading.Thread(target=process.wait, name=f"reap-{process.pid}", daemon=True).start()
         return resource_id
 
     def alive(self, resource_id: str) -> bool:
