@@ -10,13 +10,17 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+#: What TUNEFLEET_SECRET_KEY needs at least: its length, and how many different characters it has.
+MIN_SECRET_KEY_CHARS, MIN_SECRET_KEY_DISTINCT = 32, 12
+
 
 def _default_home() -> Path:
     return Path.home() / ".tunefleet"
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="TUNEFLEET_", extra="ignore")
+    # hide_input_in_errors: a refused value (a weak key, a URL with its password) is never echoed in the error
+    model_config = SettingsConfigDict(env_prefix="TUNEFLEET_", extra="ignore", hide_input_in_errors=True)
 
     home: Path = Field(default_factory=_default_home, description="Data folder of the embedded stack.")
     nats_url: str | None = Field(default=None, description="External NATS; embedded when unset.")
@@ -39,6 +43,10 @@ class Settings(BaseSettings):
     s3_bucket: str | None = Field(default=None, description="The bucket, with storage_backend s3.")
     s3_endpoint_url: str | None = Field(default=None, description="An S3-compatible service's URL (MinIO …); "
                                                                   "unset for AWS.")
+    s3_public_endpoint_url: str | None = Field(
+        default=None, description="The S3 URL that remote workloads reach, where it differs from s3_endpoint_url "
+                                  "(a cluster-internal MinIO behind a public hostname): presigned URLs are signed "
+                                  "for this host.")
     s3_region: str | None = None
     s3_prefix: str = Field(default="", description="A key prefix inside the bucket, for several stacks in one.")
 
@@ -148,6 +156,18 @@ class Settings(BaseSettings):
     def _path_list(cls, value):
         if isinstance(value, str):
             return [part for part in value.split(os.pathsep) if part.strip()]
+        return value
+
+    @field_validator("secret_key")
+    @classmethod
+    def _strong_secret_key(cls, value: SecretStr | None) -> SecretStr | None:
+        """The key signs every job's ingest token and every workload URL: a guessable one lets anyone forge them."""
+        if value is not None:
+            key = value.get_secret_value()
+            if len(key) < MIN_SECRET_KEY_CHARS or len(set(key)) < MIN_SECRET_KEY_DISTINCT:
+                raise ValueError(f"TUNEFLEET_SECRET_KEY is too weak: it needs at least {MIN_SECRET_KEY_CHARS} "
+                                 f"characters, not one repeated pattern; make one with `openssl rand -base64 48` "
+                                 "(tunefleet up makes one in its data folder)")
         return value
 
     @property

@@ -19,6 +19,7 @@ instance role), never from TuneFleet's settings.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import shutil
 import tempfile
@@ -33,6 +34,8 @@ if TYPE_CHECKING:
 MULTIPART_BYTES = 16 * 2**20
 #: Attempts per request, in botocore's ``standard`` retry mode (throttling, 5xx, connection errors).
 S3_ATTEMPTS = 8
+#: The longest a Signature V4 presigned URL may live (S3 refuses one that claims longer).
+PRESIGN_MAX_S = 7 * 24 * 3600
 
 
 class StorageError(RuntimeError):
@@ -57,9 +60,11 @@ class Store(Protocol):
     async def get_bytes(self, key: str) -> bytes: ...
     async def get_head(self, key: str, size: int) -> bytes: ...
     def copy_to(self, key: str, path: str | os.PathLike) -> None: ...
+    def copy_from(self, path: str | os.PathLike, key: str) -> None: ...
     async def exists(self, key: str) -> bool: ...
     async def size(self, key: str) -> int: ...
     async def keys(self, prefix: str) -> list[str]: ...
+    async def delete(self, key: str) -> None: ...
     async def delete_prefix(self, prefix: str) -> int: ...
     def presign_get(self, key: str, expires_s: int) -> str | None: ...
     def presign_put(self, key: str, expires_s: int) -> str | None: ...
@@ -89,9 +94,14 @@ class LocalStore:
             Path(tmp).unlink(missing_ok=True)
             raise
 
-    def _copy_in(self, key: str, path) -> None:
+    def copy_from(self, path, key: str) -> None:
+        """``put_file`` for synchronous callers."""
         with open(path, "rb") as src:
             self._write_from(key, lambda out: shutil.copyfileobj(src, out, 2**20))
+
+    def local_path(self, key: str) -> Path:
+        """Where the object is on this machine's disk (it may not exist)."""
+        return self._path(key)
 
     def copy_to(self, key: str, path) -> None:
         """``get_file`` for synchronous callers."""
@@ -102,7 +112,7 @@ class LocalStore:
         shutil.copyfile(source, path)
 
     async def put_file(self, key: str, path) -> None:
-        await asyncio.to_thread(self._copy_in, key, path)
+        await asyncio.to_thread(self.copy_from, path, key)
 
     async def get_file(self, key: str, path) -> None:
         await asyncio.to_thread(self.copy_to, key, path)
@@ -147,6 +157,9 @@ class LocalStore:
     async def keys(self, prefix: str) -> list[str]:
         return sorted(await asyncio.to_thread(lambda: list(self._walk(prefix))))
 
+    async def delete(self, key: str) -> None:
+        self._path(key).unlink(missing_ok=True)
+
     async def delete_prefix(self, prefix: str) -> int:
         found = await self.keys(prefix)
         for key in found:
@@ -164,16 +177,22 @@ class S3Store:
     """One bucket (and an optional key prefix) of an S3-compatible service."""
 
     def __init__(self, bucket: str, *, endpoint_url: str | None = None, region: str | None = None,
-                 prefix: str = "", client=None):
+                 prefix: str = "", client=None, public_endpoint_url: str | None = None):
         import boto3
         from boto3.s3.transfer import TransferConfig
         from botocore.config import Config
 
+        def make(endpoint: str | None):
+            return boto3.client(
+                "s3", endpoint_url=endpoint, region_name=region or "us-east-1",
+                config=Config(retries={"mode": "standard", "max_attempts": S3_ATTEMPTS}, signature_version="s3v4",
+                              s3={"addressing_style": "path" if endpoint else "auto"}))
+
         self.bucket, self.prefix = bucket, prefix.strip("/")
-        self.client = client or boto3.client(
-            "s3", endpoint_url=endpoint_url, region_name=region or "us-east-1",
-            config=Config(retries={"mode": "standard", "max_attempts": S3_ATTEMPTS}, signature_version="s3v4",
-                          s3={"addressing_style": "path" if endpoint_url else "auto"}))
+        self.client = client or make(endpoint_url)
+        # A presigned URL is signed for one host: the one the workloads reach, which may not be this service's.
+        self.presigner = (make(public_endpoint_url) if public_endpoint_url and public_endpoint_url != endpoint_url
+                          else self.client)
         self.transfer = TransferConfig(multipart_threshold=MULTIPART_BYTES, multipart_chunksize=MULTIPART_BYTES,
                                        max_concurrency=4, use_threads=True)
 
@@ -186,8 +205,11 @@ class S3Store:
         return code in ("404", "NoSuchKey", "NotFound")
 
     async def put_file(self, key: str, path) -> None:
-        await asyncio.to_thread(self.client.upload_file, str(path), self.bucket, self._key(key),
-                                Config=self.transfer)
+        await asyncio.to_thread(self.copy_from, path, key)
+
+    def copy_from(self, path, key: str) -> None:
+        """``put_file`` for synchronous callers."""
+        self.client.upload_file(str(path), self.bucket, self._key(key), Config=self.transfer)
 
     def copy_to(self, key: str, path) -> None:
         """``get_file`` for synchronous callers: written to ``path.partial``, then renamed."""
@@ -268,6 +290,9 @@ class S3Store:
     async def keys(self, prefix: str) -> list[str]:
         return await asyncio.to_thread(self._list, prefix)
 
+    async def delete(self, key: str) -> None:
+        await asyncio.to_thread(self.client.delete_object, Bucket=self.bucket, Key=self._key(key))
+
     async def delete_prefix(self, prefix: str) -> int:
         found = await self.keys(prefix)
         for start in range(0, len(found), 1000):  # DeleteObjects takes at most 1000 keys
@@ -277,12 +302,14 @@ class S3Store:
         return len(found)
 
     def presign_get(self, key: str, expires_s: int) -> str:
-        return self.client.generate_presigned_url("get_object", Params={"Bucket": self.bucket, "Key": self._key(key)},
-                                                  ExpiresIn=expires_s)
+        return self.presigner.generate_presigned_url(
+            "get_object", Params={"Bucket": self.bucket, "Key": self._key(key)},
+            ExpiresIn=min(int(expires_s), PRESIGN_MAX_S))
 
     def presign_put(self, key: str, expires_s: int) -> str:
-        return self.client.generate_presigned_url("put_object", Params={"Bucket": self.bucket, "Key": self._key(key)},
-                                                  ExpiresIn=expires_s)
+        return self.presigner.generate_presigned_url(
+            "put_object", Params={"Bucket": self.bucket, "Key": self._key(key)},
+            ExpiresIn=min(int(expires_s), PRESIGN_MAX_S))
 
 
 #: How a stored object is named where a path used to be (a data set's ``path``, a job's ``dataset_path``): files
@@ -309,10 +336,19 @@ def copy_out(settings: Settings, path_or_ref: str, dest: str | os.PathLike) -> N
 
 
 def store_from_settings(settings: Settings) -> Store:
+    """The store the settings name; one per distinct configuration in a process (a boto3 client is costly to make,
+    and safe to share between threads)."""
     if settings.storage_backend == "s3":
         if not settings.s3_bucket:
             raise RuntimeError("TUNEFLEET_STORAGE_BACKEND=s3 needs TUNEFLEET_S3_BUCKET (and TUNEFLEET_S3_ENDPOINT_URL "
                                "for a service other than AWS)")
-        return S3Store(settings.s3_bucket, endpoint_url=settings.s3_endpoint_url, region=settings.s3_region,
-                       prefix=settings.s3_prefix)
+        return _s3_store(settings.s3_bucket, settings.s3_endpoint_url, settings.s3_region, settings.s3_prefix,
+                         settings.s3_public_endpoint_url)
     return LocalStore(settings.home / "objects")
+
+
+@functools.lru_cache(maxsize=8)
+def _s3_store(bucket: str, endpoint_url: str | None, region: str | None, prefix: str,
+              public_endpoint_url: str | None) -> S3Store:
+    return S3Store(bucket, endpoint_url=endpoint_url, region=region, prefix=prefix,
+                   public_endpoint_url=public_endpoint_url)

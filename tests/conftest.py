@@ -65,7 +65,7 @@ def sealing_keys() -> tuple[str, str]:
 @pytest.fixture
 def settings(tmp_path: Path, database_url: str, nats_url: str, sealing_keys) -> Settings:
     return Settings(home=tmp_path / "home", nats_url=nats_url, database_url=database_url,
-                    secret_key="test-secret-key-0123456789", ingest_port=free_port(), stop_grace_seconds=5,
+                    secret_key="test-secret-key-0123456789-abcdefghij", ingest_port=free_port(), stop_grace_seconds=5,
                     secrets_public_key=sealing_keys[0], secrets_private_key=sealing_keys[1],
                     model_dirs=[Path("/models")])
 

@@ -375,6 +375,7 @@ class Bootstrap:
         self.stage("training", "starting the trainer")
         env = {k: v for k, v in os.environ.items() if not k.startswith("TUNEFLEET_")}
         env["PYTHONUNBUFFERED"] = "1"
+        env.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")  # the Hugging Face libraries' usage reports, off
         self.trainer = subprocess.Popen([python, "-m", "trainer", "--spec", "spec.json"], cwd=self.workdir,
                                         env=env, stdout=self.log.file, stderr=subprocess.STDOUT,
                                         stdin=subprocess.DEVNULL)

@@ -10,6 +10,12 @@ Layout::
 
 A local trainer writes its output straight into the artifacts folder; a remote one sends it through signed
 URLs (RunPod) or has it fetched (Lambda).
+
+A remote bundle's archive is also an object of the store (``shared.storage``), ``bundles/{job_id}/attempt-{n}.tar.gz``,
+so any gateway replica serves it. On a store that signs its own URLs (S3), a workload fetches its bundle and sends
+its output (``artifacts/{job_id}/attempt-{n}/output.tar.gz``) straight to the bucket through presigned URLs, and the
+provider brings the output into the artifacts folder (``fetch_pushed_output``): the gigabytes never flow through
+the gateway. Heartbeats, logs and checkpoints still go to the gateway's signed routes.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from shared.events import ProvisionJob
 from shared.jobspec import JobSpec, TrainerResult
 from shared.settings import Settings
 from shared.signing import signed_url
-from shared.storage import copy_out
+from shared.storage import copy_out, store_from_settings
 
 from .wheel import build_trainer_wheel
 
@@ -49,6 +55,16 @@ def bundle_archive(settings: Settings, job_id: str, attempt: int) -> Path:
 
 def artifacts_dir(settings: Settings, job_id: str, attempt: int) -> Path:
     return settings.home / "artifacts" / job_id / f"attempt-{attempt}"
+
+
+def bundle_key(job_id: str, attempt: int) -> str:
+    """The bundle's archive in the store."""
+    return f"bundles/{job_id}/attempt-{attempt}.tar.gz"
+
+
+def output_key(job_id: str, attempt: int) -> str:
+    """Where a workload puts its output (a tar.gz) through a presigned URL."""
+    return f"artifacts/{job_id}/attempt-{attempt}/output.tar.gz"
 
 
 def _write_private(path: Path, text: str) -> None:
@@ -92,31 +108,37 @@ def write_bundle(settings: Settings, cmd: ProvisionJob, *, remote: bool, ingest_
                        resume_from_checkpoint=resume_from, public_addresses_only=not settings.allow_private_urls)
     _write_private(folder / "spec.json", spec.model_dump_json(indent=2))
     if remote:
-        _archive(folder, bundle_archive(settings, cmd.job_id, cmd.attempt))
+        _archive(settings, folder, cmd.job_id, cmd.attempt)
     return folder
 
 
-def _archive(folder: Path, archive: Path) -> None:
+def _archive(settings: Settings, folder: Path, job_id: str, attempt: int) -> None:
+    """The bundle folder as its tar.gz beside it, then in the store, where the gateway (any replica) and a
+    presigned URL serve it."""
+    archive = bundle_archive(settings, job_id, attempt)
     partial = archive.with_suffix(".partial")
     with tarfile.open(partial, "w:gz", compresslevel=1) as tar:
         for path in sorted(folder.iterdir()):
             tar.add(path, arcname=path.name)
     os.chmod(partial, 0o600)
     os.replace(partial, archive)
+    store_from_settings(settings).copy_from(archive, bundle_key(job_id, attempt))
 
 
-def add_bundle_env(folder: Path, archive: Path, env: dict[str, str]) -> None:
-    """Put ``env`` in the bundle as ``env.json`` (the bootstrap reads it beside itself), for a platform where the
-    workload's environment would be a file pushed to the platform: it then travels only through the bundle's
-    signed URL, like the ingest token in spec.json. ``folder`` is the bundle's, ``archive`` its tar.gz."""
+def add_bundle_env(settings: Settings, job_id: str, attempt: int, env: dict[str, str]) -> None:
+    """Put ``env`` in the attempt's bundle as ``env.json`` (the bootstrap reads it beside itself), for a platform
+    where the workload's environment would be a file pushed to the platform: it then travels only through the
+    bundle's signed URL, like the ingest token in spec.json."""
+    folder = bundle_dir(settings, job_id, attempt)
     _write_private(folder / "env.json", json.dumps(env))
-    _archive(folder, archive)
+    _archive(settings, folder, job_id, attempt)
 
 
 def bundle_url(settings: Settings, job_id: str, attempt: int, ttl_s: float) -> str:
-    """A signed GET of the attempt's bundle that lives ``ttl_s``."""
-    return signed_url(settings.require_secret_key(), settings.public_url, "GET",
-                      _path(job_id, attempt, "bundle.tar.gz"), ttl_s)
+    """A GET of the attempt's bundle that lives ``ttl_s``: presigned by the store where it signs its own URLs,
+    else a signed URL of the gateway's."""
+    return store_from_settings(settings).presign_get(bundle_key(job_id, attempt), int(ttl_s)) or signed_url(
+        settings.require_secret_key(), settings.public_url, "GET", _path(job_id, attempt, "bundle.tar.gz"), ttl_s)
 
 
 def _path(job_id: str, attempt: int, what: str) -> str:
@@ -128,13 +150,17 @@ def workload_env(settings: Settings, job_id: str, attempt: int, *, resume: bool,
     reports (a workload whose provider fetches them, as over SSH, keeps them on its disk)."""
     key, base = settings.require_secret_key(), settings.public_url
 
+    store = store_from_settings(settings)
+
     def url(method: str, what: str) -> str:
         return signed_url(key, base, method, _path(job_id, attempt, what), URL_TTL_S)
 
-    env = {"TUNEFLEET_BUNDLE_URL": url("GET", "bundle.tar.gz")}
+    env = {"TUNEFLEET_BUNDLE_URL": store.presign_get(bundle_key(job_id, attempt), URL_TTL_S)
+           or url("GET", "bundle.tar.gz")}
     if push:
-        env.update(TUNEFLEET_ARTIFACTS_URL=url("PUT", "artifacts"), TUNEFLEET_HEARTBEAT_URL=url("PUT", "heartbeat"),
-                   TUNEFLEET_HOLD_AFTER_EXIT="1")
+        env.update(TUNEFLEET_ARTIFACTS_URL=store.presign_put(output_key(job_id, attempt), URL_TTL_S)
+                   or url("PUT", "artifacts"),
+                   TUNEFLEET_HEARTBEAT_URL=url("PUT", "heartbeat"), TUNEFLEET_HOLD_AFTER_EXIT="1")
     if resume:
         env["TUNEFLEET_RESUME_URL"] = url("GET", "checkpoint.tar.gz")
     if settings.workload_python_url:

@@ -1,7 +1,10 @@
 """Checkpoints that workloads upload as they train, kept per job so that a later attempt on another machine can
-resume from the newest one. Only the newest is kept::
+resume from the newest one. Only the newest is kept, as an object of the store (``shared.storage``)::
 
-    {home}/checkpoints/{job_id}/checkpoint-{step}.tar.gz
+    checkpoints/{job_id}/checkpoint-{step}.tar.gz
+
+The gateway (any replica) receives an upload, checks it and stores it; a later attempt fetches it through the
+gateway, which on a store that presigns redirects it to the bucket.
 
 An upload is a tar.gz of exactly one ``checkpoint-N/`` folder holding ``trainer_state.json``, with plain files and
 folders only (no links, no absolute or parent paths); anything else is refused.
@@ -9,7 +12,7 @@ folders only (no links, no absolute or parent paths); anything else is refused.
 
 from __future__ import annotations
 
-import os
+import asyncio
 import re
 import tarfile
 from pathlib import Path
@@ -17,6 +20,7 @@ from typing import BinaryIO
 
 from shared.errors import PayloadTooLarge, ValidationFailed
 from shared.settings import Settings
+from shared.storage import store_from_settings
 
 from .archives import HEADER_ALLOWANCE, open_capped
 
@@ -24,19 +28,23 @@ _NAME = re.compile(r"checkpoint-(\d+)")
 MAX_MEMBERS = 10_000
 
 
-def checkpoints_dir(settings: Settings, job_id: str) -> Path:
-    return settings.home / "checkpoints" / job_id
+def checkpoint_key(job_id: str, step: int) -> str:
+    return f"checkpoints/{job_id}/checkpoint-{step}.tar.gz"
 
 
-def _step_of(path: Path) -> int:
-    match = _NAME.fullmatch(path.name.removesuffix(".tar.gz"))
+def _step_of(key: str) -> int:
+    match = _NAME.fullmatch(key.rsplit("/", 1)[-1].removesuffix(".tar.gz"))
     return int(match.group(1)) if match else -1
 
 
-def latest_checkpoint(settings: Settings, job_id: str) -> Path | None:
-    folder = checkpoints_dir(settings, job_id)
-    found = [p for p in folder.glob("checkpoint-*.tar.gz") if _step_of(p) >= 0] if folder.is_dir() else []
-    return max(found, key=_step_of, default=None)
+async def _stored(settings: Settings, job_id: str) -> list[str]:
+    keys = await store_from_settings(settings).keys(f"checkpoints/{job_id}/")
+    return [k for k in keys if _step_of(k) >= 0]
+
+
+async def latest_checkpoint(settings: Settings, job_id: str) -> str | None:
+    """The store key of the job's newest checkpoint; None before the first upload."""
+    return max(await _stored(settings, job_id), key=_step_of, default=None)
 
 
 def inspect_checkpoint(archive: BinaryIO, max_bytes: int) -> int:
@@ -63,19 +71,19 @@ def inspect_checkpoint(archive: BinaryIO, max_bytes: int) -> int:
     return int(match.group(1))
 
 
-def store_checkpoint(settings: Settings, job_id: str, spooled: Path) -> int:
-    """Keep the checkpoint archive at ``spooled`` (moved, not copied) if it is the newest of the job."""
-    with open(spooled, "rb") as f:
-        step = inspect_checkpoint(f, int(settings.max_artifacts_gb * 2**30) + HEADER_ALLOWANCE)
-    folder = checkpoints_dir(settings, job_id)
-    folder.mkdir(parents=True, exist_ok=True)
-    current = latest_checkpoint(settings, job_id)
+async def store_checkpoint(settings: Settings, job_id: str, spooled: Path) -> int:
+    """Keep the checkpoint archive at ``spooled`` if it is the newest of the job, then drop the older ones."""
+    def step_of_upload() -> int:
+        with open(spooled, "rb") as f:
+            return inspect_checkpoint(f, int(settings.max_artifacts_gb * 2**30) + HEADER_ALLOWANCE)
+
+    step = await asyncio.to_thread(step_of_upload)
+    store = store_from_settings(settings)
+    current = await latest_checkpoint(settings, job_id)
     if current is not None and _step_of(current) >= step:
-        spooled.unlink(missing_ok=True)
         return step
-    target = folder / f"checkpoint-{step}.tar.gz"
-    os.replace(spooled, target)
-    for older in folder.glob("checkpoint-*.tar.gz"):
-        if older != target:
-            older.unlink(missing_ok=True)
+    await store.put_file(checkpoint_key(job_id, step), spooled)
+    for older in await _stored(settings, job_id):  # strictly older only: a concurrent newer upload stays
+        if _step_of(older) < step:
+            await store.delete(older)
     return step

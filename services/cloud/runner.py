@@ -33,6 +33,7 @@ from shared.tokens import job_token
 from .bundles import artifacts_dir, bundle_dir, read_log_tail, read_progress, read_result, workload_env, write_bundle
 from .checkpoints import latest_checkpoint
 from .joblog import read_lines
+from .output import fetch_pushed_output
 from .spool import replay_spool
 from .workloads import CloudWorkloads
 
@@ -115,7 +116,7 @@ class CloudRunner:
         env = await self._secret_env(command) if command is not None else {}
         if self.compute.remote:
             env.update(workload_env(self.settings, job_id, attempt, push=self.compute.pushes(options or {}),
-                                    resume=latest_checkpoint(self.settings, job_id) is not None))
+                                    resume=await latest_checkpoint(self.settings, job_id) is not None))
         return WorkloadRequest(job_id=job_id, attempt=attempt, installation=self.compute.installation, env=env,
                                options=options or {}, user_id=command.user_id if command else user_id,
                                bundle_dir=bundle_dir(self.settings, job_id, attempt),
@@ -259,6 +260,8 @@ class CloudRunner:
             except ProviderError as exc:
                 await self._stop(row, WorkloadPhase.FAILED, exc.message, await asyncio.to_thread(read_log_tail, folder))
                 return
+        if self.compute.remote and self.compute.pushes(options):
+            await fetch_pushed_output(self.settings, job_id, attempt)  # put in the bucket, on a store that presigns
         await self._ship_log(row)
         result = await asyncio.to_thread(read_result, folder)
         if result is not None:

@@ -137,6 +137,10 @@ def _check_train_path(settings: Settings, config: TrainingConfig) -> ResolvedDat
     return ResolvedData(str(path), summary.format, summary.rows, summary.stats)
 
 
+#: Host names that only a private network resolves: Kubernetes' cluster DNS and the conventional internal zones.
+INTERNAL_SUFFIXES = (".svc", ".cluster.local", ".internal", ".local", ".lan", ".home.arpa")
+
+
 def _unreachable(url: str) -> str | None:
     """Why a remote machine could not reach ``url``, or None when it may."""
     host = urlsplit(url).hostname or ""
@@ -145,7 +149,11 @@ def _unreachable(url: str) -> str | None:
     try:
         address = ipaddress.ip_address(host)
     except ValueError:
-        return None if host else "it has no host"
+        if not host:
+            return "it has no host"
+        if "." not in host or host.endswith(INTERNAL_SUFFIXES):
+            return f"{host} is a name only this network resolves (a compose service or a cluster's internal name)"
+        return None
     if address.is_loopback or address.is_unspecified or address.is_link_local:
         return f"{host} is a loopback, unspecified or link-local address"
     return None
@@ -168,9 +176,13 @@ def require_reachable_urls(settings: Settings, provider: str) -> None:
     sends metrics to ingest, from another machine. The sandbox's workloads run here, so it is exempt."""
     if settings.sandbox:
         return
-    for variable, value, purpose in (
-            ("TUNEFLEET_GATEWAY_PUBLIC_URL", settings.gateway_public_url, "fetches its bundle and sends its output"),
-            ("TUNEFLEET_INGEST_PUBLIC_URL", settings.ingest_public_url, "sends its metrics")):
+    urls = [("TUNEFLEET_GATEWAY_PUBLIC_URL", settings.gateway_public_url, "sends its heartbeats and checkpoints"),
+            ("TUNEFLEET_INGEST_PUBLIC_URL", settings.ingest_public_url, "sends its metrics")]
+    if settings.storage_backend == "s3" and (settings.s3_public_endpoint_url or settings.s3_endpoint_url):
+        # the bundle and the output go through presigned URLs of this endpoint (unset: AWS S3's own)
+        urls.append(("TUNEFLEET_S3_PUBLIC_ENDPOINT_URL", settings.s3_public_endpoint_url or settings.s3_endpoint_url,
+                     "fetches its bundle and sends its output"))
+    for variable, value, purpose in urls:
         why = "it is not set" if not value else _unreachable(value)
         if why:
             raise ValidationFailed(

@@ -165,7 +165,7 @@ class KaggleCompute(Compute[KaggleCredentials]):
         fetches, so nothing pushed to Kaggle outlives the session or opens more than the one bundle."""
         inside = {k: v for k, v in request.env.items()
                   if k not in DATASET_ENV_KEYS and k != "TUNEFLEET_HOLD_AFTER_EXIT"}
-        add_bundle_env(request.bundle_dir, request.bundle_archive, inside)
+        add_bundle_env(self.settings, request.job_id, request.attempt, inside)
         session_s = float(request.options.get("session_timeout_s") or self.settings.kaggle_session_hours * 3600)
         env = {k: v for k, v in request.env.items() if k in DATASET_ENV_KEYS}
         env["TUNEFLEET_BUNDLE_URL"] = bundle_url(self.settings, request.job_id, request.attempt,

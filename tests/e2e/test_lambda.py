@@ -113,7 +113,7 @@ def test_an_instance_lost_mid_run_resumes_from_its_uploaded_checkpoint(stack, al
     resumable = {**config, "training": {**config["training"], "max_steps": 24, "save_steps": 4, "eval_steps": 24}}
     job_id = deploy(alice, resumable)
     settings = Settings(home=stack.home)
-    wait_until(lambda: latest_checkpoint(settings, job_id) is not None, 600, "an uploaded checkpoint")
+    wait_until(lambda: asyncio.run(latest_checkpoint(settings, job_id)) is not None, 600, "an uploaded checkpoint")
     first = instances_of(lambda_cloud, job_id)[0]
     lambda_cloud.kill_workload(first.id)
     job = wait_for_status(alice, job_id, {"completed"}, timeout=900)

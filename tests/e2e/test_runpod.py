@@ -172,7 +172,7 @@ def test_a_pod_lost_mid_run_resumes_from_its_uploaded_checkpoint(stack, alice, r
     resumable = {**config, "training": {**config["training"], "max_steps": 40, "save_steps": 4, "eval_steps": 40}}
     job_id = deploy(alice, resumable, docker_image=TRAINER_IMAGE)
     settings = Settings(home=stack.home)
-    wait_until(lambda: latest_checkpoint(settings, job_id) is not None, 240, "an uploaded checkpoint")
+    wait_until(lambda: asyncio.run(latest_checkpoint(settings, job_id)) is not None, 240, "an uploaded checkpoint")
     first = pods_of(runpod, job_id)[0]
     runpod.kill_workload(first.id)
     job = wait_for_status(alice, job_id, {"completed"}, timeout=400)

@@ -77,6 +77,24 @@ async def served_gateway(settings: Settings) -> AsyncIterator[tuple[Settings, st
         await task
 
 
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory):
+    """A real S3 wire API on loopback (``tests.objectstore``), one per test file."""
+    from tests.objectstore import S3Server
+
+    with S3Server(tmp_path_factory.mktemp("s3")) as server:
+        yield server
+
+
+@pytest.fixture
+def s3_credentials(monkeypatch) -> None:
+    """What boto3's credential chain finds: the test server's keys."""
+    from tests.objectstore import ACCESS_KEY, SECRET_KEY
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+
+
 @pytest.fixture
 def dataset(tmp_path) -> str:
     from trainer.tiny_model import write_sample_dataset

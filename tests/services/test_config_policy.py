@@ -143,6 +143,9 @@ def test_workload_processes_get_a_minimal_environment(monkeypatch):
     assert not {"AWS_SECRET_ACCESS_KEY", "HF_TOKEN", "DATABASE_URL"} & set(env)
     assert env["PATH"] == os.environ["PATH"] and env["LC_ALL"] == "C.UTF-8" and env["HF_HOME"] == "/cache/hf"
     assert env["JUDGE_API_KEY"] == "for-this-job"
+    assert env["HF_HUB_DISABLE_TELEMETRY"] == "1"  # off unless the operator turns the hub's usage reports on
+    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "0")
+    assert minimal_environment()["HF_HUB_DISABLE_TELEMETRY"] == "0"
 
 
 @pytest.mark.parametrize("stored", [True, False])

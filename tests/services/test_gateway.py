@@ -185,11 +185,22 @@ async def test_a_cloud_deploy_that_its_workload_could_not_reach_back_is_refused(
     unknown = str(uuid.uuid4())
     bodies = {"runpod": {"configuration_id": unknown, "gpu_type": "NVIDIA RTX A4000"},
               "lambda": {"configuration_id": unknown, "instance_type": "gpu_1x_a10"}}
+    public = {"gateway_public_url": "https://tunefleet.example.com",
+              "ingest_public_url": "https://ingest.tunefleet.example.com"}
     cases = [({}, "TUNEFLEET_GATEWAY_PUBLIC_URL", "it is not set"),
              ({"gateway_public_url": "http://127.0.0.1:8000"}, "TUNEFLEET_GATEWAY_PUBLIC_URL", "loopback"),
              ({"gateway_public_url": "http://localhost:8000"}, "TUNEFLEET_GATEWAY_PUBLIC_URL", "localhost"),
              ({"gateway_public_url": "https://tunefleet.example.com", "ingest_public_url": "http://[::1]:8001"},
-              "TUNEFLEET_INGEST_PUBLIC_URL", "loopback")]
+              "TUNEFLEET_INGEST_PUBLIC_URL", "loopback"),
+             ({"gateway_public_url": "http://gateway:8000"}, "TUNEFLEET_GATEWAY_PUBLIC_URL", "only this network"),
+             ({"gateway_public_url": "https://tunefleet.example.com",
+               "ingest_public_url": "http://metrics-ingest.tunefleet.svc.cluster.local:8001"},
+              "TUNEFLEET_INGEST_PUBLIC_URL", "only this network"),
+             # on S3, the workload is handed presigned URLs of the bucket: services reach MinIO by its compose name
+             ({**public, "storage_backend": "s3", "s3_bucket": "b", "s3_endpoint_url": "http://minio:9000"},
+              "TUNEFLEET_S3_PUBLIC_ENDPOINT_URL", "only this network"),
+             ({**public, "storage_backend": "s3", "s3_bucket": "b", "s3_endpoint_url": "http://minio:9000",
+               "s3_public_endpoint_url": "http://localhost:9000"}, "TUNEFLEET_S3_PUBLIC_ENDPOINT_URL", "localhost")]
     for overrides, variable, why in cases:
         settings = migrated.model_copy(update={"sandbox": False, **overrides})
         async with gateway_client(settings) as client:
@@ -198,11 +209,12 @@ async def test_a_cloud_deploy_that_its_workload_could_not_reach_back_is_refused(
                 assert r.status_code == 422, (provider, overrides, r.text)
                 detail = r.json()["detail"]
                 assert detail["field"] == variable and why in detail["message"], detail
-    reachable = migrated.model_copy(update={"sandbox": False, "gateway_public_url": "https://tunefleet.example.com",
-                                            "ingest_public_url": "https://ingest.tunefleet.example.com"})
-    async with gateway_client(reachable) as client:
-        r = await client.post("/api/training/deploy/runpod", headers=auth(api_key), json=bodies["runpod"])
-        assert r.status_code == 404, r.text  # past the URL check: no such configuration
+    for reachable in (public, {**public, "storage_backend": "s3", "s3_bucket": "b", "s3_endpoint_url": "http://minio:9000",
+                               "s3_public_endpoint_url": "https://s3.tunefleet.example.com"},
+                      {**public, "storage_backend": "s3", "s3_bucket": "b"}):  # AWS S3 itself
+        async with gateway_client(migrated.model_copy(update={"sandbox": False, **reachable})) as client:
+            r = await client.post("/api/training/deploy/runpod", headers=auth(api_key), json=bodies["runpod"])
+            assert r.status_code == 404, r.text  # past the URL check: no such configuration
 
 
 async def test_keys_are_listed_by_prefix_and_revoked_at_once(migrated, pool, api_key, other_key):

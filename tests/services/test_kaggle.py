@@ -13,6 +13,7 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
+from services.cloud.bundles import bundle_dir
 from services.provider_kaggle import kernel as kernel_files
 from services.provider_kaggle.api_client import KaggleClient, NotFound
 from services.provider_kaggle.compute import KaggleCompute, kernel_phase
@@ -26,7 +27,7 @@ from tests.cloudstack import EmulatorServer
 
 KAGGLE_USER, KAGGLE_KEY = "kaggle-alice", "kaggle-key-alice-0123456789"
 OTHER_USER, OTHER_KEY = "kaggle-bob", "kaggle-key-bob-0123456789"
-SECRET = "test-secret-key-0123456789"
+SECRET = "test-secret-key-0123456789-abcdefghij"
 
 
 @pytest.fixture(scope="module")
@@ -198,8 +199,8 @@ def test_slugs_fit_kaggle_and_read_back():
 
 def _request(settings: Settings, tmp_path: Path, env: dict, **options) -> WorkloadRequest:
     job = str(uuid.uuid4())
-    bundle = tmp_path / "bundle"
-    bundle.mkdir()
+    bundle = bundle_dir(settings, job, 1)  # where the runner lays it out: the compute archives and stores it there
+    bundle.mkdir(parents=True)
     return WorkloadRequest(job_id=job, attempt=1, installation=installation_id(SECRET), env=env, bundle_dir=bundle,
                            artifacts_dir=tmp_path / "artifacts",
                            options={"notebook_title": "My tiny job", "enable_gpu": False, "enable_internet": True,

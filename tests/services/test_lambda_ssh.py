@@ -17,7 +17,7 @@ from services.cli.embedded import free_port
 from services.provider_lambda.ssh import HostKeyChanged, Session, derive_key
 from shared.errors import ProviderError, ProviderTransient
 
-SECRET = "test-secret-key-0123456789"
+SECRET = "test-secret-key-0123456789-abcdefghij"
 NAME = "tunefleet-job-1"
 
 

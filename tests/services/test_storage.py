@@ -11,20 +11,8 @@ import pytest
 
 from shared.settings import Settings
 from shared.storage import MULTIPART_BYTES, LocalStore, S3Store, StorageError, check_key, store_from_settings
-from tests.objectstore import ACCESS_KEY, SECRET_KEY, S3Server
 
-
-@pytest.fixture(scope="module")
-def s3(tmp_path_factory):
-    with S3Server(tmp_path_factory.mktemp("s3")) as server:
-        yield server
-
-
-@pytest.fixture(autouse=True)
-def s3_credentials(monkeypatch):
-    """What boto3's credential chain finds: the test server's keys."""
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", ACCESS_KEY)
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+pytestmark = pytest.mark.usefixtures("s3_credentials")
 
 
 @pytest.fixture(params=["local", "s3"])

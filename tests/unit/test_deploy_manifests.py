@@ -419,7 +419,7 @@ def test_the_http_probes_call_routes_the_services_answer(tmp_path):
     from services.metrics_ingest.app import create_app as ingest_app
     from shared.settings import Settings
 
-    settings = Settings(secret_key="k" * 48, home=tmp_path)
+    settings = Settings(secret_key="manifest-check-key-0123456789abcdefghij", home=tmp_path)
     deployments = of_kind(applied_docs(), "Deployment")
     for name, app in (("gateway", gateway_app(settings)), ("metrics-ingest", ingest_app(settings))):
         container = deployments[name]["spec"]["template"]["spec"]["containers"][0]

@@ -8,30 +8,38 @@ import asyncio
 import base64
 import binascii
 import json
-import os
-import shutil
 import uuid
 from pathlib import Path
 from typing import Any
 
 import anyio
 from fastapi import APIRouter, Query, Request
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, RedirectResponse, Response
 from pydantic import BaseModel, Field, ValidationError
 
-from services.cloud.archives import extract_tar_gz
-from services.cloud.bundles import LOG_TAIL, PROGRESS, RESULT, artifacts_dir, bundle_archive, write_atomically
-from services.cloud.checkpoints import checkpoints_dir, latest_checkpoint, store_checkpoint
-from services.cloud.joblog import LOG, adopt_uploaded, append_at, log_size
+from services.cloud.bundles import (
+    LOG_TAIL,
+    PROGRESS,
+    RESULT,
+    artifacts_dir,
+    bundle_archive,
+    bundle_key,
+    write_atomically,
+)
+from services.cloud.checkpoints import latest_checkpoint, store_checkpoint
+from services.cloud.joblog import append_at, log_size
+from services.cloud.output import unpack_output
 from shared.errors import Conflict, NotFound, PayloadTooLarge, TuneFleetError, ValidationFailed
 from shared.signing import verify
+from shared.storage import LocalStore, store_from_settings
 
 from ..deps import SettingsDep
 
 router = APIRouter(prefix="/api/bundles", tags=["bundles"], include_in_schema=False)
 
-MAX_ARTIFACT_MEMBERS = 10_000
 MAX_HEARTBEAT_BYTES = 128 * 1024
+#: How long the bucket URL a redirect gives lives: enough to start the download.
+REDIRECT_S = 600
 
 
 class Forbidden(TuneFleetError):
@@ -84,34 +92,27 @@ async def _read(request: Request, limit: int) -> bytes:
     return bytes(body)
 
 
-def _unpack_output(archive: Path, into: Path, max_bytes: int) -> None:
-    """Extract safely next to ``into``, then move the files in with result.json last: a reader that sees the
-    result sees the whole output."""
-    incoming = into.parent / f".incoming-{into.name}-{uuid.uuid4().hex[:8]}"
-    try:
-        extract_tar_gz(archive, incoming, max_bytes=max_bytes, max_members=MAX_ARTIFACT_MEMBERS)
-        into.mkdir(parents=True, exist_ok=True)
-        names = sorted(os.listdir(incoming), key=lambda n: n == RESULT)
-        for name in names:
-            if name == LOG:  # the heartbeats may have brought it already, with lines numbered from it
-                adopt_uploaded(incoming / name, into)
-                continue
-            target = into / name
-            if target.is_dir() and not target.is_symlink():
-                shutil.rmtree(target)
-            os.replace(incoming / name, target)
-    finally:
-        shutil.rmtree(incoming, ignore_errors=True)
-
-
 @router.get("/{job_id}/{attempt}/bundle.tar.gz")
 async def get_bundle(job_id: uuid.UUID, attempt: int, request: Request, settings: SettingsDep,
-                     expires: int = Query(...), sig: str = Query(...)) -> FileResponse:
+                     expires: int = Query(...), sig: str = Query(...)) -> Response:
+    """The bundle, from the store: any replica serves it. On a store that presigns, a redirect to the bucket (a
+    workload is given the presigned URL itself; this serves a URL issued before the store did)."""
     _check(settings, request, expires, sig)
-    archive = bundle_archive(settings, str(job_id), attempt)
-    if not await anyio.Path(archive).is_file():
+    key, store = bundle_key(str(job_id), attempt), store_from_settings(settings)
+    if not await store.exists(key):
+        legacy = bundle_archive(settings, str(job_id), attempt)  # written before bundles were stored objects
+        if isinstance(store, LocalStore) and await anyio.Path(legacy).is_file():
+            return FileResponse(legacy, media_type="application/gzip")
         raise NotFound(f"no bundle for job {job_id} attempt {attempt}")
-    return FileResponse(archive, media_type="application/gzip")
+    return await _from_store(settings, key)
+
+
+async def _from_store(settings, key: str) -> Response:
+    """An object of the store: the file itself from a folder, else a redirect to a short-lived presigned URL."""
+    store = store_from_settings(settings)
+    if isinstance(store, LocalStore):
+        return FileResponse(store.local_path(key), media_type="application/gzip")
+    return RedirectResponse(store.presign_get(key, REDIRECT_S), status_code=307)
 
 
 @router.put("/{job_id}/{attempt}/artifacts", status_code=204)
@@ -127,7 +128,7 @@ async def put_artifacts(job_id: uuid.UUID, attempt: int, request: Request, setti
     limit = int(settings.max_artifacts_gb * 2**30)
     try:
         await _spool(request, spooled, limit)
-        await asyncio.to_thread(_unpack_output, spooled, folder, limit)
+        await asyncio.to_thread(unpack_output, spooled, folder, limit)
     finally:
         await anyio.Path(spooled).unlink(missing_ok=True)
 
@@ -164,22 +165,23 @@ async def put_heartbeat(job_id: uuid.UUID, attempt: int, request: Request, setti
 @router.put("/{job_id}/{attempt}/checkpoint", status_code=204)
 async def put_checkpoint(job_id: uuid.UUID, attempt: int, request: Request, settings: SettingsDep,
                          expires: int = Query(...), sig: str = Query(...)) -> None:
+    """A checkpoint, spooled here and checked (one safe ``checkpoint-N/`` folder) before the store keeps it."""
     _check(settings, request, expires, sig)
-    folder = checkpoints_dir(settings, str(job_id))
-    await anyio.Path(folder).mkdir(parents=True, exist_ok=True)
-    spooled = folder / f".upload-{uuid.uuid4().hex}"
+    folder = settings.home / "spool"
+    await anyio.Path(folder).mkdir(parents=True, exist_ok=True, mode=0o700)
+    spooled = folder / f"checkpoint-{uuid.uuid4().hex}"
     try:
         await _spool(request, spooled, int(settings.max_artifacts_gb * 2**30))
-        await asyncio.to_thread(store_checkpoint, settings, str(job_id), spooled)
+        await store_checkpoint(settings, str(job_id), spooled)
     finally:
         await anyio.Path(spooled).unlink(missing_ok=True)
 
 
 @router.get("/{job_id}/{attempt}/checkpoint.tar.gz")
 async def get_checkpoint(job_id: uuid.UUID, attempt: int, request: Request, settings: SettingsDep,
-                         expires: int = Query(...), sig: str = Query(...)) -> FileResponse:
+                         expires: int = Query(...), sig: str = Query(...)) -> Response:
     _check(settings, request, expires, sig)
-    latest = await asyncio.to_thread(latest_checkpoint, settings, str(job_id))
+    latest = await latest_checkpoint(settings, str(job_id))
     if latest is None:
         raise NotFound(f"no checkpoint of job {job_id} was uploaded")
-    return FileResponse(latest, media_type="application/gzip")
+    return await _from_store(settings, latest)
