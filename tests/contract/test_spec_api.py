@@ -67,7 +67,8 @@ def jobs(alice, configuration) -> dict[str, dict]:
     out = {}
     for provider, answer in deployed.items():
         final, seen = _follow(alice, provider, answer["job_id"])
-        assert final["status"] == "completed", final
+        errors = alice.get(f"/api/training/jobs/{answer['job_id']}/errors").json()
+        assert final["status"] == "completed", (final, errors)
         out[provider] = {"deployed": answer, "final": final, "seen": seen}
     return out
 
