@@ -49,6 +49,9 @@ class Settings(BaseSettings):
                                   "for this host.")
     s3_region: str | None = None
     s3_prefix: str = Field(default="", description="A key prefix inside the bucket, for several stacks in one.")
+    s3_part_mb: int = Field(
+        default=64, ge=5, le=5120, description="A workload sends an output larger than this to the bucket in parts "
+                                               "of this size, each retried on its own (S3's parts are 5 MiB to 5 GiB).")
 
     max_upload_mb: int = 512
     db_pool_min: int = 1

@@ -36,6 +36,9 @@ MULTIPART_BYTES = 16 * 2**20
 S3_ATTEMPTS = 8
 #: The longest a Signature V4 presigned URL may live (S3 refuses one that claims longer).
 PRESIGN_MAX_S = 7 * 24 * 3600
+#: S3's limits on a multipart upload: every part but the last at least 5 MiB, at most 10,000 parts.
+MIN_PART_BYTES = 5 * 2**20
+MAX_PARTS = 10_000
 
 
 class StorageError(RuntimeError):
@@ -53,6 +56,10 @@ def check_key(key: str) -> str:
 class Store(Protocol):
     """What the services need of a storage backend. Every method is a coroutine; file methods read or write
     whole files on this machine."""
+
+    #: Whether the store issues presigned URLs (and takes multipart uploads through them): workloads then send
+    #: and fetch their files straight to and from it.
+    signs_urls: bool
 
     async def put_file(self, key: str, path: str | os.PathLike) -> None: ...
     async def get_file(self, key: str, path: str | os.PathLike) -> None: ...
@@ -72,6 +79,8 @@ class Store(Protocol):
 
 class LocalStore:
     """Objects as files under ``root`` (owner-only), written atomically (a temporary file, then a rename)."""
+
+    signs_urls = False
 
     def __init__(self, root: Path):
         self.root = Path(root)
@@ -175,6 +184,8 @@ class LocalStore:
 
 class S3Store:
     """One bucket (and an optional key prefix) of an S3-compatible service."""
+
+    signs_urls = True
 
     def __init__(self, bucket: str, *, endpoint_url: str | None = None, region: str | None = None,
                  prefix: str = "", client=None, public_endpoint_url: str | None = None):
@@ -310,6 +321,33 @@ class S3Store:
         return self.presigner.generate_presigned_url(
             "put_object", Params={"Bucket": self.bucket, "Key": self._key(key)},
             ExpiresIn=min(int(expires_s), PRESIGN_MAX_S))
+
+    # A multipart upload by someone holding no credentials (a workload): this side starts and ends it, and signs
+    # each part's PUT, which goes straight to the bucket; S3 ties an upload id to its key.
+
+    def start_upload(self, key: str) -> str:
+        """Begin a multipart upload of ``key``; its upload id."""
+        return self.client.create_multipart_upload(Bucket=self.bucket, Key=self._key(key))["UploadId"]
+
+    def presign_part(self, key: str, upload_id: str, number: int, expires_s: int) -> str:
+        return self.presigner.generate_presigned_url(
+            "upload_part", Params={"Bucket": self.bucket, "Key": self._key(key), "UploadId": upload_id,
+                                   "PartNumber": number}, ExpiresIn=min(int(expires_s), PRESIGN_MAX_S))
+
+    def finish_upload(self, key: str, upload_id: str, parts: list[tuple[int, str]]) -> None:
+        """Join the parts (number, ETag) into the object."""
+        self.client.complete_multipart_upload(
+            Bucket=self.bucket, Key=self._key(key), UploadId=upload_id,
+            MultipartUpload={"Parts": [{"PartNumber": n, "ETag": etag} for n, etag in sorted(parts)]})
+
+    def abort_upload(self, key: str, upload_id: str) -> None:
+        self.client.abort_multipart_upload(Bucket=self.bucket, Key=self._key(key), UploadId=upload_id)
+
+
+def part_bytes(size: int, wanted: int) -> int:
+    """The part size for an upload of ``size`` bytes: ``wanted`` (at least S3's minimum), larger where it would
+    otherwise take more than S3's 10,000 parts."""
+    return max(wanted, MIN_PART_BYTES, -(-size // MAX_PARTS))
 
 
 #: How a stored object is named where a path used to be (a data set's ``path``, a job's ``dataset_path``): files

@@ -9,6 +9,8 @@ environment and from ``env.json`` beside it, never spliced into shell text:
   being the log's next bytes: the server keeps the whole log (``Heartbeat``).
 * ``TUNEFLEET_ARTIFACTS_URL``: signed PUT of the output folder as tar.gz once it ends (optional: without it the
   output stays on the machine for the provider to fetch).
+* ``TUNEFLEET_ARTIFACTS_PARTS_URL`` and ``TUNEFLEET_ARTIFACTS_PART_BYTES``: on a server whose store is a bucket, an
+  output larger than the part size is sent as a multipart upload instead (``send_in_parts``), each part retried.
 * ``TUNEFLEET_RESUME_URL``: signed GET of a checkpoint tar.gz to resume from (optional).
 * ``TUNEFLEET_VENV_DIR``: where the trainer's venv goes (default ``./venv``); a venv that already holds this build
   is reused, so a restarted container does not install twice.
@@ -33,6 +35,7 @@ Files: ``output/train.log`` (everything: these steps, pip, the trainer), ``outpu
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import io
 import json
@@ -92,6 +95,8 @@ LOG_CHUNK_BYTES = 64 * 1024
 LOG_CHUNKS_PER_BEAT = 8
 LOG_CHUNKS_AT_END = 256
 HTTP_ATTEMPTS = 8
+#: Part URLs asked for per request of a multipart upload (the gateway signs at most 100 at once).
+SIGN_BATCH = 100
 
 
 class BootstrapFailed(Exception):
@@ -196,6 +201,54 @@ def with_retries(log, what, call):
         log.say(f"{what} failed ({last}); retrying")
         time.sleep(min(2 ** attempt, 30))
     raise BootstrapFailed(f"{what} failed after {HTTP_ATTEMPTS} attempts ({last})")
+
+
+def _post_json(url, body):
+    answer = _request("POST", url, json.dumps(body).encode(), {"content-type": "application/json"}, timeout=60)
+    return json.loads(answer or b"{}")
+
+
+def _put_part(url, data):
+    """One part's PUT to the bucket; the ETag it answers (the upload's completion names each part by it)."""
+    request = urllib.request.Request(url, data=data, method="PUT", headers={"content-length": str(len(data))})
+    with urllib.request.urlopen(request, timeout=900) as response:
+        response.read()
+        etag = response.headers.get("ETag")
+    if not etag:
+        raise BootstrapFailed("the bucket answered a part's PUT without an ETag")
+    return etag
+
+
+def send_in_parts(log, parts_url, path, size):
+    """Send the file at ``path`` to the bucket as a multipart upload: the server (``parts_url``, a signed URL of
+    the gateway) starts it, presigns each part's PUT and joins the parts; each part is read from disk and retried
+    on its own, and a failed upload is aborted so the bucket keeps no orphan parts."""
+    started = with_retries(log, "starting the output's upload", lambda: _post_json(
+        parts_url, {"action": "start", "size": size}))
+    upload_id, part_bytes = started["upload_id"], int(started["part_bytes"])
+    count = max(1, -(-size // part_bytes))
+    parts = []
+    try:
+        with open(path, "rb") as f:
+            for first in range(1, count + 1, SIGN_BATCH):
+                numbers = list(range(first, min(first + SIGN_BATCH, count + 1)))
+                urls = with_retries(log, "signing the output's parts", functools.partial(
+                    _post_json, parts_url, {"action": "sign", "upload_id": upload_id, "part_numbers": numbers}))["urls"]
+                for number in numbers:
+                    f.seek((number - 1) * part_bytes)
+                    data = f.read(part_bytes)
+                    etag = with_retries(log, f"sending part {number} of {count} of the output",
+                                        functools.partial(_put_part, urls[str(number)], data))
+                    parts.append({"part_number": number, "etag": etag})
+        with_retries(log, "completing the output's upload", lambda: _post_json(
+            parts_url, {"action": "complete", "upload_id": upload_id, "parts": parts}))
+    except BootstrapFailed:
+        try:
+            _post_json(parts_url, {"action": "abort", "upload_id": upload_id})
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            log.say(f"aborting the output's upload failed too ({exc})")
+        raise
+    log.say(f"the output was sent in {count} parts ({size / 2**20:.1f} MiB)")
 
 
 def safe_extract(data_or_path, into):
@@ -398,14 +451,22 @@ class Bootstrap:
         if not url:
             return
         self.stage("uploading", "sending the output")
-        buffer = io.BytesIO()
-        with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        archive = os.path.join(self.workdir, "output.tar.gz")  # on disk: an output can be larger than memory
+        with tarfile.open(archive, mode="w:gz") as tar:
             for name in sorted(os.listdir(self.output)):
                 if name != "checkpoints":
                     tar.add(os.path.join(self.output, name), arcname=name)
-        data = buffer.getvalue()
-        with_retries(self.log, "sending the output", lambda: _request(
-            "PUT", url, data, {"content-type": "application/gzip"}, timeout=1800))
+        size = os.path.getsize(archive)
+        parts_url = self.env.get("TUNEFLEET_ARTIFACTS_PARTS_URL")
+        if parts_url and size > int(self.env.get("TUNEFLEET_ARTIFACTS_PART_BYTES") or 0):
+            send_in_parts(self.log, parts_url, archive, size)
+        else:
+            def put():
+                with open(archive, "rb") as f:
+                    _request("PUT", url, f, {"content-type": "application/gzip", "content-length": str(size)},
+                             timeout=1800)
+            with_retries(self.log, "sending the output", put)
+        os.remove(archive)
 
     def run(self):
         self.heartbeat.start()

@@ -15,7 +15,9 @@ A remote bundle's archive is also an object of the store (``shared.storage``), `
 so any gateway replica serves it. On a store that signs its own URLs (S3), a workload fetches its bundle and sends
 its output (``artifacts/{job_id}/attempt-{n}/output.tar.gz``) straight to the bucket through presigned URLs, and the
 provider brings the output into the artifacts folder (``fetch_pushed_output``): the gigabytes never flow through
-the gateway. Heartbeats, logs and checkpoints still go to the gateway's signed routes.
+the gateway. An output larger than ``TUNEFLEET_S3_PART_MB`` is sent as a multipart upload: the gateway's signed
+``output-upload`` route starts it, presigns the parts' PUTs in batches and joins them; each part is retried alone.
+Heartbeats, logs and checkpoints still go to the gateway's signed routes.
 """
 
 from __future__ import annotations
@@ -161,6 +163,9 @@ def workload_env(settings: Settings, job_id: str, attempt: int, *, resume: bool,
         env.update(TUNEFLEET_ARTIFACTS_URL=store.presign_put(output_key(job_id, attempt), URL_TTL_S)
                    or url("PUT", "artifacts"),
                    TUNEFLEET_HEARTBEAT_URL=url("PUT", "heartbeat"), TUNEFLEET_HOLD_AFTER_EXIT="1")
+        if store.signs_urls:  # a big output goes to the bucket in parts, each PUT presigned on request
+            env.update(TUNEFLEET_ARTIFACTS_PARTS_URL=url("POST", "output-upload"),
+                       TUNEFLEET_ARTIFACTS_PART_BYTES=str(settings.s3_part_mb * 2**20))
     if resume:
         env["TUNEFLEET_RESUME_URL"] = url("GET", "checkpoint.tar.gz")
     if settings.workload_python_url:

@@ -52,7 +52,7 @@ async def fetch_pushed_output(settings: Settings, job_id: str, attempt: int) -> 
     failed result that says why, as the gateway's route would have refused it."""
     store = store_from_settings(settings)
     key, folder = output_key(job_id, attempt), artifacts_dir(settings, job_id, attempt)
-    if store.presign_put(key, 60) is None or await asyncio.to_thread((folder / RESULT).exists):
+    if not store.signs_urls or await asyncio.to_thread((folder / RESULT).exists):
         return False
     try:
         size = await store.size(key)

@@ -10,7 +10,17 @@ import httpx
 import pytest
 
 from shared.settings import Settings
-from shared.storage import MULTIPART_BYTES, LocalStore, S3Store, StorageError, check_key, store_from_settings
+from shared.storage import (
+    MAX_PARTS,
+    MIN_PART_BYTES,
+    MULTIPART_BYTES,
+    LocalStore,
+    S3Store,
+    StorageError,
+    check_key,
+    part_bytes,
+    store_from_settings,
+)
 
 pytestmark = pytest.mark.usefixtures("s3_credentials")
 
@@ -85,9 +95,19 @@ async def test_presigned_urls_let_a_workload_upload_and_download_without_credent
 def test_the_local_store_signs_nothing_and_the_backend_follows_the_settings(tmp_path, s3):
     local = store_from_settings(Settings(home=tmp_path))
     assert isinstance(local, LocalStore) and local.root == tmp_path / "objects"
-    assert local.presign_get("a", 60) is None and local.presign_put("a", 60) is None
+    assert local.presign_get("a", 60) is None and local.presign_put("a", 60) is None and not local.signs_urls
     with pytest.raises(RuntimeError, match="TUNEFLEET_S3_BUCKET"):
         store_from_settings(Settings(home=tmp_path, storage_backend="s3"))
     remote = store_from_settings(Settings(home=tmp_path, storage_backend="s3", s3_bucket="b",
                                       s3_endpoint_url=s3.endpoint, s3_prefix="team"))
     assert isinstance(remote, S3Store) and remote.bucket == "b" and remote._key("x/y") == "team/x/y"
+
+
+@pytest.mark.parametrize(("size", "wanted", "expected"), [
+    (12 * 2**20, 64 * 2**20, 64 * 2**20),     # the setting
+    (12 * 2**20, 2**20, MIN_PART_BYTES),       # never under S3's minimum part
+    (2**40, 64 * 2**20, 2**40 // MAX_PARTS + 1),  # 1 TiB: larger parts, so 10,000 of them hold it
+])
+def test_a_multipart_uploads_parts_respect_s3s_limits(size, wanted, expected):
+    chosen = part_bytes(size, wanted)
+    assert chosen == expected and -(-size // chosen) <= MAX_PARTS

@@ -5,10 +5,14 @@ the artifacts folder once, and refuses one that is too big or unsafe with a resu
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
+import os
 import tarfile
+import urllib.error
 import uuid
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
@@ -31,7 +35,7 @@ from shared.signing import signed_url
 from shared.storage import LocalStore, S3Store, store_from_settings
 from tests.objectstore import S3Server
 
-from .conftest import gateway_client
+from .conftest import gateway_client, served_gateway
 from .test_untrusted_uploads import _file, _tar_gz
 
 GATEWAY = "https://tunefleet.example.com"
@@ -204,3 +208,116 @@ async def test_checkpoints_are_checked_kept_newest_only_in_the_store_and_served_
             assert answer.headers["location"].startswith(settings.s3_public_endpoint_url)
             answer = await workload.get(answer.headers["location"])
         assert answer.status_code == 200 and answer.content == archives[10]
+
+
+# A big output: a multipart upload, each part presigned on request and retried alone ------------------------------
+
+def a_workload(tmp_path, env: dict[str, str], files: dict[str, bytes]):
+    """A bootstrap whose trainer has ended with ``files`` in its output (as ``Bootstrap.run`` leaves it)."""
+    from trainer.bootstrap import Bootstrap
+
+    workdir = tmp_path / f"job-{uuid.uuid4().hex[:8]}"
+    (workdir / "output").mkdir(parents=True)
+    (workdir / "manifest.json").write_text("{}")
+    for name, data in files.items():
+        (workdir / "output" / name).parent.mkdir(parents=True, exist_ok=True)
+        (workdir / "output" / name).write_bytes(data)
+    return Bootstrap(str(workdir), env)
+
+
+def pending_uploads(settings: Settings, s3: S3Server) -> list:
+    return s3.client().list_multipart_uploads(Bucket=settings.s3_bucket).get("Uploads", [])
+
+
+async def test_on_s3_a_big_output_goes_to_the_bucket_in_parts_each_retried_alone(
+        migrated, s3, tmp_path, monkeypatch):
+    import trainer.bootstrap
+
+    settings = on_s3(migrated, s3, gateway_public_url=None, s3_part_mb=5)
+    job_id = str(uuid.uuid4())
+    weights = os.urandom(12 * 2**20)  # incompressible: the archive is over 10 MiB, three parts of 5 MiB
+    result = TrainerResult(status="completed", global_step=3).model_dump_json().encode()
+    sent, failed = [], []
+
+    def flaky_part(url, data):  # the bucket's answer to the second part is lost once, as on a bad link
+        if "partNumber=2" in url and not failed:
+            failed.append(url)
+            raise urllib.error.HTTPError(url, 503, "Slow Down", {}, None)
+        sent.append(len(data))
+        return real_part(url, data)
+
+    real_part = trainer.bootstrap._put_part
+    monkeypatch.setattr(trainer.bootstrap, "_put_part", flaky_part)
+    async with served_gateway(settings) as (settings, _url, _app):
+        env = workload_env(settings, job_id, 1, resume=False, push=True)
+        assert env["TUNEFLEET_ARTIFACTS_PART_BYTES"] == str(5 * 2**20)
+        workload = a_workload(tmp_path, env, {"adapter/adapter_model.safetensors": weights, RESULT: result})
+        await asyncio.to_thread(workload.upload)
+    log = Path(workload.log.path).read_text()
+    assert "sending part 2 of 3 of the output failed (HTTP 503); retrying" in log, log
+    assert "the output was sent in 3 parts" in log
+    assert sent[:2] == [5 * 2**20, 5 * 2**20] and len(sent) == 3 and len(failed) == 1
+    assert pending_uploads(settings, s3) == []
+    assert not Path(workload.workdir, "output.tar.gz").exists()
+
+    assert await fetch_pushed_output(settings, job_id, 1) is True
+    folder = artifacts_dir(settings, job_id, 1)
+    assert (folder / "adapter" / "adapter_model.safetensors").read_bytes() == weights
+    assert TrainerResult.model_validate_json((folder / RESULT).read_text()).global_step == 3
+
+
+async def test_on_s3_a_small_output_is_one_presigned_put(migrated, s3, tmp_path, monkeypatch):
+    import trainer.bootstrap
+
+    settings = on_s3(migrated, s3, gateway_public_url=None)
+    job_id = str(uuid.uuid4())
+    monkeypatch.setattr(trainer.bootstrap, "send_in_parts", None)  # calling it would fail the test
+    async with served_gateway(settings) as (settings, _url, _app):
+        env = workload_env(settings, job_id, 1, resume=False, push=True)
+        workload = a_workload(tmp_path, env, {RESULT: b'{"status": "completed"}'})
+        await asyncio.to_thread(workload.upload)
+    assert await store_from_settings(settings).exists(output_key(job_id, 1))
+
+
+async def test_the_upload_route_names_what_is_wrong_and_a_refused_upload_leaves_nothing(migrated, s3):
+    settings = on_s3(migrated, s3, gateway_public_url=None, s3_part_mb=5, max_artifacts_gb=1)
+    job_id = str(uuid.uuid4())
+    async with served_gateway(settings) as (settings, _url, _app), httpx.AsyncClient(timeout=30) as workload:
+        route = workload_env(settings, job_id, 1, resume=False, push=True)["TUNEFLEET_ARTIFACTS_PARTS_URL"]
+
+        async def step(body: dict) -> httpx.Response:
+            return await workload.post(route, json=body)
+
+        too_big = await step({"action": "start", "size": 2 * 2**30})
+        assert too_big.status_code == 413 and "over this server's 1 GiB" in too_big.text
+        unknown = await step({"action": "resume"})
+        assert unknown.status_code == 422 and "start, sign, complete or abort" in unknown.text
+        many = await step({"action": "sign", "upload_id": "x", "part_numbers": list(range(1, 102))})
+        assert many.status_code == 422 and many.json()["detail"]["field"] == "sign.part_numbers"
+
+        started = (await step({"action": "start", "size": 6 * 2**20})).json()
+        assert started["part_bytes"] == 5 * 2**20
+        urls = (await step({"action": "sign", "upload_id": started["upload_id"], "part_numbers": [1, 2]})).json()
+        first = await workload.put(urls["urls"]["1"], content=os.urandom(5 * 2**20))
+        assert first.status_code == 200, first.text
+        wrong = await step({"action": "complete", "upload_id": started["upload_id"],
+                            "parts": [{"part_number": 1, "etag": '"0123456789abcdef0123456789abcdef"'}]})
+        assert wrong.status_code == 422 and wrong.json()["detail"]["field"] == "parts", wrong.text
+        assert (await step({"action": "abort", "upload_id": started["upload_id"]})).status_code == 200
+        gone = await step({"action": "complete", "upload_id": started["upload_id"],
+                           "parts": [{"part_number": 1, "etag": first.headers["etag"]}]})
+        assert gone.status_code == 404 and "start again" in gone.text
+        forged = await workload.post(route.replace(job_id, str(uuid.uuid4())), json={"action": "start", "size": 1})
+        assert forged.status_code == 403
+    assert pending_uploads(settings, s3) == []
+    assert not await store_from_settings(settings).exists(output_key(job_id, 1))
+
+
+async def test_on_the_folder_the_upload_route_says_to_put_the_output_whole(migrated):
+    settings = migrated.model_copy(update={"gateway_public_url": GATEWAY})
+    job_id = str(uuid.uuid4())
+    assert "TUNEFLEET_ARTIFACTS_PARTS_URL" not in workload_env(settings, job_id, 1, resume=False, push=True)
+    route = signed_url(settings.require_secret_key(), GATEWAY, "POST", f"/api/bundles/{job_id}/1/output-upload", 60)
+    async with gateway_client(settings) as client:
+        answer = await client.post(route.removeprefix(GATEWAY), json={"action": "start", "size": 10})
+    assert answer.status_code == 409 and "TUNEFLEET_ARTIFACTS_URL" in answer.text

@@ -10,12 +10,12 @@ import binascii
 import json
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import anyio
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse, RedirectResponse, Response
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
 from services.cloud.bundles import (
     LOG_TAIL,
@@ -24,14 +24,22 @@ from services.cloud.bundles import (
     artifacts_dir,
     bundle_archive,
     bundle_key,
+    output_key,
     write_atomically,
 )
 from services.cloud.checkpoints import latest_checkpoint, store_checkpoint
 from services.cloud.joblog import append_at, log_size
 from services.cloud.output import unpack_output
-from shared.errors import Conflict, NotFound, PayloadTooLarge, TuneFleetError, ValidationFailed
+from shared.errors import (
+    Conflict,
+    NotFound,
+    PayloadTooLarge,
+    ServiceUnavailable,
+    TuneFleetError,
+    ValidationFailed,
+)
 from shared.signing import verify
-from shared.storage import LocalStore, store_from_settings
+from shared.storage import MAX_PARTS, LocalStore, part_bytes, store_from_settings
 
 from ..deps import SettingsDep
 
@@ -40,6 +48,9 @@ router = APIRouter(prefix="/api/bundles", tags=["bundles"], include_in_schema=Fa
 MAX_HEARTBEAT_BYTES = 128 * 1024
 #: How long the bucket URL a redirect gives lives: enough to start the download.
 REDIRECT_S = 600
+#: Parts signed per request of a multipart upload, and how long each part's URL lives.
+SIGN_BATCH = 100
+PART_URL_S = 3600
 
 
 class Forbidden(TuneFleetError):
@@ -185,3 +196,98 @@ async def get_checkpoint(job_id: uuid.UUID, attempt: int, request: Request, sett
     if latest is None:
         raise NotFound(f"no checkpoint of job {job_id} was uploaded")
     return await _from_store(settings, latest)
+
+
+# A workload's output as a multipart upload to the bucket ---------------------------------------------------------
+
+class UploadStart(BaseModel):
+    action: Literal["start"]
+    size: int = Field(ge=0, description="The archive's size in bytes.")
+
+
+class UploadSign(BaseModel):
+    action: Literal["sign"]
+    upload_id: str = Field(min_length=1, max_length=1024)
+    part_numbers: list[Annotated[int, Field(ge=1, le=MAX_PARTS)]] = Field(min_length=1, max_length=SIGN_BATCH)
+
+
+class UploadedPart(BaseModel):
+    part_number: int = Field(ge=1, le=MAX_PARTS)
+    etag: str = Field(min_length=1, max_length=256, description="The ETag header the part's PUT answered.")
+
+
+class UploadComplete(BaseModel):
+    action: Literal["complete"]
+    upload_id: str = Field(min_length=1, max_length=1024)
+    parts: list[UploadedPart] = Field(min_length=1, max_length=MAX_PARTS)
+
+
+class UploadAbort(BaseModel):
+    action: Literal["abort"]
+    upload_id: str = Field(min_length=1, max_length=1024)
+
+
+UploadStep = TypeAdapter(Annotated[UploadStart | UploadSign | UploadComplete | UploadAbort,
+                                   Field(discriminator="action")])
+
+
+class UploadAnswer(BaseModel):
+    upload_id: str | None = None
+    part_bytes: int | None = Field(default=None, description="Every part but the last is this size (start).")
+    urls: dict[int, str] | None = Field(default=None, description="A presigned PUT per part number (sign).")
+
+
+def _s3_error(exc, field: str) -> TuneFleetError:
+    """What the bucket said of an upload step, as the workload should read it."""
+    code = exc.response.get("Error", {}).get("Code", "")
+    if code == "NoSuchUpload":
+        return NotFound("no such upload of this output (it was completed, aborted or never started): start again")
+    if code in ("InvalidPart", "InvalidPartOrder", "EntityTooSmall"):
+        return ValidationFailed(f"the bucket refused the parts ({code}): every part but the last must be "
+                                f"part_bytes long, and each ETag the one its PUT answered", field=field)
+    return ServiceUnavailable(f"the bucket answered {code or 'an error'}; retry")
+
+
+@router.post("/{job_id}/{attempt}/output-upload", response_model=UploadAnswer, response_model_exclude_none=True)
+async def output_upload(job_id: uuid.UUID, attempt: int, request: Request, settings: SettingsDep,
+                        expires: int = Query(...), sig: str = Query(...)) -> UploadAnswer:
+    """One step of sending the output to the bucket in parts: ``start`` (its size: the answer gives the upload id
+    and the part size), ``sign`` (up to 100 part numbers: a presigned PUT each, straight to the bucket),
+    ``complete`` (every part's number and ETag) or ``abort`` (of an upload that is gone too). The bytes never pass
+    through here."""
+    from botocore.exceptions import ClientError
+
+    _check(settings, request, expires, sig)
+    body = await _read(request, 1 << 20)
+    try:
+        step = UploadStep.validate_json(body)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        raise ValidationFailed(f"an upload step is JSON with action start, sign, complete or abort: {error['msg']}",
+                               field=".".join(str(p) for p in error["loc"]) or "body") from exc
+    store, key = store_from_settings(settings), output_key(str(job_id), attempt)
+    if not store.signs_urls:
+        raise Conflict("this server's store takes no parts: PUT the output to TUNEFLEET_ARTIFACTS_URL")
+    try:
+        if isinstance(step, UploadStart):
+            limit = int(settings.max_artifacts_gb * 2**30)
+            if step.size > limit:
+                raise PayloadTooLarge(f"the output is {step.size / 2**30:.1f} GiB, over this server's "
+                                      f"{settings.max_artifacts_gb:g} GiB")
+            if await store.exists(key):
+                raise Conflict(f"the output of job {job_id} attempt {attempt} was already received")
+            upload_id = await asyncio.to_thread(store.start_upload, key)
+            return UploadAnswer(upload_id=upload_id, part_bytes=part_bytes(step.size, settings.s3_part_mb * 2**20))
+        if isinstance(step, UploadSign):
+            return UploadAnswer(urls={n: store.presign_part(key, step.upload_id, n, PART_URL_S)
+                                      for n in step.part_numbers})
+        if isinstance(step, UploadComplete):
+            await asyncio.to_thread(store.finish_upload, key, step.upload_id,
+                                    [(p.part_number, p.etag) for p in step.parts])
+        else:
+            await asyncio.to_thread(store.abort_upload, key, step.upload_id)
+    except ClientError as exc:
+        if isinstance(step, UploadAbort) and exc.response.get("Error", {}).get("Code") == "NoSuchUpload":
+            return UploadAnswer()  # already gone: what an abort asks for
+        raise _s3_error(exc, "parts") from None
+    return UploadAnswer()
