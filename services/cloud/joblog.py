@@ -5,8 +5,8 @@ How the file gets there, by provider:
 
 * local: the trainer's stdout and stderr are written to it as the trainer runs.
 * RunPod, Hugging Face Spaces, Kaggle with internet: the bootstrap's heartbeats carry the log's new bytes from an
-  offset, appended here by ``append_at`` (the gateway), and the output it uploads at the end holds the whole file
-  (``adopt_uploaded``).
+  offset; any gateway replica keeps them in PostgreSQL and the provider's runner appends them here by ``append_at``
+  (``heartbeats.pull``); the output it uploads at the end holds the whole file (``adopt_uploaded``).
 * Lambda: every poll reads the new bytes of the machine's log over SFTP (``append_at``), and the end brings the
   whole file.
 * Kaggle without internet: the kernel cannot reach TuneFleet and Kaggle gives its output only once it ended, so its

@@ -1,20 +1,29 @@
 """A workload's output archive, brought into its artifacts folder: from the gateway's upload route, or, on a store
-that presigns (S3), from the object the workload put in the bucket (``fetch_pushed_output``)."""
+that presigns (S3), from the object the workload put in the bucket (``fetch_pushed_output``).
+
+On such a store the output of every attempt that succeeded is an object of the bucket (``keep_output``: the
+provider puts the folder there when the workload did not), so a service on another machine than the provider
+(the model registry serving or exporting a model, the gateway giving it for download or listing its checkpoints)
+brings it to its own disk the first time it needs it (``local_output``)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import logging
 import os
+import re
 import shutil
 import tarfile
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 from shared.errors import PayloadTooLarge, ValidationFailed
 from shared.jobspec import TrainerResult
 from shared.settings import Settings
-from shared.storage import StorageError, store_from_settings
+from shared.storage import LocalStore, StorageError, store_from_settings
 
 from .archives import extract_tar_gz
 from .bundles import RESULT, artifacts_dir, output_key, write_atomically
@@ -79,3 +88,81 @@ async def fetch_pushed_output(settings: Settings, job_id: str, attempt: int) -> 
 def _refused(folder: Path, why: str) -> None:
     result = TrainerResult(status="failed", error_type="OutputRefused", error_message=why)
     write_atomically(folder / RESULT, result.model_dump_json().encode())
+
+
+# The output of an attempt for every machine: kept in the store, brought to a machine where it is needed ----------
+
+#: ``.../artifacts/<job>/attempt-<n>[/<inside>]``: an output path as the provider's result names it, on any machine.
+OUTPUT_PATH = re.compile(r"/artifacts/([0-9a-f-]{36})/attempt-(\d+)(?:/(.*))?$")
+
+
+def _on_one_machine(settings: Settings) -> bool:
+    """Whether the store is this machine's folder: every service then reads the same artifacts folder."""
+    return isinstance(store_from_settings(settings), LocalStore)
+
+
+async def keep_output(settings: Settings, job_id: str, attempt: int) -> None:
+    """Put the attempt's output folder in the store as one archive (``output_key``), unless the workload put it
+    there itself, so the services of other machines (the model registry, the gateway) find it
+    (``local_output``). Nothing to do when the store is this machine's folder."""
+    if _on_one_machine(settings):
+        return
+    store, key = store_from_settings(settings), output_key(job_id, attempt)
+    if await store.exists(key):
+        return
+    folder = artifacts_dir(settings, job_id, attempt)
+    archive = folder.parent / f".keep-{uuid.uuid4().hex}.tar.gz"
+    try:
+        await asyncio.to_thread(_archive_folder, folder, archive)
+        await store.put_file(key, archive)
+    finally:
+        await asyncio.to_thread(archive.unlink, missing_ok=True)
+
+
+def _archive_folder(folder: Path, archive: Path) -> None:
+    """The folder's files and folders as a tar.gz, without links and the server's own dot files (locks, partials),
+    with result.json last."""
+    def plain(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
+        if info.issym() or info.islnk() or Path(info.name).name.startswith("."):
+            return None
+        return info
+
+    names = sorted((n for n in os.listdir(folder) if not n.startswith(".")), key=lambda n: (n == RESULT, n))
+    with tarfile.open(archive, "w:gz", compresslevel=1) as tar:
+        for name in names:
+            tar.add(folder / name, arcname=name, filter=plain)
+
+
+def local_output(settings: Settings, path: str) -> Path:
+    """``path`` (inside an attempt's output, as a result names it) on this machine: the attempt's output is
+    brought from the store first if this machine does not have it. Any other path is given back as it is."""
+    found = OUTPUT_PATH.search(path)
+    if found is None or _on_one_machine(settings):
+        return Path(path)
+    job_id, attempt, inside = found.group(1), int(found.group(2)), found.group(3)
+    folder = artifacts_dir(settings, job_id, attempt)
+    here = folder / inside if inside else folder
+    with _attempt_lock(folder):
+        if not (folder / RESULT).exists():
+            spooled = folder.parent / f".fetch-{uuid.uuid4().hex}"
+            try:
+                store_from_settings(settings).copy_to(output_key(job_id, attempt), spooled)
+                unpack_output(spooled, folder, int(settings.max_artifacts_gb * 2**30))
+            except StorageError:
+                log.warning("job %s attempt %s: its output is neither here nor in the store", job_id, attempt)
+            finally:
+                spooled.unlink(missing_ok=True)
+    return here
+
+
+@contextlib.contextmanager
+def _attempt_lock(folder: Path) -> Iterator[None]:
+    """One process of this machine brings an attempt's output at a time; the others then find it."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder.parent / f".{folder.name}.lock", os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
+                 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)

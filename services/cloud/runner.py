@@ -30,10 +30,11 @@ from shared.providers import Compute, Provisioned, ResourceStatus, WorkloadReque
 from shared.settings import Settings
 from shared.tokens import job_token
 
+from . import heartbeats
 from .bundles import artifacts_dir, bundle_dir, read_log_tail, read_progress, read_result, workload_env, write_bundle
 from .checkpoints import latest_checkpoint
 from .joblog import read_lines
-from .output import fetch_pushed_output
+from .output import fetch_pushed_output, keep_output
 from .spool import replay_spool
 from .workloads import CloudWorkloads
 
@@ -113,8 +114,10 @@ class CloudRunner:
 
     async def _request(self, job_id: str, attempt: int, options: dict | None = None,
                        command: ProvisionJob | None = None, user_id: str = "") -> WorkloadRequest:
+        # The environment is for creating or starting the workload (``command`` given), never needed by a poll:
+        # it is not built there, so a poll signs no URL and lists no checkpoint.
         env = await self._secret_env(command) if command is not None else {}
-        if self.compute.remote:
+        if self.compute.remote and command is not None:
             env.update(workload_env(self.settings, job_id, attempt, push=self.compute.pushes(options or {}),
                                     resume=await latest_checkpoint(self.settings, job_id) is not None))
         return WorkloadRequest(job_id=job_id, attempt=attempt, installation=self.compute.installation, env=env,
@@ -260,7 +263,8 @@ class CloudRunner:
             except ProviderError as exc:
                 await self._stop(row, WorkloadPhase.FAILED, exc.message, await asyncio.to_thread(read_log_tail, folder))
                 return
-        if self.compute.remote and self.compute.pushes(options):
+        if self._pushes(row):
+            await heartbeats.pull(self.pool, folder, job_id, attempt)  # any gateway replica took them
             await fetch_pushed_output(self.settings, job_id, attempt)  # put in the bucket, on a store that presigns
         await self._ship_log(row)
         result = await asyncio.to_thread(read_result, folder)
@@ -345,6 +349,7 @@ class CloudRunner:
         job_id, attempt, folder = str(row["job_id"]), row["attempt"], request.artifacts_dir
         phase, message = result_phase(result), result.error_message
         if phase is WorkloadPhase.SUCCEEDED:
+            await keep_output(self.settings, job_id, attempt)  # for the registry and gateways of other machines
             try:
                 message = await self.compute.deliver(request, credentials, _localised(result, folder)) or message
             except ProviderError as exc:
@@ -420,13 +425,21 @@ class CloudRunner:
             if not await self.workloads.ended(conn, job_id, attempt, spool_pending=spool_pending):
                 return
             await self.outbox.put(conn, event)
+        await heartbeats.forget(self.pool, job_id, attempt)  # its log is in the folder and published
         await self.outbox.send(self.report, event)
 
     async def _ship_ended_logs(self, seconds: float) -> None:
         """The lines written to the logs of attempts that ended in the last ``seconds`` since they were read."""
         if self.publish_log is not None:
             for row in await self.workloads.ended_since(seconds):
+                if self._pushes(row):  # a heartbeat after the end: the log's last bytes
+                    await heartbeats.pull(self.pool, artifacts_dir(self.settings, str(row["job_id"]), row["attempt"]),
+                                          str(row["job_id"]), row["attempt"])
                 await self._ship_log(row, final=True)
+
+    def _pushes(self, row: asyncpg.Record) -> bool:
+        """Whether the attempt's workload sends its reports (heartbeats, output) rather than having them fetched."""
+        return self.compute.remote and self.compute.pushes((row["command"] or {}).get("provider_options") or {})
 
     async def _ship_log(self, row: asyncpg.Record, *, final: bool = False) -> None:
         """Publish the lines of the attempt's log not published yet, a batch at a time (every one, the last without

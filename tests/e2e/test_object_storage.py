@@ -91,8 +91,10 @@ def test_a_data_set_lives_in_the_bucket_and_a_local_job_trains_on_it(s3_stack, s
                                             params={"limit": 100}).json()["metrics"]]
         assert steps == list(range(1, 7))
 
+        # the output too, for the services of other machines (the registry, the gateways)
+        output = f"team-a/artifacts/{done['job_id']}/attempt-1/output.tar.gz"
         assert api.delete(f"/api/training/datasets/{dataset['id']}").status_code == 204
-        assert objects(s3, s3_stack.bucket) == []
+        assert objects(s3, s3_stack.bucket) == [output]
         assert api.get(f"/api/training/datasets/{dataset['id']}/preview").status_code == 404
 
 
@@ -135,7 +137,7 @@ def test_a_runpod_pod_fetches_its_bundle_and_sends_its_output_through_the_bucket
     assert job["cost_usd"] > 0
 
 
-def test_a_lambda_instance_trains_on_a_stack_whose_files_are_in_the_bucket(s3_stack, s3_user, lambda_cloud,
+def test_a_lambda_instance_trains_on_a_stack_whose_files_are_in_the_bucket(s3_stack, s3, s3_user, lambda_cloud,
                                                                           tiny_model_dir, tmp_path: Path):
     config = cloud_job_config(s3_user, tmp_path, "lc-s3", tiny_model_dir, max_steps=6)
     r = s3_user.post("/api/training/deploy/lambda", json={"config": config, "instance_type": "gpu_1x_a10",
@@ -148,6 +150,8 @@ def test_a_lambda_instance_trains_on_a_stack_whose_files_are_in_the_bucket(s3_st
     wait_until(lambda: s3_user.get(f"/api/training/jobs/{job_id}").json()["model_id"], what="registration")
     model = next(m for m in s3_user.get("/api/models").json() if m["job_id"] == job_id)
     assert Path(model["adapter_path"], "adapter_config.json").exists()
+    # fetched over SSH by the provider, then kept in the bucket for the services of other machines
+    assert f"team-a/artifacts/{job_id}/attempt-1/output.tar.gz" in objects(s3, s3_stack.bucket)
 
 
 def test_a_runpod_pod_lost_mid_run_resumes_from_its_checkpoint_in_the_bucket(s3_stack, s3, s3_user, runpod,

@@ -6,12 +6,14 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import itertools
 import tarfile
 import uuid
 
 import httpx
 from faststream.nats import NatsBroker
 
+from services.cloud import heartbeats
 from services.cloud.bundles import artifacts_dir, bundle_dir, workload_env
 from services.cloud.joblog import LOG, read_lines
 from services.cloud.runner import CloudRunner
@@ -21,6 +23,7 @@ from services.scheduler.subscribers import wire as wire_scheduler
 from shared import subjects
 from shared.bus import publish
 from shared.config import DataFormat
+from shared.db import create_pool
 from shared.events import ProvisionJob, WorkloadLogged
 from trainer.bootstrap import Heartbeat, Log
 
@@ -184,36 +187,54 @@ def _tar(files: dict[str, bytes]) -> bytes:
 
 
 async def test_a_remote_workloads_heartbeats_bring_its_whole_log(migrated, tmp_path):
-    """The bootstrap's own client against the gateway's heartbeat route: the server's copy of the log is the
-    workload's, byte for byte, whatever is lost or sent again, and a container restarted without its disk goes on
-    after it. The output uploaded at the end never shortens it."""
+    """The bootstrap's own client against the gateway's heartbeat route, on two gateway replicas with disks of
+    their own taking beats in turn: the log the provider's runner pulls from PostgreSQL is the workload's, byte
+    for byte, whatever is lost or sent again, and a container restarted without its disk goes on after it. The
+    output uploaded at the end never shortens it."""
     job_id = str(uuid.uuid4())
-    async with served_gateway(migrated) as (settings, _, _):
+    replica = migrated.model_copy(update={"home": tmp_path / "replica-2"})
+    replica.home.mkdir()
+    pool = await create_pool(migrated.require_database_url())
+    async with served_gateway(migrated) as (settings, _, _), served_gateway(replica) as (_, other_url, _):
         env = workload_env(settings, job_id, 1, resume=False, push=True)
+        urls = [env["TUNEFLEET_HEARTBEAT_URL"], other_url + env["TUNEFLEET_HEARTBEAT_URL"].removeprefix(
+            settings.public_url)]  # the same signed path on the other replica
+        folder = artifacts_dir(settings, job_id, 1)  # the provider's
+
+        turns = itertools.cycle(urls)
+
+        async def beat_on_each(beat: Heartbeat, final: bool = False) -> None:
+            beat.url = next(turns)
+            await asyncio.to_thread(beat.send, final)
+
+        async def kept() -> bytes:
+            await heartbeats.pull(pool, folder, job_id, 1)
+            return (folder / LOG).read_bytes()
+
         work = tmp_path / "work"
         log = Log(str(work / "output" / "train.log"))
-        beat = Heartbeat(env["TUNEFLEET_HEARTBEAT_URL"], log, str(work / "output" / "progress.json"))
+        beat = Heartbeat(urls[0], log, str(work / "output" / "progress.json"))
         for i in range(40_000):  # about 1 MB: more than one beat's chunks
             log.file.write(b"pip: collecting package %d\n" % i)
         log.file.write(b"half a li")
-        folder = artifacts_dir(settings, job_id, 1)
         while beat.sent < log.size() - len(b"half a li"):
-            await asyncio.to_thread(beat.send)
-        assert (folder / LOG).read_bytes() == (work / "output" / "train.log").read_bytes()[:beat.sent]
+            await beat_on_each(beat)
+        assert await kept() == (work / "output" / "train.log").read_bytes()[:beat.sent]
+        assert not (replica.home / "artifacts").exists()  # nothing of it on a gateway's disk
 
         beat.sent = 1000  # an answer was lost: the same bytes go again, and are kept once
         log.file.write(b"ne\n")
-        await asyncio.to_thread(beat.send)
-        assert (folder / LOG).read_bytes() == (work / "output" / "train.log").read_bytes()
+        await beat_on_each(beat)
+        assert await kept() == (work / "output" / "train.log").read_bytes()
 
         fresh = Log(str(tmp_path / "restarted" / "output" / "train.log"))  # a new container, a new disk
         fresh.say("bundle fetched again")
-        again = Heartbeat(env["TUNEFLEET_HEARTBEAT_URL"], fresh, str(tmp_path / "nowhere.json"))
-        await asyncio.to_thread(again.send)
+        again = Heartbeat(urls[1], fresh, str(tmp_path / "nowhere.json"))
+        await beat_on_each(again)
         fresh.file.write(b"the last line, unfinished")
-        await asyncio.to_thread(again.send, True)
+        await beat_on_each(again, True)
         whole = (work / "output/train.log").read_bytes() + (tmp_path / "restarted/output/train.log").read_bytes()
-        assert (folder / LOG).read_bytes() == whole
+        assert await kept() == whole
 
         async with httpx.AsyncClient() as client:  # the output, with the new container's shorter log
             r = await client.put(env["TUNEFLEET_ARTIFACTS_URL"], content=_tar({
@@ -222,12 +243,15 @@ async def test_a_remote_workloads_heartbeats_bring_its_whole_log(migrated, tmp_p
             assert r.status_code == 204, r.text
             assert (folder / LOG).read_bytes() == whole and (folder / "result.json").exists()
             bad = {"stage": "x", "log": {"offset": 0, "data": "*"}}
-            r = await client.put(env["TUNEFLEET_HEARTBEAT_URL"], json=bad)
+            r = await client.put(urls[1], json=bad)
             assert r.status_code == 422 and r.json()["detail"]["field"] == "log.data"
+            await heartbeats.forget(pool, job_id, 1)  # the attempt ended: its chunks go, its log stays pulled
             late = {"stage": "x", "log": {"offset": len(whole),
                                           "data": base64.b64encode(b", finished after the end\n").decode()}}
-            r = await client.put(env["TUNEFLEET_HEARTBEAT_URL"], json=late)
+            r = await client.put(urls[1], json=late)
             assert r.json() == {"log_offset": len(whole) + 25}
+            await kept()
+    await pool.close()
     batch, lines = read_lines(folder, 0, final=True), []
     while batch.lines:
         lines += batch.lines

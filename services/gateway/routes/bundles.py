@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import json
 import uuid
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -17,18 +16,15 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse, RedirectResponse, Response
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
+from services.cloud import heartbeats
 from services.cloud.bundles import (
-    LOG_TAIL,
-    PROGRESS,
     RESULT,
     artifacts_dir,
     bundle_archive,
     bundle_key,
     output_key,
-    write_atomically,
 )
 from services.cloud.checkpoints import latest_checkpoint, store_checkpoint
-from services.cloud.joblog import append_at, log_size
 from services.cloud.output import unpack_output
 from shared.errors import (
     Conflict,
@@ -41,7 +37,7 @@ from shared.errors import (
 from shared.signing import verify
 from shared.storage import MAX_PARTS, LocalStore, part_bytes, store_from_settings
 
-from ..deps import SettingsDep
+from ..deps import PoolDep, SettingsDep
 
 router = APIRouter(prefix="/api/bundles", tags=["bundles"], include_in_schema=False)
 
@@ -145,10 +141,11 @@ async def put_artifacts(job_id: uuid.UUID, attempt: int, request: Request, setti
 
 
 @router.put("/{job_id}/{attempt}/heartbeat", response_model=HeartbeatAnswer)
-async def put_heartbeat(job_id: uuid.UUID, attempt: int, request: Request, settings: SettingsDep,
+async def put_heartbeat(job_id: uuid.UUID, attempt: int, request: Request, settings: SettingsDep, pool: PoolDep,
                         expires: int = Query(...), sig: str = Query(...)) -> HeartbeatAnswer:
-    """The workload's stage and progress, and its log: with ``log``, the log's next bytes, kept (on disk, synced)
-    before the answer, which says how much of the log the server has; without, only ``log_tail``, its end."""
+    """The workload's stage and progress, and its log: with ``log``, the log's next bytes, kept (in PostgreSQL,
+    committed) before the answer, which says how much of the log the server has; without, only ``log_tail``, its
+    end. Any replica takes it; the provider's runner copies it into the attempt's folder (``heartbeats.pull``)."""
     _check(settings, request, expires, sig)
     body = await _read(request, MAX_HEARTBEAT_BYTES)
     try:
@@ -156,20 +153,15 @@ async def put_heartbeat(job_id: uuid.UUID, attempt: int, request: Request, setti
     except ValidationError as exc:
         raise ValidationFailed(f"a heartbeat is JSON with stage, log (or log_tail) and progress: "
                                f"{exc.errors()[0]['msg']}", field="body") from exc
-    folder = artifacts_dir(settings, str(job_id), attempt)
     progress = {**(beat.progress or {}), "stage": beat.stage}
+    data = b""
     if beat.log is not None:
         try:
             data = base64.b64decode(beat.log.data, validate=True)
         except binascii.Error as exc:
             raise ValidationFailed("log.data must be the log's bytes in base64", field="log.data") from exc
-        size = await asyncio.to_thread(append_at, folder, beat.log.offset, data)
-        # the whole log is here now: its end is the tail (``read_log_tail``)
-        await anyio.Path(folder / LOG_TAIL).unlink(missing_ok=True)
-    else:
-        await asyncio.to_thread(write_atomically, folder / LOG_TAIL, beat.log_tail.encode())
-        size = await asyncio.to_thread(log_size, folder)
-    await asyncio.to_thread(write_atomically, folder / PROGRESS, json.dumps(progress).encode())
+    size = await heartbeats.record(pool, str(job_id), attempt, progress=progress, log_tail=beat.log_tail,
+                                   log_offset=beat.log.offset if beat.log is not None else None, data=data)
     return HeartbeatAnswer(log_offset=size)
 
 

@@ -20,6 +20,7 @@ from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
 from services.cloud.bundles import artifacts_dir
+from services.cloud.output import local_output
 from shared.settings import Settings
 
 from .. import views
@@ -49,8 +50,8 @@ async def list_checkpoints(job_id: uuid.UUID, user: CurrentUser, pool: PoolDep,
     await views.ensure_job_visible(pool, user, str(job_id))
     adapter_path = await pool.fetchval("SELECT adapter_path FROM models WHERE job_id = $1 AND user_id = $2",
                                        job_id, user)
-    if adapter_path:
-        output = Path(adapter_path).parent
+    if adapter_path:  # brought from the store the first time, when a provider on another machine trained it
+        output = (await asyncio.to_thread(local_output, settings, adapter_path)).parent
     else:
         output = await asyncio.to_thread(_newest_attempt_with_checkpoints, settings, str(job_id))
     if output is None:

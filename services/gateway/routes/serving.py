@@ -19,10 +19,12 @@ from fastapi.responses import FileResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.background import BackgroundTask
 
+from services.cloud.output import local_output
 from services.model_registry.serving.checks import check_adapter
 from shared.errors import Conflict, NotFound, ValidationFailed
 from shared.events import ServeRequested, ServeStopRequested
 from shared.outbox import Outbox
+from shared.settings import Settings
 
 from .. import views
 from ..deploying import OUTBOX
@@ -47,6 +49,15 @@ async def _model_for(pool, user: str, body: ServingDeployRequest):
         raise Conflict(f"job {body.job_id} has no registered model: a job's model is registered when it completes "
                        "(GET /api/training/jobs/ID says its status)", field="job_id")
     return row
+
+
+async def _here(settings: Settings, model) -> dict:
+    """The model's row with its output on this machine: brought from the store the first time when it was
+    trained by a provider on another machine (``local_output``)."""
+    model = dict(model)
+    if model["adapter_path"]:
+        model["adapter_path"] = str(await asyncio.to_thread(local_output, settings, model["adapter_path"]))
+    return model
 
 
 def _checkpoint(model, checkpoint_path: str) -> Path:
@@ -76,7 +87,7 @@ async def deploy_serving(body: ServingDeployRequest, user: CurrentUser, pool: Po
                          settings: SettingsDep) -> ServingPublic:
     """Serve a registered model on vLLM, Ollama or the built-in server. The serving is ``starting`` until its engine
     answers a smoke prompt (``ready``), or ``failed`` with the reason. Call it at ``base_url`` with your API key."""
-    model = await _model_for(pool, user, body)
+    model = await _here(settings, await _model_for(pool, user, body))
     name = body.name or model["name"]
     lora = model["lora_r"] is not None
     adapter = str(_checkpoint(model, body.checkpoint_path)) if body.checkpoint_path else (
@@ -164,7 +175,7 @@ def _tar(folder: Path, arcname: str) -> str:
 
 
 @router.get("/api/models/{model_id}/download", response_class=FileResponse)
-async def download_model(model_id: uuid.UUID, user: CurrentUser, pool: PoolDep,
+async def download_model(model_id: uuid.UUID, user: CurrentUser, pool: PoolDep, settings: SettingsDep,
                          merged: bool = Query(False, description="The base with the adapter merged in (jobs "
                                                                  "trained with training.merge_adapter)."),
                          checkpoint: str | None = Query(None, description="One of the job's checkpoints instead, "
@@ -174,7 +185,7 @@ async def download_model(model_id: uuid.UUID, user: CurrentUser, pool: PoolDep,
                                                                 "merged or gguf-<f32|f16|q8_0>.")):
     """The model's files as a tar: the adapter (with its tokenizer), the merged model, a checkpoint or an export
     (a GGUF export is the file itself)."""
-    model = await _model_with_adapter(pool, user, model_id)
+    model = await _model_with_adapter(pool, user, model_id, settings)
     folder = Path(model["adapter_path"])
     if export:
         return await _export_file(model, export)
@@ -223,12 +234,12 @@ def _export_record(folder: Path) -> ExportPublic | None:
                         status=record.get("status", "failed"), error=record.get("error"))
 
 
-async def _model_with_adapter(pool, user: str, model_id: uuid.UUID):
+async def _model_with_adapter(pool, user: str, model_id: uuid.UUID, settings: Settings):
     model = await views.model(pool, user, model_id)
     if model is None or not model["adapter_path"]:
         raise NotFound(f"model {model_id} not found, or its job left no files; GET /api/models lists yours",
                        field="model_id")
-    return model
+    return await _here(settings, model)
 
 
 async def _export_file(model, key: str) -> FileResponse:
@@ -250,10 +261,11 @@ async def _export_file(model, key: str) -> FileResponse:
 
 
 @router.post("/api/models/{model_id}/export", response_model=ExportPublic, status_code=202)
-async def export_model(model_id: uuid.UUID, body: ExportRequest, user: CurrentUser, pool: PoolDep) -> ExportPublic:
+async def export_model(model_id: uuid.UUID, body: ExportRequest, user: CurrentUser, pool: PoolDep,
+                       settings: SettingsDep) -> ExportPublic:
     """Make files the model can be taken to any engine with: the merged model, or a GGUF file. Runs in the
     background; GET /api/models/{id}/exports says when it is done, and the download gives it."""
-    model = await _model_with_adapter(pool, user, model_id)
+    model = await _model_with_adapter(pool, user, model_id, settings)
     if model["lora_r"] is None:
         raise Conflict("this model is a full fine-tune: it is already a whole model; download it as it is",
                        field="format")
@@ -278,8 +290,9 @@ async def export_model(model_id: uuid.UUID, body: ExportRequest, user: CurrentUs
 
 
 @router.get("/api/models/{model_id}/exports", response_model=list[ExportPublic])
-async def list_exports(model_id: uuid.UUID, user: CurrentUser, pool: PoolDep) -> list[ExportPublic]:
-    model = await _model_with_adapter(pool, user, model_id)
+async def list_exports(model_id: uuid.UUID, user: CurrentUser, pool: PoolDep,
+                       settings: SettingsDep) -> list[ExportPublic]:
+    model = await _model_with_adapter(pool, user, model_id, settings)
 
     def scan() -> list[ExportPublic]:
         root = _exports_dir(model)

@@ -16,9 +16,11 @@ from typing import Protocol
 
 import asyncpg
 
+from services.cloud.output import local_output
 from shared.events import Message, ServeRequested, ServeStopRequested, ServingChanged
 from shared.ids import derived_id
 from shared.serving import Finding, ServerType, ServingState
+from shared.settings import Settings
 
 from .checks import check_adapter
 from .engines import EngineFailed, Engines
@@ -85,6 +87,14 @@ class ServingRepository:
         return row is not None
 
 
+def _on_this_machine(settings: Settings, cmd: ServeRequested) -> ServeRequested:
+    """The command with its model's files on this machine: an output trained on another machine's provider is
+    brought from the store (``local_output``)."""
+    paths = {name: str(local_output(settings, value)) for name in ("adapter_path", "model_path")
+             if (value := getattr(cmd, name))}
+    return cmd.model_copy(update=paths)
+
+
 def _findings(cmd: ServeRequested) -> list[Finding]:
     if not cmd.adapter_path:
         return []
@@ -124,6 +134,7 @@ class Servings:
         task.add_done_callback(lambda _t: self.starting.pop(cmd.serving_id, None))
 
     async def _start(self, cmd: ServeRequested) -> None:
+        cmd = await asyncio.to_thread(_on_this_machine, self.engines.settings, cmd)
         findings = await asyncio.to_thread(_findings, cmd)
         errors = [f for f in findings if f.level == "error"]
         if errors:
