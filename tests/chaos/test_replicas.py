@@ -41,7 +41,7 @@ from tests.stack import TERMINAL
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(1800)]
 
 REPLICAS = {"gateway": 2, "scheduler": 2, "provider_local": 2, "metrics_ingest": 3}
-JOBS, STEPS, USERS, IN_FLIGHT = 50, 6, 5, 4
+JOBS, STEPS, USERS, IN_FLIGHT = 50, 3, 5, 4
 HISTORY = ["queued", "provisioning", "running", "completed"]
 CREATED = re.compile(r"job (\S+) attempt \d+: local \S+ created")
 BATCH = re.compile(r'"POST /v1/jobs/([0-9a-f-]+)/batches HTTP/[\d.]+" 200')
@@ -304,13 +304,13 @@ def test_fifty_jobs_on_replicas_are_each_handled_once(replicated: Replicated, ti
     clients = [httpx.Client(base_url=running.gateways.url, headers={"Authorization": f"Bearer {key}"}, timeout=60,
                             limits=httpx.Limits(max_keepalive_connections=0))
                for key in make_keys(settings.require_database_url())]
-    data = Path(write_sample_dataset(str(tmp_path / "data.jsonl"), rows=32, fmt="instruction"))
+    data = Path(write_sample_dataset(str(tmp_path / "data.jsonl"), rows=16, fmt="instruction"))
     configs = []
     for n, client in enumerate(clients):
         r = client.post("/api/training/datasets", files={"file": ("data.jsonl", data.read_bytes())})
         assert r.status_code in (200, 201), r.text
         configs.append({"config": {
-            "name": f"replicas-{n}", "model": {"base_model": str(tiny_model_dir), "max_seq_length": 64},
+            "name": f"replicas-{n}", "model": {"base_model": str(tiny_model_dir), "max_seq_length": 32},
             "data": {"dataset_id": r.json()["id"], "eval_split": 0.0},
             "training": {"max_steps": STEPS, "batch_size": 4, "logging_steps": 1},
             "predictions": {"enabled": False}}})
