@@ -432,9 +432,14 @@ class CloudRunner:
         """The lines written to the logs of attempts that ended in the last ``seconds`` since they were read."""
         if self.publish_log is not None:
             for row in await self.workloads.ended_since(seconds):
+                job_id, attempt = str(row["job_id"]), row["attempt"]
                 if self._pushes(row):  # a heartbeat after the end: the log's last bytes
-                    await heartbeats.pull(self.pool, artifacts_dir(self.settings, str(row["job_id"]), row["attempt"]),
-                                          str(row["job_id"]), row["attempt"])
+                    try:
+                        await heartbeats.pull(self.pool, artifacts_dir(self.settings, job_id, attempt), job_id,
+                                              attempt)
+                    except Exception as exc:  # as _ship_log: logged, and tried again at the next round
+                        log.warning("job %s attempt %s: reading its last heartbeats failed (%s: %s)", job_id,
+                                    attempt, type(exc).__name__, exc)
                 await self._ship_log(row, final=True)
 
     def _pushes(self, row: asyncpg.Record) -> bool:

@@ -109,7 +109,7 @@ class CloudWorkloads:
     async def ended_since(self, seconds: float) -> list[asyncpg.Record]:
         """Attempts that ended in the last ``seconds`` (their log may still get its last lines)."""
         return await self.pool.fetch(
-            f"""SELECT job_id, attempt, state, log_offset, log_lines FROM {self.table}
+            f"""SELECT job_id, attempt, state, log_offset, log_lines, command FROM {self.table}
                 WHERE state = 'ended' AND attempt > 0 AND ended_at > now() - make_interval(secs => $1)""", seconds)
 
     async def pending_spools(self) -> list[asyncpg.Record]:

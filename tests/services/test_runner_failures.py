@@ -64,3 +64,31 @@ async def test_an_end_that_could_not_be_published_is_published_by_the_next_start
     assert await restarted.outbox.unsent() == 0
     await restarted.recover()  # published once
     assert len(reports) == 1
+
+
+class BrokenPushingCompute(BrokenCompute):
+    """The same bug on a provider whose workloads send their reports (heartbeats) to the gateway."""
+
+    remote = True
+
+
+async def test_a_restart_ships_a_heartbeats_last_log_lines_of_an_attempt_that_just_ended(migrated, pool, tmp_path):
+    """A workload's last heartbeat can come after its attempt ended; the runner's start (any replica) pulls it from
+    PostgreSQL and publishes its lines."""
+    from services.cloud import heartbeats
+
+    async def report(event) -> None:
+        pass
+
+    command = provision_command(tmp_path)
+    await CloudRunner(BrokenPushingCompute(migrated), migrated, pool, report).provision(command)
+    await heartbeats.record(pool, command.job_id, command.attempt, progress={}, log_tail=None, log_offset=0,
+                            data=b"[bootstrap] done (trainer exit code 1)\n")
+    logged = []
+
+    async def publish_log(event) -> None:
+        logged.append(event)
+
+    restarted = CloudRunner(BrokenPushingCompute(migrated), migrated, pool, report, publish_log=publish_log)
+    await restarted.recover()
+    assert [line for event in logged for line in event.lines] == ["[bootstrap] done (trainer exit code 1)"]
