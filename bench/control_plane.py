@@ -25,15 +25,15 @@ Replicas: ``--replicas 1 2`` measures with one gateway and one scheduler, then a
 each (each client keeps to one gateway, the clients spread over them in turn, as a round-robin in front would do,
 without a proxy process of its own taking CPU), and prints the figures side by side with the CPU each job cost,
 the bench's own clients included. What limits scaling on a 2-core machine: the copies add processes, not cores.
-A job costs about 40 CPU-ms in all (gateway ~5, scheduler ~10, provider ~10, PostgreSQL ~9, NATS ~3, clients ~3),
-so two cores cap any run near 2000 / 40 = 50 jobs/s however many replicas share the work (the ``ceiling`` row).
-One replica of each stays below that cap: a scheduler holds at most ``WORKERS`` (8) messages of a kind at once,
-each waiting on PostgreSQL and on JetStream's publish acknowledgements, so its latency bounds it before the CPU
-does (at 30 jobs/s the two cores were about 70% busy). A second
-copy doubles what is in hand and may close part of the gap (30.6 -> 41.0 jobs/s in one run), but it competes for
+A job costs 25-40 CPU-ms in all (gateway 3-5, scheduler 6-10, provider 5-10, PostgreSQL 5-9, NATS 1.5-3, clients
+2-4; the bench prints the run's), so two cores cap any run near 2000 / that, 50-85 jobs/s, however many replicas
+share the work (the ``ceiling`` row). One replica of each stays below that cap: a scheduler holds at most
+``WORKERS`` (8) messages of a kind at once, each waiting on PostgreSQL and on JetStream's publish acknowledgements,
+so its latency bounds it before the CPU does. A second copy doubles what is in hand and closes part of the gap
+(30.6 -> 41.0 jobs/s in one run, 61.6 -> 80.1 in a later one, with accept p99 1076 -> 430 ms), but it competes for
 the same two cores with PostgreSQL, NATS, the provider and the clients, and adds context switches and row locks
 contended across processes, which can cost it all back (30.1 -> 24.6 in a run that shared the machine with a test
-suite): on 2 cores the difference is within the run-to-run noise. Replicas pay where each gets cores of its own.
+suite): on 2 cores the gain is of the size of the run-to-run noise. Replicas pay where each gets cores of its own.
 
 The last line is ``deploys=N accept_p99_ms=A provision_p99_ms=P jobs_per_s=J`` (one such line per configuration,
 prefixed ``replicas=R``, with ``--replicas``).
