@@ -70,6 +70,7 @@ class Store(Protocol):
     def copy_from(self, path: str | os.PathLike, key: str) -> None: ...
     async def exists(self, key: str) -> bool: ...
     async def size(self, key: str) -> int: ...
+    def size_of(self, key: str) -> int: ...
     async def keys(self, prefix: str) -> list[str]: ...
     async def delete(self, key: str) -> None: ...
     async def delete_prefix(self, prefix: str) -> int: ...
@@ -149,6 +150,10 @@ class LocalStore:
         return self._path(key).is_file()
 
     async def size(self, key: str) -> int:
+        return self.size_of(key)
+
+    def size_of(self, key: str) -> int:
+        """``size`` for synchronous callers."""
         try:
             return self._path(key).stat().st_size
         except FileNotFoundError:
@@ -282,10 +287,18 @@ class S3Store:
         return await self._head(key) is not None
 
     async def size(self, key: str) -> int:
-        head = await self._head(key)
-        if head is None:
-            raise StorageError(f"no object {key!r}")
-        return int(head["ContentLength"])
+        return await asyncio.to_thread(self.size_of, key)
+
+    def size_of(self, key: str) -> int:
+        """``size`` for synchronous callers."""
+        from botocore.exceptions import ClientError
+
+        try:
+            return int(self.client.head_object(Bucket=self.bucket, Key=self._key(key))["ContentLength"])
+        except ClientError as exc:
+            if self._missing(exc, key):
+                raise StorageError(f"no object {key!r}") from None
+            raise
 
     def _list(self, prefix: str) -> list[str]:
         full = self._key(prefix.rstrip("/")) if prefix.strip("/") else self.prefix
@@ -339,6 +352,12 @@ class S3Store:
         self.client.complete_multipart_upload(
             Bucket=self.bucket, Key=self._key(key), UploadId=upload_id,
             MultipartUpload={"Parts": [{"PartNumber": n, "ETag": etag} for n, etag in sorted(parts)]})
+
+    def uploaded_bytes(self, key: str, upload_id: str) -> int:
+        """What the upload's parts hold so far, in bytes."""
+        pages = self.client.get_paginator("list_parts").paginate(Bucket=self.bucket, Key=self._key(key),
+                                                                 UploadId=upload_id)
+        return sum(part["Size"] for page in pages for part in page.get("Parts", []))
 
     def abort_upload(self, key: str, upload_id: str) -> None:
         self.client.abort_multipart_upload(Bucket=self.bucket, Key=self._key(key), UploadId=upload_id)

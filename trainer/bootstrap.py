@@ -242,7 +242,7 @@ def send_in_parts(log, parts_url, path, size):
                     parts.append({"part_number": number, "etag": etag})
         with_retries(log, "completing the output's upload", lambda: _post_json(
             parts_url, {"action": "complete", "upload_id": upload_id, "parts": parts}))
-    except BootstrapFailed:
+    except Exception:  # anything: the bucket keeps no orphan parts
         try:
             _post_json(parts_url, {"action": "abort", "upload_id": upload_id})
         except (urllib.error.URLError, OSError, ValueError) as exc:
@@ -452,21 +452,26 @@ class Bootstrap:
             return
         self.stage("uploading", "sending the output")
         archive = os.path.join(self.workdir, "output.tar.gz")  # on disk: an output can be larger than memory
-        with tarfile.open(archive, mode="w:gz") as tar:
-            for name in sorted(os.listdir(self.output)):
-                if name != "checkpoints":
-                    tar.add(os.path.join(self.output, name), arcname=name)
-        size = os.path.getsize(archive)
-        parts_url = self.env.get("TUNEFLEET_ARTIFACTS_PARTS_URL")
-        if parts_url and size > int(self.env.get("TUNEFLEET_ARTIFACTS_PART_BYTES") or 0):
-            send_in_parts(self.log, parts_url, archive, size)
-        else:
-            def put():
-                with open(archive, "rb") as f:
-                    _request("PUT", url, f, {"content-type": "application/gzip", "content-length": str(size)},
-                             timeout=1800)
-            with_retries(self.log, "sending the output", put)
-        os.remove(archive)
+        try:
+            with tarfile.open(archive, mode="w:gz") as tar:
+                for name in sorted(os.listdir(self.output)):
+                    if name != "checkpoints":
+                        tar.add(os.path.join(self.output, name), arcname=name)
+            size = os.path.getsize(archive)
+            parts_url = self.env.get("TUNEFLEET_ARTIFACTS_PARTS_URL")
+            if parts_url and size > int(self.env.get("TUNEFLEET_ARTIFACTS_PART_BYTES") or 0):
+                send_in_parts(self.log, parts_url, archive, size)
+            else:
+                def put():
+                    with open(archive, "rb") as f:
+                        _request("PUT", url, f, {"content-type": "application/gzip", "content-length": str(size)},
+                                 timeout=1800)
+                with_retries(self.log, "sending the output", put)
+        except (OSError, tarfile.TarError, ValueError, KeyError) as exc:  # a full disk, an answer not understood
+            raise BootstrapFailed(f"sending the output failed: {type(exc).__name__}: {exc}") from exc
+        finally:
+            if os.path.exists(archive):
+                os.remove(archive)
 
     def run(self):
         self.heartbeat.start()

@@ -8,7 +8,7 @@ any provider replica, on any machine, reads them: no folder is shared between th
 * ``pull`` (the provider's runner, before it reads the attempt's folder): copies what is new into the folder,
   the log through ``append_at`` and the progress and log tail as their files, so everything downstream (the log
   lines the runner publishes, the progress it reports) reads the folder as before.
-* ``forget``: the chunks of an attempt that ended, once its log is in the folder.
+* ``forget``: the chunks of an attempt that ended that its folder's log holds.
 """
 
 from __future__ import annotations
@@ -55,13 +55,16 @@ async def pull(pool: asyncpg.Pool, folder: Path, job_id: str, attempt: int) -> N
     if row is None:
         return
     have = await asyncio.to_thread(log_size, folder)
-    if row["log_size"] > have:
+    while row["log_size"] > have:  # PULL_BYTES at a time, until the folder has all of it
         chunks = await pool.fetch(
             """SELECT start, data FROM workload_log_chunks
                WHERE job_id = $1 AND attempt = $2 AND start + length(data) > $3 AND start < $3 + $4
                ORDER BY start""", job_id, attempt, have, PULL_BYTES)
+        before = have
         for chunk in chunks:
             have = await asyncio.to_thread(append_at, folder, chunk["start"], chunk["data"])
+        if have == before:
+            break  # nothing stored follows the folder's log (its chunks went): it stays as it is
     await asyncio.to_thread(write_atomically, folder / PROGRESS, json.dumps(row["progress"]).encode())
     if row["log_size"] or row["log_tail"] is None:
         await asyncio.to_thread((folder / LOG_TAIL).unlink, missing_ok=True)
@@ -69,5 +72,9 @@ async def pull(pool: asyncpg.Pool, folder: Path, job_id: str, attempt: int) -> N
         await asyncio.to_thread(write_atomically, folder / LOG_TAIL, row["log_tail"].encode())
 
 
-async def forget(pool: asyncpg.Pool, job_id: str, attempt: int) -> None:
-    await pool.execute("DELETE FROM workload_log_chunks WHERE job_id = $1 AND attempt = $2", job_id, attempt)
+async def forget(pool: asyncpg.Pool, folder: Path, job_id: str, attempt: int) -> None:
+    """Delete the attempt's chunks that the folder's log already holds; any other (a beat after the last pull)
+    stays for the next ``pull``."""
+    have = await asyncio.to_thread(log_size, folder)
+    await pool.execute("DELETE FROM workload_log_chunks WHERE job_id = $1 AND attempt = $2 "
+                       "AND start + length(data) <= $3", job_id, attempt, have)

@@ -140,19 +140,39 @@ def local_output(settings: Settings, path: str) -> Path:
     if found is None or _on_one_machine(settings):
         return Path(path)
     job_id, attempt, inside = found.group(1), int(found.group(2)), found.group(3)
+    if inside and ".." in Path(inside).parts:
+        return Path(path)  # not a path inside the output: nothing to bring
     folder = artifacts_dir(settings, job_id, attempt)
     here = folder / inside if inside else folder
     with _attempt_lock(folder):
         if not (folder / RESULT).exists():
-            spooled = folder.parent / f".fetch-{uuid.uuid4().hex}"
-            try:
-                store_from_settings(settings).copy_to(output_key(job_id, attempt), spooled)
-                unpack_output(spooled, folder, int(settings.max_artifacts_gb * 2**30))
-            except StorageError:
-                log.warning("job %s attempt %s: its output is neither here nor in the store", job_id, attempt)
-            finally:
-                spooled.unlink(missing_ok=True)
+            _bring(settings, job_id, attempt, folder)
     return here
+
+
+def _bring(settings: Settings, job_id: str, attempt: int, folder: Path) -> None:
+    """The stored output into ``folder``, within the server's limit. A failure is logged, never raised: the
+    caller then finds no files, and says so (a 404, a serving that fails with why); the next call tries again."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    store, key = store_from_settings(settings), output_key(job_id, attempt)
+    limit = int(settings.max_artifacts_gb * 2**30)
+    spooled = folder.parent / f".fetch-{uuid.uuid4().hex}"
+    try:
+        size = store.size_of(key)
+        if size > limit:
+            raise PayloadTooLarge(f"the stored output is {size / 2**30:.1f} GiB, over TUNEFLEET_MAX_ARTIFACTS_GB")
+        store.copy_to(key, spooled)
+        unpack_output(spooled, folder, limit)
+    except StorageError:
+        log.warning("job %s attempt %s: its output is neither here nor in the store", job_id, attempt)
+    except (PayloadTooLarge, ValidationFailed, tarfile.TarError, EOFError, OSError, BotoCoreError,
+            ClientError) as exc:
+        log.warning("job %s attempt %s: its stored output could not be brought here: %s", job_id, attempt,
+                    getattr(exc, "message", exc))
+    finally:
+        spooled.unlink(missing_ok=True)
+        Path(f"{spooled}.partial").unlink(missing_ok=True)
 
 
 @contextlib.contextmanager

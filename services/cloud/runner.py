@@ -12,6 +12,7 @@ WorkloadLogged events (``joblog`` says where each provider's log comes from).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -264,7 +265,7 @@ class CloudRunner:
                 await self._stop(row, WorkloadPhase.FAILED, exc.message, await asyncio.to_thread(read_log_tail, folder))
                 return
         if self._pushes(row):
-            await heartbeats.pull(self.pool, folder, job_id, attempt)  # any gateway replica took them
+            await self._pull_heartbeats(job_id, attempt)  # any gateway replica took them
             await fetch_pushed_output(self.settings, job_id, attempt)  # put in the bucket, on a store that presigns
         await self._ship_log(row)
         result = await asyncio.to_thread(read_result, folder)
@@ -349,13 +350,18 @@ class CloudRunner:
         job_id, attempt, folder = str(row["job_id"]), row["attempt"], request.artifacts_dir
         phase, message = result_phase(result), result.error_message
         if phase is WorkloadPhase.SUCCEEDED:
-            await keep_output(self.settings, job_id, attempt)  # for the registry and gateways of other machines
             try:
                 message = await self.compute.deliver(request, credentials, _localised(result, folder)) or message
             except ProviderError as exc:
                 log.warning("job %s: delivering the result failed: %s", job_id, exc.message)
                 message = f"trained, but publishing the result failed: {exc.message}"
-        await self._terminate(row)
+        await self._terminate(row)  # before anything slow: the machine bills until then
+        if phase is WorkloadPhase.SUCCEEDED:
+            try:  # for the registry and gateways of other machines; on this one's disk it is there anyway
+                await keep_output(self.settings, job_id, attempt)
+            except Exception as exc:
+                log.warning("job %s attempt %s: keeping its output in the store failed (%s: %s); services of "
+                            "other machines will not find it", job_id, attempt, type(exc).__name__, exc)
         delivered = await asyncio.to_thread(replay_spool, self.settings, job_id, folder)
         tail = await asyncio.to_thread(read_log_tail, folder)
         await self._end(job_id, attempt, phase, result=_localised(result, folder), message=message, log_tail=tail,
@@ -416,30 +422,37 @@ class CloudRunner:
                    **kw) -> None:
         """End the attempt and report how, once: the report is written with the end, in one transaction, and
         published after it (again by the outbox relay if this process dies in between)."""
-        if self.publish_log is not None:  # the log's last lines before the end
-            row = await self.workloads.get(job_id, attempt)
-            if row is not None and row["state"] != "ended":
-                await self._ship_log(row, final=True)
+        row = await self.workloads.get(job_id, attempt)
+        folder = artifacts_dir(self.settings, job_id, attempt)
+        live = row is not None and row["state"] != "ended"
+        if live and self._pushes(row):
+            await self._pull_heartbeats(job_id, attempt)
+        if self.publish_log is not None and live:  # the log's last lines before the end
+            await self._ship_log(row, final=True)
         event = self._event(job_id, attempt, phase, **kw)
         async with self.pool.acquire() as conn, conn.transaction():
             if not await self.workloads.ended(conn, job_id, attempt, spool_pending=spool_pending):
                 return
             await self.outbox.put(conn, event)
-        await heartbeats.forget(self.pool, job_id, attempt)  # its log is in the folder and published
+        with contextlib.suppress(Exception):  # housekeeping: a failure keeps chunks another pull skips
+            await heartbeats.forget(self.pool, folder, job_id, attempt)
         await self.outbox.send(self.report, event)
+
+    async def _pull_heartbeats(self, job_id: str, attempt: int) -> None:
+        """The attempt's stored heartbeats into its folder (``heartbeats.pull``); a failure is logged and the next
+        round tries again, as for the log shipping it feeds."""
+        try:
+            await heartbeats.pull(self.pool, artifacts_dir(self.settings, job_id, attempt), job_id, attempt)
+        except Exception as exc:
+            log.warning("job %s attempt %s: reading its heartbeats failed (%s: %s)", job_id, attempt,
+                        type(exc).__name__, exc)
 
     async def _ship_ended_logs(self, seconds: float) -> None:
         """The lines written to the logs of attempts that ended in the last ``seconds`` since they were read."""
         if self.publish_log is not None:
             for row in await self.workloads.ended_since(seconds):
-                job_id, attempt = str(row["job_id"]), row["attempt"]
                 if self._pushes(row):  # a heartbeat after the end: the log's last bytes
-                    try:
-                        await heartbeats.pull(self.pool, artifacts_dir(self.settings, job_id, attempt), job_id,
-                                              attempt)
-                    except Exception as exc:  # as _ship_log: logged, and tried again at the next round
-                        log.warning("job %s attempt %s: reading its last heartbeats failed (%s: %s)", job_id,
-                                    attempt, type(exc).__name__, exc)
+                    await self._pull_heartbeats(str(row["job_id"]), row["attempt"])
                 await self._ship_log(row, final=True)
 
     def _pushes(self, row: asyncpg.Record) -> bool:

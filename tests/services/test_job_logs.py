@@ -245,12 +245,13 @@ async def test_a_remote_workloads_heartbeats_bring_its_whole_log(migrated, tmp_p
             bad = {"stage": "x", "log": {"offset": 0, "data": "*"}}
             r = await client.put(urls[1], json=bad)
             assert r.status_code == 422 and r.json()["detail"]["field"] == "log.data"
-            await heartbeats.forget(pool, job_id, 1)  # the attempt ended: its chunks go, its log stays pulled
             late = {"stage": "x", "log": {"offset": len(whole),
                                           "data": base64.b64encode(b", finished after the end\n").decode()}}
             r = await client.put(urls[1], json=late)
             assert r.json() == {"log_offset": len(whole) + 25}
-            await kept()
+            await heartbeats.forget(pool, folder, job_id, 1)  # the attempt ended: the chunks it pulled go, not
+            assert await pool.fetchval("SELECT count(*) FROM workload_log_chunks WHERE job_id = $1", job_id) == 1
+            await kept()  # the late one, which a later pull still brings
     await pool.close()
     batch, lines = read_lines(folder, 0, final=True), []
     while batch.lines:

@@ -309,6 +309,16 @@ async def test_the_upload_route_names_what_is_wrong_and_a_refused_upload_leaves_
         assert gone.status_code == 404 and "start again" in gone.text
         forged = await workload.post(route.replace(job_id, str(uuid.uuid4())), json={"action": "start", "size": 1})
         assert forged.status_code == 403
+
+        again = (await step({"action": "start", "size": 1})).json()  # while another upload completes first
+        part = await workload.put((await step({"action": "sign", "upload_id": again["upload_id"],
+                                               "part_numbers": [1]})).json()["urls"]["1"], content=b"late")
+        await store_from_settings(settings).put_bytes(output_key(job_id, 1), b"the output in place")
+        late = await step({"action": "complete", "upload_id": again["upload_id"],
+                           "parts": [{"part_number": 1, "etag": part.headers["etag"]}]})
+        assert late.status_code == 409 and "already received" in late.text
+        assert await store_from_settings(settings).get_bytes(output_key(job_id, 1)) == b"the output in place"
+        await store_from_settings(settings).delete(output_key(job_id, 1))
     assert pending_uploads(settings, s3) == []
     assert not await store_from_settings(settings).exists(output_key(job_id, 1))
 

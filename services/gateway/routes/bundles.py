@@ -46,7 +46,7 @@ MAX_HEARTBEAT_BYTES = 128 * 1024
 REDIRECT_S = 600
 #: Parts signed per request of a multipart upload, and how long each part's URL lives.
 SIGN_BATCH = 100
-PART_URL_S = 3600
+PART_URL_S = 24 * 3600  # S3 checks it when a PUT starts: a batch of parts on a slow link takes hours
 
 
 class Forbidden(TuneFleetError):
@@ -229,6 +229,10 @@ class UploadAnswer(BaseModel):
     urls: dict[int, str] | None = Field(default=None, description="A presigned PUT per part number (sign).")
 
 
+def _limit(settings) -> int:
+    return int(settings.max_artifacts_gb * 2**30)
+
+
 def _s3_error(exc, field: str) -> TuneFleetError:
     """What the bucket said of an upload step, as the workload should read it."""
     code = exc.response.get("Error", {}).get("Code", "")
@@ -262,8 +266,7 @@ async def output_upload(job_id: uuid.UUID, attempt: int, request: Request, setti
         raise Conflict("this server's store takes no parts: PUT the output to TUNEFLEET_ARTIFACTS_URL")
     try:
         if isinstance(step, UploadStart):
-            limit = int(settings.max_artifacts_gb * 2**30)
-            if step.size > limit:
+            if step.size > _limit(settings):
                 raise PayloadTooLarge(f"the output is {step.size / 2**30:.1f} GiB, over this server's "
                                       f"{settings.max_artifacts_gb:g} GiB")
             if await store.exists(key):
@@ -274,6 +277,14 @@ async def output_upload(job_id: uuid.UUID, attempt: int, request: Request, setti
             return UploadAnswer(urls={n: store.presign_part(key, step.upload_id, n, PART_URL_S)
                                       for n in step.part_numbers})
         if isinstance(step, UploadComplete):
+            # what the parts hold, not what the start claimed; and an output in place is never replaced
+            sent, limit = await asyncio.to_thread(store.uploaded_bytes, key, step.upload_id), _limit(settings)
+            if sent > limit or await store.exists(key):
+                await asyncio.to_thread(store.abort_upload, key, step.upload_id)
+                if sent > limit:
+                    raise PayloadTooLarge(f"the parts hold {sent / 2**30:.1f} GiB, over this server's "
+                                          f"{settings.max_artifacts_gb:g} GiB")
+                raise Conflict(f"the output of job {job_id} attempt {attempt} was already received")
             await asyncio.to_thread(store.finish_upload, key, step.upload_id,
                                     [(p.part_number, p.etag) for p in step.parts])
         else:

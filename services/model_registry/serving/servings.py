@@ -134,8 +134,13 @@ class Servings:
         task.add_done_callback(lambda _t: self.starting.pop(cmd.serving_id, None))
 
     async def _start(self, cmd: ServeRequested) -> None:
-        cmd = await asyncio.to_thread(_on_this_machine, self.engines.settings, cmd)
-        findings = await asyncio.to_thread(_findings, cmd)
+        try:
+            cmd = await asyncio.to_thread(_on_this_machine, self.engines.settings, cmd)
+            findings = await asyncio.to_thread(_findings, cmd)
+        except Exception as exc:  # the serving must end with a reason, never stay starting
+            log.exception("serving %s: its model's files could not be read", cmd.serving_id)
+            await self._fail(cmd, f"the model's files could not be read: {type(exc).__name__}: {exc}", [])
+            return
         errors = [f for f in findings if f.level == "error"]
         if errors:
             await self._fail(cmd, "; ".join(f"{f.field}: {f.message}" for f in errors), findings)
