@@ -238,6 +238,25 @@ def test_the_model_is_served_and_answers_in_the_playground(alice_session, artifa
     watch.assert_clean()
 
 
+#: Records each status the job page's badge shows, in order, in ``window.shownStatuses``, and when it first shows
+#: "stopped" in ``window.stoppedAt``.
+SHOWN_STATUSES = """() => {
+  window.shownStatuses = [];
+  const block = document.querySelector(".progress-block");
+  const note = () => {
+    const text = block.querySelector(".badge")?.textContent.trim().toLowerCase();
+    if (text && text !== window.shownStatuses.at(-1)) window.shownStatuses.push(text);
+    if (text === "stopped" && window.stoppedAt === undefined) window.stoppedAt = performance.now();
+  };
+  note();
+  new MutationObserver(note).observe(block, { subtree: true, childList: true, characterData: true });
+}"""
+
+#: True once the badge has shown "stopped" and a read of the job begun after that has been answered.
+READ_AFTER_STOPPED = """(path) => window.stoppedAt !== undefined && performance.getEntriesByType("resource")
+  .some((e) => e.name.endsWith(path) && e.startTime >= window.stoppedAt)"""
+
+
 def test_a_second_job_is_stopped_from_its_page_and_retried(alice_session, artifacts):
     _, page, watch = alice_session
     page.get_by_role("link", name="Configurations").click()
@@ -252,8 +271,39 @@ def test_a_second_job_is_stopped_from_its_page_and_retried(alice_session, artifa
     first_job = page.url.rsplit("/", 1)[-1]
     status = page.locator(".progress-block .badge")
     wait_until(lambda: status.inner_text().lower() == "running", 240, "running")
+    # The page reads the job again after new points. One such read, answered while the job ran, is held back
+    # until the page has shown "stopped" and read the job once more, as a slow answer would be: it must not put
+    # "running" back, since the stream ends with the final status and nothing would correct it.
+    held = []
+
+    def hold_the_first_read(route):
+        if held:
+            route.fallback()
+        else:
+            held.append((route, route.fetch()))
+
+    def a_read_is_held():
+        page.wait_for_timeout(200)  # lets Playwright run the route handler
+        return held
+
+    job_path = f"/api/training/jobs/{first_job}"
+
+    def the_job(url):
+        return url.endswith(job_path)
+
+    page.route(the_job, hold_the_first_read)
+    wait_until(a_read_is_held, 60, "the page to read the job")
+    route, stale = held[0]
+    assert stale.json()["status"] == "running"
+    page.evaluate(SHOWN_STATUSES)
     page.get_by_role("button", name="Stop").click()
-    wait_until(lambda: status.inner_text().lower() == "stopped", 120, "stopped")
+    page.wait_for_function(READ_AFTER_STOPPED, arg=job_path, timeout=120_000)
+    with page.expect_event("requestfinished", lambda request: request == route.request):
+        route.fulfill(response=stale)
+    page.evaluate("() => new Promise((done) => requestAnimationFrame(() => setTimeout(done, 300)))")
+    shown = page.evaluate("() => window.shownStatuses")
+    assert shown[shown.index("stopped"):] == ["stopped"], f"the badge showed {shown}"
+    page.unroute(the_job, hold_the_first_read)
     shoot(page, artifacts, "10-job-stopped")
 
     page.get_by_role("button", name="Retry").click()

@@ -53,8 +53,9 @@ async def test_preflights_are_capped_per_user(migrated, api_key, other_key, monk
         assert again.status_code == 200  # the slot came back
 
 
-async def test_event_streams_are_capped_per_user(migrated, api_key, pool):
-    """Each open stream holds one of the user's slots until it ends; past the cap the next one gets 429."""
+async def test_event_streams_are_capped_per_user(migrated, api_key, other_key, pool):
+    """Each open stream holds one of the user's slots until it ends; past the cap the next one gets 429. A stream
+    of someone else's job is a 404 and holds nothing."""
     settings = migrated.model_copy(update={"max_streams_per_user": 2})
     async with gateway_client(settings) as client:
         ds = (await upload(client, api_key, INSTRUCTION_ROWS)).json()["id"]
@@ -66,6 +67,8 @@ async def test_event_streams_are_capped_per_user(migrated, api_key, pool):
         third = await client.get(f"/api/training/jobs/{job_id}/events", headers=auth(api_key))
         assert third.status_code == 429 and "TUNEFLEET_MAX_STREAMS_PER_USER=2" in third.text
         assert streams.held["alice"] == 2  # the refused one took nothing
+        foreign = await client.get(f"/api/training/jobs/{job_id}/events", headers=auth(other_key))
+        assert foreign.status_code == 404 and "bob" not in streams.held
         streams.give_back("alice")
         # A stream of an ended job: the snapshot, then the end; its slot comes back.
         await pool.execute(

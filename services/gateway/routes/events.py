@@ -69,9 +69,14 @@ async def job_events(job_id: uuid.UUID, request: Request, user: CurrentUser, poo
     ``predictions`` as they happen, ``log`` with the log lines stored since the last (``{job_id, lines: [{attempt,
     number, text}]}``, batched), ``cost`` on each provider report (per hour, so far, projected, budget remaining)
     and ``budget_alert``. The stream ends after the job's final status."""
-    snapshot = await job_public(pool, settings, user, str(job_id))
     live = LiveStream(request, user)
+    # subscribed before the snapshot is read, so that no change falls between the two
     await live.subscribe(subjects.job_all(str(job_id)))
+    try:
+        snapshot = await job_public(pool, settings, user, str(job_id))
+    except BaseException:  # not this user's job (nothing was sent), or the read failed
+        await live.close()
+        raise
 
     async def stream() -> AsyncIterator[dict]:
         try:

@@ -166,6 +166,17 @@ export function JobPage({ id }) {
   const [alert, setAlert] = useState(null);
   const [busy, setBusy] = useState(false);
   const errors = useLoad(() => api(`/api/training/jobs/${id}/errors`), [id, job?.status]);
+  // A read of the job (GET, or the stop's answer) that began before the latest status event arrived keeps the
+  // event's status: the event is newer, and a final one ends the stream, so nothing would put it right again (a
+  // GET in flight while the job stopped used to leave the page at "running").
+  const statusEvents = useRef(0);
+  const read = async (request) => {
+    const seen = statusEvents.current;
+    const fresh = await request();
+    setJob((j) => (j && statusEvents.current !== seen
+      ? { ...j, ...fresh, status: j.status, status_reason: j.status_reason, history: j.history }
+      : { ...j, ...fresh }));
+  };
 
   useEffect(() => {
     let cancelled = false;
@@ -188,14 +199,17 @@ export function JobPage({ id }) {
       if (pending) return;
       pending = setTimeout(async () => {
         pending = null; last = Date.now();
-        try { const fresh = await api(`/api/training/jobs/${id}`); if (!cancelled) setJob(fresh); } catch { /* the stream goes on */ }
+        try { if (!cancelled) await read(() => api(`/api/training/jobs/${id}`)); } catch { /* the stream goes on */ }
       }, Math.max(0, 3000 - (Date.now() - last)));
     };
     const s = stream(`/api/training/jobs/${id}/events`, (event, data) => {
       if (event === "snapshot") { setJob(data); backfill(); }
-      else if (event === "status") setJob((j) => ({ ...j, status: data.status, status_reason: data.reason ?? j.status_reason,
-        ...(data.cost ? { live_cost: data.cost } : {}),
-        history: [...(j.history || []), { status: data.status, previous: data.previous, reason: data.reason, occurred_at: data.occurred_at }] }));
+      else if (event === "status") {
+        statusEvents.current += 1;
+        setJob((j) => ({ ...j, status: data.status, status_reason: data.reason ?? j.status_reason,
+          ...(data.cost ? { live_cost: data.cost } : {}),
+          history: [...(j.history || []), { status: data.status, previous: data.previous, reason: data.reason, occurred_at: data.occurred_at }] }));
+      }
       else if (event === "metrics") {
         setRows((r) => mergeRows(r, data.metrics.map((m) => ({ ...m, attempt: data.attempt }))));
         refresh();
@@ -222,7 +236,7 @@ export function JobPage({ id }) {
   useEffect(() => {
     if (!job || !isTerminal(job.status)) return undefined;
     const waiting = job.status === "completed" && !job.model_id;
-    const timer = setTimeout(() => api(`/api/training/jobs/${id}`).then(setJob).catch(() => {}), waiting ? 1500 : 0);
+    const timer = setTimeout(() => read(() => api(`/api/training/jobs/${id}`)).catch(() => {}), waiting ? 1500 : 0);
     return () => clearTimeout(timer);
   }, [job?.status, job?.model_id, job?.finished_at]);
 
@@ -232,7 +246,7 @@ export function JobPage({ id }) {
   const stop = async () => {
     if (!window.confirm("Stop this job? Its last checkpoint is kept.")) return;
     setBusy(true);
-    try { setJob({ ...job, ...(await api(`/api/training/jobs/${id}/stop`, { method: "POST" })) }); } catch (err) { setError(err); }
+    try { await read(() => api(`/api/training/jobs/${id}/stop`, { method: "POST" })); } catch (err) { setError(err); }
     setBusy(false);
   };
   const retry = async () => {

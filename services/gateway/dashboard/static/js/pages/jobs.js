@@ -14,9 +14,20 @@ export function JobsPage() {
 
   useEffect(() => {
     let cancelled = false;
-    const load = () => api("/api/training/jobs").then((j) => !cancelled && setJobs(j)).catch((e) => !cancelled && setError(e));
+    // A list read answered after a job's status event (the read began before it) keeps the event's status: the
+    // event is newer, and a job's last event is its final status, after which nothing would correct it.
+    let events = 0;
+    const latest = new Map();  // job_id -> { n, status, status_reason } of its latest status event
+    const load = () => {
+      const since = events;
+      return api("/api/training/jobs").then((list) => !cancelled && setJobs(list.map((j) => {
+        const seen = latest.get(j.job_id);
+        return seen && seen.n > since ? { ...j, status: seen.status, status_reason: seen.status_reason ?? j.status_reason } : j;
+      }))).catch((e) => !cancelled && setError(e));
+    };
     load();
     const s = stream("/api/training/events", (event, data) => {
+      if (event === "status") latest.set(data.job_id, { n: ++events, status: data.status, status_reason: data.reason });
       setJobs((list) => {
         if (!list) return list;
         const at = list.findIndex((j) => j.job_id === data.job_id);
