@@ -18,6 +18,7 @@ from .auth import KeyFirst
 from .dashboard import mount_dashboard
 from .deploying import run_relay
 from .errors import install_error_handlers
+from .exports import Exports
 from .quotas import ProcessQuotas
 from .routes import (
     asyncapi,
@@ -56,10 +57,13 @@ def create_app(settings: Settings, tracer_provider: TracerProvider | None = None
             relay = asyncio.create_task(run_relay(ctx.pool, Bus(ctx.broker)), name="outbox-relay")
             app.state.settings, app.state.pool, app.state.broker, app.state.nc = settings, ctx.pool, ctx.broker, nc
             app.state.store = store_from_settings(settings)
+            app.state.exports = Exports(ctx.pool, settings, app.state.store)
+            await app.state.exports.sweep()
             try:
                 yield
             finally:
                 relay.cancel()
+                await app.state.exports.close()
                 if (engines_http := getattr(app.state, "engines_http", None)) is not None:
                     await engines_http.aclose()
                 await nc.drain()

@@ -13,6 +13,7 @@ from shared.settings import Settings
 from shared.storage import Store
 
 from .auth import authenticate
+from .exports import Exports
 
 
 def get_settings(request: Request) -> Settings:
@@ -35,11 +36,16 @@ def get_store(request: Request) -> Store:
     return request.app.state.store
 
 
+def get_exports(request: Request) -> Exports:
+    return request.app.state.exports
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 StoreDep = Annotated[Store, Depends(get_store)]
 PoolDep = Annotated[asyncpg.Pool, Depends(get_pool)]
 BrokerDep = Annotated[NatsBroker, Depends(get_broker)]
 BusDep = Annotated[Bus, Depends(get_bus)]
+ExportsDep = Annotated[Exports, Depends(get_exports)]
 
 
 async def current_user(request: Request, pool: PoolDep,

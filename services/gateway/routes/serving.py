@@ -5,9 +5,7 @@ sends the command through its outbox, so an accepted serving is not lost when NA
 from __future__ import annotations
 
 import asyncio
-import json
 import os
-import sys
 import tarfile
 import tempfile
 import uuid
@@ -25,10 +23,12 @@ from shared.errors import Conflict, NotFound, ValidationFailed
 from shared.events import ServeRequested, ServeStopRequested
 from shared.outbox import Outbox
 from shared.settings import Settings
+from shared.storage import StorageError
 
 from .. import views
 from ..deploying import OUTBOX
-from ..deps import BusDep, CurrentUser, PoolDep, SettingsDep
+from ..deps import BusDep, CurrentUser, ExportsDep, PoolDep, SettingsDep
+from ..exports import ExportPublic, Exports, download_path, store_key
 from ..schemas import ServingDeployRequest, ServingPublic
 
 router = APIRouter(tags=["serving"])
@@ -176,6 +176,7 @@ def _tar(folder: Path, arcname: str) -> str:
 
 @router.get("/api/models/{model_id}/download", response_class=FileResponse)
 async def download_model(model_id: uuid.UUID, user: CurrentUser, pool: PoolDep, settings: SettingsDep,
+                         exports: ExportsDep,
                          merged: bool = Query(False, description="The base with the adapter merged in (jobs "
                                                                  "trained with training.merge_adapter)."),
                          checkpoint: str | None = Query(None, description="One of the job's checkpoints instead, "
@@ -185,10 +186,13 @@ async def download_model(model_id: uuid.UUID, user: CurrentUser, pool: PoolDep, 
                                                                 "merged or gguf-<f32|f16|q8_0>.")):
     """The model's files as a tar: the adapter (with its tokenizer), the merged model, a checkpoint or an export
     (a GGUF export is the file itself)."""
+    if export:  # from the store: the model's own files need not be on this machine
+        model = await views.model(pool, user, model_id)
+        if model is None:
+            raise NotFound(f"model {model_id} not found; GET /api/models lists yours", field="model_id")
+        return await _export_file(exports, model, export)
     model = await _model_with_adapter(pool, user, model_id, settings)
     folder = Path(model["adapter_path"])
-    if export:
-        return await _export_file(model, export)
     if checkpoint:
         folder = _checkpoint(model, checkpoint)
     elif merged:
@@ -212,28 +216,6 @@ class ExportRequest(BaseModel):
                                                     "(default f32).")
 
 
-class ExportPublic(BaseModel):
-    key: str = Field(description="merged, or gguf-<f32|f16|q8_0>: GET /api/models/{id}/download?export=KEY.")
-    format: str
-    quantize: str | None
-    status: Literal["running", "done", "failed"]
-    error: str | None = None
-
-
-def _exports_dir(model) -> Path:
-    return Path(model["adapter_path"]).parent / "exports"
-
-
-def _export_record(folder: Path) -> ExportPublic | None:
-    try:
-        record = json.loads((folder / "export.json").read_text())
-    except (OSError, ValueError):
-        return None
-    fmt, _, quant = folder.name.partition("-")
-    return ExportPublic(key=folder.name, format=fmt, quantize=quant if quant and quant != "f32" else None,
-                        status=record.get("status", "failed"), error=record.get("error"))
-
-
 async def _model_with_adapter(pool, user: str, model_id: uuid.UUID, settings: Settings):
     model = await views.model(pool, user, model_id)
     if model is None or not model["adapter_path"]:
@@ -242,61 +224,47 @@ async def _model_with_adapter(pool, user: str, model_id: uuid.UUID, settings: Se
     return await _here(settings, model)
 
 
-async def _export_file(model, key: str) -> FileResponse:
-    folder = _exports_dir(model) / key
-    record = await asyncio.to_thread(_export_record, folder)
-    if record is None or record.status != "done":
-        state = "not made" if record is None else record.status + (f": {record.error}" if record.error else "")
-        raise Conflict(f"export {key} of this model is {state}; POST /api/models/{{id}}/export makes it and GET "
+async def _export_file(exports: Exports, model, key: str) -> FileResponse:
+    state = await exports.get(model["id"], key)
+    if state is None or state.status != "done":
+        said = "not made" if state is None else state.status + (f": {state.error}" if state.error else "")
+        raise Conflict(f"export {key} of this model is {said}; POST /api/models/{{id}}/export makes it and GET "
                        "/api/models/{id}/exports says when it is done", field="export")
+    try:
+        path, temporary = await download_path(exports.store, store_key(model["id"], key))
+    except StorageError as exc:
+        raise NotFound(f"the file of export {key} is no longer in the store ({exc}); POST /api/models/{{id}}/export "
+                       "makes it again", field="export") from exc
+    if not path.is_file():
+        raise NotFound(f"the file of export {key} is no longer in the store; POST /api/models/{{id}}/export makes it "
+                       "again", field="export")
     name = f"{model['name']}-v{model['version']}"
-    if key == "merged":
-        path = await asyncio.to_thread(_tar, folder / "merged", f"{name}-merged")
-        return FileResponse(path, media_type="application/x-tar", filename=f"{name}-merged.tar",
-                            background=BackgroundTask(os.unlink, path))
-    files = await asyncio.to_thread(lambda: sorted((folder / "gguf").glob("*.gguf")))
-    if not files:
-        raise NotFound(f"the files of export {key} are no longer on this server", field="export")
-    return FileResponse(files[0], media_type="application/octet-stream", filename=f"{name}-{key}.gguf")
+    filename, media = (f"{name}-merged.tar", "application/x-tar") if key == "merged" else (
+        f"{name}-{key}.gguf", "application/octet-stream")
+    return FileResponse(path, media_type=media, filename=filename,
+                        background=BackgroundTask(os.unlink, path) if temporary else None)
 
 
 @router.post("/api/models/{model_id}/export", response_model=ExportPublic, status_code=202)
 async def export_model(model_id: uuid.UUID, body: ExportRequest, user: CurrentUser, pool: PoolDep,
-                       settings: SettingsDep) -> ExportPublic:
+                       settings: SettingsDep, exports: ExportsDep) -> ExportPublic:
     """Make files the model can be taken to any engine with: the merged model, or a GGUF file. Runs in the
-    background; GET /api/models/{id}/exports says when it is done, and the download gives it."""
+    background on the gateway that takes the request; GET /api/models/{id}/exports (on any gateway) says when it
+    is done, and the download gives it from the object store."""
     model = await _model_with_adapter(pool, user, model_id, settings)
     if model["lora_r"] is None:
         raise Conflict("this model is a full fine-tune: it is already a whole model; download it as it is",
                        field="format")
     if body.format == "merged" and body.quantize:
         raise ValidationFailed("quantize applies to format 'gguf' only", field="quantize")
-    key = "merged" if body.format == "merged" else f"gguf-{body.quantize or 'f32'}"
-    folder = _exports_dir(model) / key
-    record = await asyncio.to_thread(_export_record, folder)
-    if record is not None and record.status in ("running", "done"):
-        return record
-    await asyncio.to_thread(folder.mkdir, parents=True, exist_ok=True)
-    argv = [sys.executable, "-m", "services.model_registry.serving.export", "--base", model["base_model"],
-            "--adapter", model["adapter_path"], "--out", str(folder), "--format", body.format]
-    if body.quantize:
-        argv += ["--quantize", body.quantize]
-    log = await asyncio.to_thread(open, folder / "export.log", "ab")
-    with log:
-        await asyncio.create_subprocess_exec(*argv, stdin=asyncio.subprocess.DEVNULL, stdout=log,
-                                             stderr=asyncio.subprocess.STDOUT, start_new_session=True,
-                                             env={k: v for k, v in os.environ.items() if not k.startswith("TUNEFLEET")})
-    return ExportPublic(key=key, format=body.format, quantize=body.quantize, status="running")
+    return await exports.start(model_id, model["base_model"], model["adapter_path"], body.format, body.quantize,
+                               name=f"{model['name']}-v{model['version']}-merged")
 
 
 @router.get("/api/models/{model_id}/exports", response_model=list[ExportPublic])
 async def list_exports(model_id: uuid.UUID, user: CurrentUser, pool: PoolDep,
-                       settings: SettingsDep) -> list[ExportPublic]:
-    model = await _model_with_adapter(pool, user, model_id, settings)
-
-    def scan() -> list[ExportPublic]:
-        root = _exports_dir(model)
-        folders = sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
-        return [r for r in map(_export_record, folders) if r is not None]
-
-    return await asyncio.to_thread(scan)
+                       exports: ExportsDep) -> list[ExportPublic]:
+    """The model's exports and their state: running, done (with its size) or failed (with why)."""
+    if await views.model(pool, user, model_id) is None:
+        raise NotFound(f"model {model_id} not found; GET /api/models lists yours", field="model_id")
+    return await exports.list(model_id)
