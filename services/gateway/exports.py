@@ -174,8 +174,13 @@ class Exports:
         return "done", None, path.stat().st_size
 
     async def _renew(self, model_id: uuid.UUID, key: str, run_id: str) -> None:
-        await self.pool.execute("UPDATE model_exports SET heartbeat_at = now() "
-                                "WHERE model_id = $1 AND key = $2 AND run_id = $3", model_id, key, run_id)
+        """Renew the row's heartbeat; a database away for a moment stops nothing (the export goes on, and the
+        next renewal catches up unless the row has gone stale meanwhile)."""
+        try:
+            await self.pool.execute("UPDATE model_exports SET heartbeat_at = now() "
+                                    "WHERE model_id = $1 AND key = $2 AND run_id = $3", model_id, key, run_id)
+        except (asyncpg.PostgresError, OSError) as exc:
+            log.warning("export %s of model %s: renewing its heartbeat failed: %s", key, model_id, exc)
 
     async def _finish(self, model_id: uuid.UUID, key: str, run_id: str, status: str, error: str | None,
                       size: int | None = None) -> None:

@@ -136,3 +136,15 @@ async def test_a_failed_export_says_why_and_one_left_by_a_stopped_gateway_is_mad
     assert (row["status"], row["error"]) == ("failed", ABANDONED)
     assert not exporting(settings.home)
     assert not list((settings.home / "exports").iterdir())
+
+
+async def test_a_heartbeat_the_database_refuses_for_a_moment_stops_no_export(migrated):
+    import asyncpg
+
+    from services.gateway.exports import Exports
+
+    class Away:
+        async def execute(self, *args):
+            raise asyncpg.exceptions.CannotConnectNowError("the database system is starting up")
+
+    await Exports(Away(), migrated, store_from_settings(migrated))._renew(uuid.uuid4(), "merged", "0123abcd")
