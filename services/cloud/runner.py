@@ -71,8 +71,9 @@ class CloudRunner:
     poll_interval_s: float = 10.0
     reconcile_every: int = 6
     report_every_s: float = 10.0
-    #: A claim older than this without a recorded resource is taken over (its provisioning died midway).
-    provision_lease_s: float = 600.0
+    #: A claim not renewed for this long without a recorded resource is taken over: its provisioning died midway
+    #: (a live one renews its claim every quarter of this, however long its bundle or uploads take).
+    provision_lease_s: float = 60.0
     #: Where each workload's log lines go (``WorkloadLogged``); None: they are not published.
     publish_log: Publish | None = None
 

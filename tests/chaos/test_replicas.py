@@ -58,6 +58,9 @@ class RoundRobin:
         self.upstreams, self.port = upstreams, free_port()
         self.connections: Counter[int] = Counter()
         self._turn = itertools.cycle(upstreams)
+        #: The connections' tasks. The event loop keeps only weak references, and the server's protocol drops its
+        #: own once the client side closes, so a task still copying the answer back could be destroyed midway.
+        self._tasks: set[asyncio.Task] = set()
         self._loop = asyncio.new_event_loop()
         self._server: asyncio.Server | None = None
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
@@ -86,6 +89,14 @@ class RoundRobin:
         await asyncio.gather(*open_, return_exceptions=True)
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        self._tasks.add(task)
+        try:
+            await self._proxy(reader, writer)
+        finally:
+            self._tasks.discard(task)
+
+    async def _proxy(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         port = next(self._turn)
         self.connections[port] += 1
         try:

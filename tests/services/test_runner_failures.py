@@ -92,3 +92,26 @@ async def test_a_restart_ships_a_heartbeats_last_log_lines_of_an_attempt_that_ju
     restarted = CloudRunner(BrokenPushingCompute(migrated), migrated, pool, report, publish_log=publish_log)
     await restarted.recover()
     assert [line for event in logged for line in event.lines] == ["[bootstrap] done (trainer exit code 1)"]
+
+
+async def test_a_provisioning_whose_provider_died_midway_is_taken_over_within_a_minute(migrated, pool, tmp_path):
+    """A provider killed between its claim and its create leaves a claim that is no longer renewed. A redelivery
+    of the command meanwhile finds the claim and does nothing; once the claim is a lease old, the next poll of any
+    replica provisions the attempt itself, so the job does not wait in queued."""
+    reports = []
+
+    async def report(event) -> None:
+        reports.append(event)
+
+    command = provision_command(tmp_path)
+    runner = CloudRunner(BrokenCompute(migrated), migrated, pool, report)
+    assert await runner.workloads.claim(command.job_id, command.attempt, command.user_id,
+                                        command.model_dump(mode="json"), runner.provision_lease_s)  # then it died
+    await runner.provision(command)  # redelivered to a replica while the claim is fresh
+    await runner.poll_once()
+    assert reports == []
+    await pool.execute("UPDATE local_workloads SET claimed_at = now() - interval '61 seconds' WHERE job_id = $1",
+                       command.job_id)
+    await runner.poll_once()
+    assert [r.phase for r in reports] == [WorkloadPhase.PROVISIONING, WorkloadPhase.FAILED]  # taken over
+    assert "KeyError" in reports[-1].message
