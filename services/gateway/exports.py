@@ -28,7 +28,7 @@ import asyncpg
 from pydantic import BaseModel, Field
 
 from shared.settings import Settings
-from shared.storage import Store
+from shared.storage import LocalStore, Store
 
 log = logging.getLogger(__name__)
 
@@ -169,7 +169,7 @@ class Exports:
             return "failed", error, None
         path = Path(record["path"])
         if key == "merged":
-            path = await asyncio.to_thread(_tar, path, work / "merged.tar", name)
+            path = await asyncio.to_thread(tar_folder, path, work / "merged.tar", name)
         await self.store.put_file(store_key(model_id, key), path)
         return "done", None, path.stat().st_size
 
@@ -215,7 +215,8 @@ def _remove(work: Path) -> None:
         work.parent.rmdir()
 
 
-def _tar(folder: Path, path: Path, arcname: str) -> Path:
+def tar_folder(folder: Path, path: Path, arcname: str) -> Path:
+    """``folder`` as an uncompressed tar at ``path``, under ``arcname``; links are left out."""
     with tarfile.open(path, "w") as tar:
         tar.add(folder, arcname=arcname, filter=lambda info: None if info.issym() or info.islnk() else info)
     return path
@@ -231,9 +232,8 @@ def _tail(path: Path, lines: int = 5) -> str:
 
 async def download_path(store: Store, key: str) -> tuple[Path, bool]:
     """A local file with the stored export: (path, whether it is a temporary copy to delete after sending)."""
-    local = getattr(store, "local_path", None)
-    if local is not None:
-        return local(key), False
+    if isinstance(store, LocalStore):
+        return store.local_path(key), False
     fd, name = tempfile.mkstemp(suffix=Path(key).suffix)
     os.close(fd)
     try:

@@ -21,8 +21,6 @@ from .conftest import gateway_client
 from .test_checkpoints_route import auth, visible_job
 from .test_workload_storage import on_s3
 
-pytest.importorskip("peft")
-
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> tuple[str, Path]:

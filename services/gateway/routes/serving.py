@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import tarfile
 import tempfile
 import uuid
 from pathlib import Path
@@ -28,7 +27,7 @@ from shared.storage import StorageError
 from .. import views
 from ..deploying import OUTBOX
 from ..deps import BusDep, CurrentUser, ExportsDep, PoolDep, SettingsDep
-from ..exports import ExportPublic, Exports, download_path, store_key
+from ..exports import ExportPublic, Exports, download_path, store_key, tar_folder
 from ..schemas import ServingDeployRequest, ServingPublic
 
 router = APIRouter(tags=["serving"])
@@ -169,9 +168,7 @@ async def stop_serving(serving_id: uuid.UUID, user: CurrentUser, pool: PoolDep, 
 def _tar(folder: Path, arcname: str) -> str:
     fd, path = tempfile.mkstemp(suffix=".tar")
     os.close(fd)
-    with tarfile.open(path, "w") as tar:
-        tar.add(folder, arcname=arcname, filter=lambda info: None if info.issym() or info.islnk() else info)
-    return path
+    return str(tar_folder(folder, Path(path), arcname))
 
 
 @router.get("/api/models/{model_id}/download", response_class=FileResponse)
